@@ -1,0 +1,22 @@
+# One target per artifact or job. Every target uses the project's virtual environment.
+PY := .venv/bin/python
+
+.PHONY: help venv test lint format rules check dashboards dashboards-preview up down up-local bench
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+venv:  ## create .venv and install the package with its dev extra
+	bash -c 'source scripts/lib.sh && ensure_venv'
+
+test:  ## install what is missing, lint, run every test (same as .ci/run)
+	./scripts/test
+
+lint: venv  ## ruff lint and format check
+	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+
+format: venv  ## apply ruff's fixes and formatting
+	.venv/bin/ruff check --fix . && .venv/bin/ruff format .
+
+up:  ## bring up the stack (docker compose, or local processes without Docker)
+	./scripts/up
