@@ -68,7 +68,9 @@ class Process:
             wait_for_port(self.port, timeout)
         except TimeoutError:
             self.stop()
-            raise RuntimeError(f"{self.argv[0]} did not start: {self.log.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"{self.argv[0]} did not start: {self.log.read_text()[-2000:]}"
+            ) from None
         return self
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
