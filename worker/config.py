@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     job_lock_timeout_seconds: float = Field(30.0, gt=1, validation_alias="JOB_LOCK_TIMEOUT_SECONDS")
     retry_max_delay_seconds: float = Field(300.0, ge=2, validation_alias="RETRY_MAX_DELAY_SECONDS")
     retry_jitter: float = Field(0.2, ge=0, le=0.5, validation_alias="RETRY_JITTER")
+    retry_time_scale: float = Field(1.0, gt=0, le=1, validation_alias="RETRY_TIME_SCALE")
 
     # Integrations (all optional)
     supabase_url: str | None = Field(None, validation_alias="SUPABASE_URL")

@@ -1,0 +1,184 @@
+"""The worker as an operator runs it: ``python -m worker`` processes against a real Redis."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import redis
+
+from tests.workers import ROOT, Replica, completed_ids, dead_letters, replica_env, wait_until
+from worker.app import setup
+from worker.config import Settings
+
+
+def enqueue(redis_url: str, n: int, actor: str = "agent_run", **kwargs) -> list[str]:
+    """Send n jobs from a producer, as an application would; returns their message ids."""
+    setup(Settings(REDIS_URL=redis_url))
+    from worker import actors
+
+    send = getattr(actors, actor).send
+    defaults = {"agent_run": {"prompt": "hello"}}.get(actor, {})
+    return [
+        send(job_id=f"job-{i}", org_id=f"org-{i % 3}", **{**defaults, **kwargs}).message_id
+        for i in range(n)
+    ]
+
+
+def test_processes_jobs_of_all_three_classes(redis_url, tmp_path):
+    client = redis.Redis.from_url(redis_url)
+    replica = Replica(
+        replica_env(redis_url, SIM_LATENCY_SECONDS="0.1", JOB_CONCURRENCY=4, WORKER_PROCESSES=2),
+        tmp_path / "worker.log",
+    ).start()
+    try:
+        ids = enqueue(redis_url, 3, "agent_run")
+        ids += enqueue(redis_url, 2, "crm_sync", record={"name": "Ada"})
+        ids += enqueue(redis_url, 2, "message_send", channel="sms", recipient="+1", text="hi")
+        ids += enqueue(redis_url, 2, "job_status_update", status="running")
+        wait_until(lambda: len(completed_ids(client)) >= len(ids), timeout=30)
+    finally:
+        assert replica.stop() == 0, replica.log
+    assert sorted(completed_ids(client)) == sorted(ids)
+    queues = {f[b"queue"] for _, f in client.xrange("agent-jobs:completed")}
+    assert queues == {b"critical", b"default", b"fast"}
+    assert client.hgetall("agent-jobs:job:job-1")[b"status"] == b"running"
+
+
+def test_sigterm_finishes_running_jobs_and_loses_nothing(redis_url, tmp_path):
+    client = redis.Redis.from_url(redis_url)
+    env = replica_env(
+        redis_url, SIM_LATENCY_SECONDS="1.5", JOB_CONCURRENCY=4, SHUTDOWN_GRACE_SECONDS=20
+    )
+    first = Replica(env, tmp_path / "first.log").start()
+    ids = enqueue(redis_url, 20)
+    wait_until(
+        lambda: client.scard(next(iter(client.keys("agent-jobs:__acks__.*")), "x")), timeout=15
+    )
+    time.sleep(0.5)  # jobs are mid-flight now
+    started = time.monotonic()
+    assert first.stop() == 0, first.log
+    stop_took = time.monotonic() - started
+    done_by_first = completed_ids(client)
+    # the in-flight jobs were finished (not abandoned), the rest are still in the broker
+    assert 1 <= len(done_by_first) < 20
+    assert stop_took < 15
+    second = Replica(env, tmp_path / "second.log").start()
+    try:
+        wait_until(lambda: len(completed_ids(client)) >= 20, timeout=60)
+        time.sleep(1)
+    finally:
+        assert second.stop() == 0
+    done = completed_ids(client)
+    assert sorted(done) == sorted(ids), "every job completes exactly once"
+    assert client.llen("agent-jobs:default") == 0
+
+
+def test_long_job_is_not_redelivered_while_its_worker_lives(redis_url, tmp_path):
+    """A job longer than the lock timeout runs once: 4.5 s under a 3 s lock (45 s / 30 s)."""
+    client = redis.Redis.from_url(redis_url)
+    env = replica_env(
+        redis_url, SIM_LATENCY_SECONDS="4.5", JOB_CONCURRENCY=1, JOB_LOCK_TIMEOUT_SECONDS=3
+    )
+    replicas = [Replica(env, tmp_path / f"r{i}.log").start() for i in range(2)]
+    try:
+        [job] = enqueue(redis_url, 1)
+        wait_until(lambda: len(completed_ids(client)) >= 1, timeout=20)
+        time.sleep(6)  # a redelivered copy would complete within this
+    finally:
+        for r in replicas:
+            r.stop()
+    assert completed_ids(client) == [job]
+
+
+def test_job_of_a_killed_worker_is_redelivered_after_the_lock_timeout(redis_url, tmp_path):
+    client = redis.Redis.from_url(redis_url)
+    env = replica_env(
+        redis_url, SIM_LATENCY_SECONDS="2", JOB_CONCURRENCY=1, JOB_LOCK_TIMEOUT_SECONDS=3
+    )
+    doomed = Replica(env, tmp_path / "doomed.log").start()
+    [job] = enqueue(redis_url, 1)
+    wait_until(
+        lambda: any(client.scard(k) for k in client.keys("agent-jobs:__acks__.*")), timeout=15
+    )
+    doomed.kill()
+    killed_at = time.monotonic()
+    survivor = Replica(env, tmp_path / "survivor.log").start()
+    try:
+        wait_until(lambda: completed_ids(client), timeout=30)
+        took = time.monotonic() - killed_at
+    finally:
+        survivor.stop()
+    assert completed_ids(client) == [job]
+    # lock timeout 3 s + heartbeat interval 1.5 s + the 2 s job + process start
+    assert 3 <= took <= 12, took
+
+
+def test_malformed_message_is_dead_lettered_and_the_worker_survives(redis_url, tmp_path):
+    client = redis.Redis.from_url(redis_url)
+    client.hset("agent-jobs:fast.msgs", "bad-1", b"\xff{not json")
+    client.rpush("agent-jobs:fast", "bad-1")
+    replica = Replica(
+        replica_env(redis_url, SIM_LATENCY_SECONDS="0.1", JOB_CONCURRENCY=2), tmp_path / "w.log"
+    ).start()
+    try:
+        wait_until(lambda: client.zscore("agent-jobs:fast.XQ", "bad-1"), timeout=20)
+        ids = enqueue(redis_url, 2, "job_status_update", status="completed")
+        wait_until(lambda: len(completed_ids(client)) == 2, timeout=20)
+        assert replica.proc.poll() is None, "the worker survived"
+    finally:
+        replica.stop()
+    assert sorted(completed_ids(client)) == sorted(ids)
+    [dead] = dead_letters(client)
+    assert dead["message_id"] == "bad-1" and dead["reason"].startswith("undecodable message")
+    assert not client.hexists("agent-jobs:fast.msgs", "bad-1")
+
+
+def run_worker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_bad_configuration_exits_2_with_one_line_and_no_secret():
+    secret = "sk-or-v1-very-secret-value"
+    cases = {
+        "JOB_CONCURRENCY": ("zero", "JOB_CONCURRENCY"),
+        "ENCRYPTION_KEY": (secret, "ENCRYPTION_KEY: must be exactly 32 bytes"),
+        "REDIS_URL": (f"http://user:{secret}@host", "REDIS_URL: must start with"),
+        "SIM_LATENCY_SECONDS": ("20-15", "SIM_LATENCY_SECONDS"),
+        "RATE_LIMITS": ("minute=100", "RATE_LIMITS: 'minute=100' is not name=count/seconds"),
+    }
+    for name, (value, expected) in cases.items():
+        env = replica_env("redis://127.0.0.1:1/0", **{name: value})
+        result = run_worker(env)
+        assert result.returncode == 2, (name, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and expected in lines[0], (name, result.stderr)
+        assert secret not in result.stderr and "Traceback" not in result.stderr
+    env = replica_env("redis://x")
+    del env["REDIS_URL"]
+    result = run_worker(env)
+    assert (result.returncode, result.stderr.strip()) == (
+        2,
+        "configuration error: REDIS_URL: required, not set",
+    )
+
+
+def test_help_explains_itself():
+    result = run_worker(replica_env("redis://x"), "run", "--help")
+    assert result.returncode == 0
+    assert "JOB_CONCURRENCY" in result.stdout and "SIGTERM" in result.stdout
+
+
+def test_node_env_is_accepted_for_environment():
+    settings = Settings(_env_file=None, REDIS_URL="redis://x", NODE_ENV="production")
+    assert settings.environment == "production"
+    assert signal.SIGTERM  # keep the import honest for readers of the shutdown test

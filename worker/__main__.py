@@ -1,0 +1,83 @@
+"""Command line: ``worker`` (or ``python -m worker``) runs one replica of the worker.
+
+Subcommands:
+  run (default)  run one replica: WORKER_PROCESSES processes sharing JOB_CONCURRENCY slots
+  capacity       plan concurrency and replicas with Little's law
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from worker import __version__
+from worker.config import ConfigError, Settings, load_settings
+from worker.jobs import QUEUES
+
+#: Functions the Dramatiq CLI runs in processes of their own beside the workers.
+FORK_FUNCTIONS: list[str] = []
+
+
+def dramatiq_argv(settings: Settings) -> list[str]:
+    argv = [
+        "worker.entrypoint",
+        "--processes",
+        str(settings.worker_processes),
+        "--threads",
+        str(settings.threads_per_process),
+        "--queues",
+        *QUEUES,
+        "--worker-shutdown-timeout",
+        str(int(settings.shutdown_grace_seconds * 1000)),
+    ]
+    for fn in FORK_FUNCTIONS:
+        argv += ["--fork-function", fn]
+    if settings.log_level.upper() == "DEBUG":
+        argv.append("-v")
+    return argv
+
+
+def run(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="worker run",
+        description=(
+            "Run one worker replica: consumes the critical, default and fast queues with "
+            "JOB_CONCURRENCY job slots (WORKER_PROCESSES processes x threads), serves "
+            "metrics on METRICS_HOST:METRICS_PORT. Configuration comes from the environment "
+            "(see README). SIGTERM or Ctrl-C stops fetching, lets running jobs finish for "
+            "SHUTDOWN_GRACE_SECONDS and leaves every other job in the broker."
+        ),
+    )
+    parser.parse_args(argv)
+    settings = load_settings()
+    import dramatiq.cli
+
+    args = dramatiq.cli.make_argument_parser().parse_args(dramatiq_argv(settings))
+    return dramatiq.cli.main(args) or 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    commands = {"run": run, "capacity": _capacity}
+    if argv and argv[0] in ("-h", "--help"):
+        print(__doc__.strip())
+        return 0
+    if argv and argv[0] in ("-V", "--version"):
+        print(__version__)
+        return 0
+    command, rest = (argv[0], argv[1:]) if argv and argv[0] in commands else ("run", argv)
+    try:
+        return commands[command](rest)
+    except ConfigError as error:
+        print(error.message, file=sys.stderr)
+        return 2
+
+
+def _capacity(argv: list[str]) -> int:
+    from worker.capacity import main as capacity_main
+
+    return capacity_main(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Wires one worker process: settings, broker, middleware, and the services actors call.
+
+``setup()`` runs once per process, before any actor is used. The Dramatiq CLI imports
+``worker.entrypoint``, which calls it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import dramatiq
+import httpx
+
+from worker import __version__
+from worker.backends import (
+    HttpEndpoint,
+    RedisJobStore,
+    SimulatedLLM,
+    SimulatedService,
+    Simulation,
+    SimulationKnobs,
+)
+from worker.broker import build_broker, redis_client
+from worker.config import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    llm: Any
+    crm: Any
+    messages: Any
+    job_store: Any
+
+
+_services: Services | None = None
+
+
+def services() -> Services:
+    if _services is None:
+        raise RuntimeError("worker.app.setup() has not run in this process")
+    return _services
+
+
+def build_services(settings: Settings) -> Services:
+    client = redis_client(settings.redis_url)
+    knobs = SimulationKnobs(
+        Simulation(
+            settings.sim_latency_seconds, settings.sim_failure_ratio, settings.sim_429_ratio
+        ),
+        client,
+        key=f"{settings.job_queue_name}:simulation",
+    )
+    http = httpx.Client(
+        timeout=httpx.Timeout(30.0, connect=5.0),
+        headers={"User-Agent": f"worker-monitoring/{__version__}"},
+    )
+
+    def endpoint(name: str, url: str | None):
+        return HttpEndpoint(name, url, http) if url else SimulatedService(name, knobs)
+
+    return Services(
+        settings=settings,
+        llm=SimulatedLLM(knobs),
+        crm=endpoint("crm", settings.crm_endpoint_url),
+        messages=endpoint("messages", settings.message_endpoint_url),
+        job_store=RedisJobStore(client, settings.job_queue_name),
+    )
+
+
+class _DropResultsAdvice(logging.Filter):
+    """Results are kept by the JobLog middleware; Dramatiq's advice to add its own is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Results middleware" not in str(record.msg)
+
+
+def setup(settings: Settings | None = None) -> dramatiq.Broker:
+    """Build this process's broker and services, and bind the actors to the broker."""
+    global _services
+    logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_DropResultsAdvice())
+    settings = settings or load_settings()
+    broker = build_broker(settings)
+    dramatiq.set_broker(broker)
+    _services = build_services(settings)
+    from worker import actors  # declared on the global broker at first import
+
+    for actor in actors.ACTORS:
+        if actor.broker is not broker:
+            actor.broker = broker
+            broker.declare_actor(actor)
+    return broker

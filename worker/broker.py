@@ -1,0 +1,114 @@
+"""Builds the broker and its middleware stack from the settings."""
+
+from __future__ import annotations
+
+import logging
+
+import dramatiq
+import redis
+from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.errors import DecodeError
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Pipelines,
+    ShutdownNotifications,
+    TimeLimit,
+)
+
+from worker.config import Settings
+from worker.middleware.heartbeat import BrokerHeartbeat
+from worker.middleware.job_log import JobLog
+from worker.middleware.retries import ClassRetries
+
+log = logging.getLogger(__name__)
+
+
+class _SafeConsumer(_RedisConsumer):
+    """A consumer that dead-letters a message it cannot decode instead of stalling.
+
+    Dramatiq's consumer raises on undecodable data, drops the rest of its prefetched
+    batch and restarts, leaving the bad message claimed forever. Here the bad message is
+    found among this consumer's claimed ids and moved to the dead-letter queue, and every
+    middleware with an ``after_undecodable_message(broker, queue, message_id, reason)``
+    hook hears of it (to count and record it).
+    """
+
+    def __next__(self):
+        try:
+            return super().__next__()
+        except DecodeError as exc:
+            self._dead_letter_raw(exc.data, f"undecodable message: {type(exc.error).__name__}")
+            return None
+
+    def _dead_letter_raw(self, data: bytes, reason: str) -> None:
+        broker = self.broker
+        acks = f"{broker.namespace}:__acks__.{broker.broker_id}.{self.queue_name}"
+        claimed = list(broker.client.smembers(acks))
+        bodies = broker.client.hmget(f"{broker.namespace}:{self.queue_name}.msgs", claimed)
+        for message_id, body in zip(claimed, bodies, strict=True):
+            if body == data:
+                broker.do_nack(self.queue_name, message_id.decode())
+                log.error(
+                    "dead-lettered %s on queue %s: %s", message_id.decode(), self.queue_name, reason
+                )
+                for middleware in broker.middleware:
+                    hook = getattr(middleware, "after_undecodable_message", None)
+                    if hook is not None:
+                        hook(broker, self.queue_name, message_id.decode(), reason)
+
+
+class WorkerRedisBroker(RedisBroker):
+    """Dramatiq's Redis broker with a consumer that survives undecodable messages."""
+
+    def consume(self, queue_name, prefetch=1, timeout=5000):
+        return _SafeConsumer(self, queue_name, prefetch, timeout)
+
+
+def redis_client(url: str) -> redis.Redis:
+    """A client for ``redis://`` or ``rediss://`` (TLS, e.g. Upstash) URLs."""
+    return redis.Redis.from_url(
+        url,
+        health_check_interval=15,
+        socket_keepalive=True,
+        socket_connect_timeout=5,
+        socket_timeout=30,
+    )
+
+
+def middleware_stack(settings: Settings, client: redis.Redis) -> list:
+    """Dramatiq's useful defaults, minus its ``Retries`` (20 retries, 15 s minimum)."""
+    return [
+        AgeLimit(),
+        TimeLimit(),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        CurrentMessage(),
+        BrokerHeartbeat(interval=settings.job_lock_timeout_seconds / 2),
+        JobLog(client, namespace=settings.job_queue_name),
+        ClassRetries(
+            max_delay=settings.retry_max_delay_seconds,
+            jitter=settings.retry_jitter,
+            time_scale=settings.retry_time_scale,
+        ),
+    ]
+
+
+def build_broker(settings: Settings) -> dramatiq.Broker:
+    """The Redis broker from ``REDIS_URL``, or RabbitMQ when ``BROKER_URL`` is amqp://."""
+    client = redis_client(settings.redis_url)
+    middleware = middleware_stack(settings, client)
+    url = settings.broker_url or settings.redis_url
+    if url.startswith("amqp"):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        return RabbitmqBroker(url=url, middleware=middleware, confirm_delivery=True)
+    broker_client = client if url == settings.redis_url else redis_client(url)
+    return WorkerRedisBroker(
+        client=broker_client,
+        namespace=settings.job_queue_name,
+        middleware=middleware,
+        heartbeat_timeout=int(settings.job_lock_timeout_seconds * 1000),
+    )

@@ -1,0 +1,111 @@
+"""Keeps a bounded record of finished jobs in Redis: completions and dead letters."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import redis
+from dramatiq.brokers.redis import RedisBroker
+from dramatiq.middleware import Middleware
+
+log = logging.getLogger(__name__)
+
+
+class JobLog(Middleware):
+    """Appends each completed and each dead-lettered job to a capped Redis stream.
+
+    ``<namespace>:completed`` keeps the results of completed jobs for ``completed_ttl``
+    seconds, at most ``completed_max`` entries (default 24 h, 1,000); ``<namespace>:dead``
+    keeps why each dead-lettered job failed for ``dead_ttl`` seconds, at most ``dead_max``
+    (default 7 days, 5,000), beside the dead message itself, which the broker keeps in its
+    dead-letter queue for replay. Trimming happens on every append (``XADD ... MINID``
+    with the age bound, then ``XTRIM MAXLEN`` with the count), so neither record grows
+    without bound. Losing Redis loses a record line, never a job: failures to record are
+    logged and swallowed.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        namespace: str,
+        completed_ttl: float = 86_400,
+        completed_max: int = 1_000,
+        dead_ttl: float = 7 * 86_400,
+        dead_max: int = 5_000,
+        result_max_chars: int = 2_000,
+    ) -> None:
+        self.client = client
+        self.completed_key = f"{namespace}:completed"
+        self.dead_key = f"{namespace}:dead"
+        self.completed_bounds = (completed_ttl, completed_max)
+        self.dead_bounds = (dead_ttl, dead_max)
+        self.result_max_chars = result_max_chars
+
+    def after_process_message(self, broker, message, *, result=None, exception=None):
+        if exception is None:
+            text = json.dumps(result, default=str)[: self.result_max_chars]
+            self._append(self.completed_key, self.completed_bounds, message, result=text)
+
+    def after_nack(self, broker, message) -> None:
+        reason = message.options.get("dead_letter_reason") or "rejected by the broker"
+        self.record_dead(
+            message.message_id,
+            message.queue_name,
+            message.actor_name,
+            reason,
+            attempts=message.options.get("retries", 0) + 1,
+        )
+        if isinstance(broker, RedisBroker):
+            self.trim_dead_letter_queue(broker, message.queue_name)
+
+    def after_undecodable_message(self, broker, queue: str, message_id: str, reason: str):
+        self.record_dead(message_id, queue, "unknown", reason)
+        self.trim_dead_letter_queue(broker, queue)
+
+    def trim_dead_letter_queue(self, broker: RedisBroker, queue: str) -> None:
+        """Dramatiq bounds its dead-letter queue by age only; bound it by count as well."""
+        xq = f"{broker.namespace}:{queue.removesuffix('.DQ')}.XQ"
+        try:
+            oldest = self.client.zrange(xq, 0, -(self.dead_bounds[1] + 1))
+            if oldest:
+                with self.client.pipeline(transaction=False) as pipe:
+                    pipe.zrem(xq, *oldest)
+                    pipe.hdel(f"{xq}.msgs", *oldest)
+                    pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("could not trim %s: %s", xq, exc)
+
+    def record_dead(
+        self, message_id: str, queue: str, actor: str, reason: str, attempts: int = 1
+    ) -> None:
+        self._append(
+            self.dead_key,
+            self.dead_bounds,
+            None,
+            message_id=message_id,
+            queue=queue,
+            job_type=actor,
+            reason=reason,
+            attempts=str(attempts),
+        )
+
+    def _append(self, key: str, bounds: tuple[float, int], message, **fields: str) -> None:
+        ttl, max_len = bounds
+        if message is not None:
+            fields = {
+                "message_id": message.message_id,
+                "queue": message.queue_name,
+                "job_type": message.actor_name,
+                **fields,
+            }
+        oldest_ms = int((time.time() - ttl) * 1000)
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.xadd(key, fields, minid=oldest_ms, approximate=False)
+                pipe.xtrim(key, maxlen=max_len, approximate=False)
+                pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("could not record job %s in %s: %s", fields.get("message_id"), key, exc)
