@@ -184,7 +184,7 @@ def query_scalar(url: str, promql: str, timeout: float = 10.0) -> float:
         raise PrometheusError(f"--from-prometheus needs an http:// or https:// URL (got {shown})")
     try:
         response = httpx.get(endpoint, params={"query": promql}, timeout=timeout)
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise PrometheusError(f"cannot reach Prometheus at {shown}: {exc}") from None
     try:
         body = response.json()
@@ -192,12 +192,18 @@ def query_scalar(url: str, promql: str, timeout: float = 10.0) -> float:
         raise PrometheusError(
             f"Prometheus at {shown} answered HTTP {response.status_code} without JSON"
         ) from None
-    if response.status_code != 200 or body.get("status") != "success":
-        raise PrometheusError(f"Prometheus rejected {promql!r}: {body.get('error', body)}")
-    result = body.get("data", {}).get("result") or []
+    if not isinstance(body, dict) or body.get("status") != "success":
+        error = body.get("error") if isinstance(body, dict) else None
+        raise PrometheusError(
+            f"Prometheus at {shown} rejected {promql!r}: HTTP {response.status_code} {error or ''}"
+        )
+    result = (body.get("data") or {}).get("result") or []
     if not result:
         raise PrometheusError(f"Prometheus has no data for {promql!r}")
-    value = float(result[0]["value"][1])
+    try:
+        value = float(result[0]["value"][1])
+    except (KeyError, IndexError, TypeError, ValueError):
+        raise PrometheusError(f"Prometheus answered {promql!r} with no single value") from None
     if not math.isfinite(value) or value <= 0:
         raise PrometheusError(f"Prometheus gives {value} for {promql!r}: no jobs in that range")
     return value
