@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,3 +130,55 @@ def running(server: Process) -> Iterator[Process]:
         yield server
     finally:
         server.stop()
+
+
+@dataclass
+class PrometheusServer(Process):
+    def start(self, timeout: float = 15.0) -> PrometheusServer:
+        """Return once Prometheus answers queries (its port opens before the TSDB is loaded)."""
+        super().start(timeout)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as response:
+                    if response.status == 200:
+                        return self
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"prometheus not ready: {self.log.read_text()[-2000:]}")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def prometheus_server(
+    workdir: Path, config: str = "scrape_configs: []\n", port: int | None = None, *extra: str
+) -> PrometheusServer:
+    """A prometheus on loopback with its TSDB in ``workdir/data`` (backfill blocks go there)."""
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / "prometheus.yml").write_text(config)
+    argv = [
+        require_binary("prometheus"),
+        f"--config.file={workdir / 'prometheus.yml'}",
+        f"--storage.tsdb.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        *extra,
+    ]
+    return PrometheusServer(argv, port, workdir)
+
+
+def backfill_openmetrics(text: str, workdir: Path) -> None:
+    """Write samples (OpenMetrics with timestamps, ending in '# EOF') as TSDB blocks into
+    ``workdir/data`` with promtool, so a prometheus_server(workdir) started afterwards
+    holds exactly these samples."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    source = workdir / "backfill.om"
+    source.write_text(text)
+    subprocess.run(
+        [require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", "--quiet",
+         str(source), str(workdir / "data")],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
