@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -182,3 +183,75 @@ def backfill_openmetrics(text: str, workdir: Path) -> None:
         check=True,
         capture_output=True,
     )  # fmt: skip
+
+
+@dataclass
+class RabbitmqServer(Process):
+    epmd_port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"amqp://guest:guest@127.0.0.1:{self.port}/%2F"
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        super().stop(sig, timeout)
+        deadline = time.monotonic() + timeout  # the node outlives the launcher briefly
+        while (
+            time.monotonic() < deadline
+            and subprocess.run(
+                ["pgrep", "-f", f"test{self.port}@localhost"], capture_output=True
+            ).returncode
+            == 0
+        ):
+            time.sleep(0.2)
+        # epmd daemonizes out of our process group; it serves only this node's port.
+        subprocess.run(
+            ["epmd", "-kill"],
+            env={**os.environ, "ERL_EPMD_PORT": str(self.epmd_port)},
+            capture_output=True,
+            check=False,
+        )
+        if self.workdir.name.startswith("rabbitmq-test-"):
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def rabbitmq_server(workdir: Path) -> RabbitmqServer:
+    """A private rabbitmq-server: its own node name, ports, epmd and data dirs.
+
+    Debian's ``/etc/rabbitmq`` files are bypassed (they pin the standard port), and as root
+    the node runs as the ``rabbitmq`` user, which must own its data dirs.
+    """
+    server = "/usr/lib/rabbitmq/bin/rabbitmq-server"
+    if not Path(server).exists():
+        raise RuntimeError("rabbitmq-server is not installed; scripts/test installs it on Debian")
+    if os.geteuid() == 0:
+        # the rabbitmq user must reach its data dirs, and pytest's tmp dirs are root-only
+        workdir = Path(tempfile.mkdtemp(prefix="rabbitmq-test-"))
+    port, dist_port, epmd_port = free_port(), free_port(), free_port()
+    for sub in ("mnesia", "log"):
+        (workdir / sub).mkdir(parents=True, exist_ok=True)
+    (workdir / "enabled_plugins").write_text("[].\n")
+    (workdir / "rabbitmq-env.conf").write_text("")
+    (workdir / "rabbitmq.conf").write_text(
+        f"listeners.tcp.1 = 127.0.0.1:{port}\nloopback_users = none\n"
+    )
+    env = {
+        "HOME": str(workdir),
+        "RABBITMQ_CONF_ENV_FILE": str(workdir / "rabbitmq-env.conf"),
+        "RABBITMQ_CONFIG_FILE": str(workdir / "rabbitmq.conf"),
+        "RABBITMQ_NODENAME": f"test{port}@localhost",
+        "RABBITMQ_DIST_PORT": str(dist_port),
+        "ERL_EPMD_PORT": str(epmd_port),
+        "ERL_EPMD_ADDRESS": "127.0.0.1",
+        "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
+        "RABBITMQ_MNESIA_BASE": str(workdir / "mnesia"),
+        "RABBITMQ_LOG_BASE": str(workdir / "log"),
+        "RABBITMQ_ENABLED_PLUGINS_FILE": str(workdir / "enabled_plugins"),
+    }
+    argv = ["env", *(f"{k}={v}" for k, v in env.items()), server]
+    if os.geteuid() == 0:
+        shutil.chown(workdir, "rabbitmq", "rabbitmq")
+        for path in workdir.rglob("*"):
+            shutil.chown(path, "rabbitmq", "rabbitmq")
+        argv = ["runuser", "-u", "rabbitmq", "--", *argv]
+    return RabbitmqServer(argv, port, workdir, epmd_port=epmd_port)

@@ -1,0 +1,44 @@
+"""The same worker on RabbitMQ (BROKER_URL=amqp://...), against a real rabbitmq-server."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+
+from tests.servers import rabbitmq_server, running
+from tests.workers import Replica, completed_ids, dead_letters, replica_env, wait_until
+from worker.app import setup
+from worker.config import Settings
+
+pytestmark = pytest.mark.rabbitmq
+
+
+def test_round_trip_with_retries_and_dead_letters(redis_url, tmp_path):
+    client = redis.Redis.from_url(redis_url)
+    with running(rabbitmq_server(tmp_path / "rabbitmq")) as rabbit:
+        env = replica_env(
+            redis_url,
+            BROKER_URL=rabbit.url,
+            SIM_LATENCY_SECONDS="0.05",
+            JOB_CONCURRENCY=4,
+            RETRY_TIME_SCALE=0.05,
+        )
+        replica = Replica(env, tmp_path / "worker.log").start()
+        try:
+            setup(Settings(_env_file=None, REDIS_URL=redis_url, BROKER_URL=rabbit.url))
+            from worker import actors
+
+            ids = [
+                actors.agent_run.send(job_id="a", org_id="o", prompt="hi").message_id,
+                actors.crm_sync.send(job_id="c", org_id="o", record={}).message_id,
+                actors.job_status_update.send(job_id="s", org_id="o", status="queued").message_id,
+            ]
+            bad = actors.message_send.send(
+                job_id="m", org_id="o", channel="", recipient="x", text="t"
+            ).message_id
+            wait_until(lambda: len(completed_ids(client)) == 3 and dead_letters(client), timeout=60)
+        finally:
+            assert replica.stop() == 0, replica.log
+    assert sorted(completed_ids(client)) == sorted(ids)
+    [dead] = dead_letters(client)
+    assert dead["message_id"] == bad and dead["reason"].startswith("permanent error: invalid")
