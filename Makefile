@@ -20,3 +20,6 @@ format: venv  ## apply ruff's fixes and formatting
 
 up:  ## bring up the stack (docker compose, or local processes without Docker)
 	./scripts/up
+
+bench: venv  ## run every benchmark in bench/ (prints ratios measured side by side)
+	@for b in bench/bench_*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done

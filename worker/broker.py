@@ -87,7 +87,14 @@ def middleware_stack(settings: Settings, client: redis.Redis) -> list:
         Pipelines(),
         CurrentMessage(),
         BrokerHeartbeat(interval=settings.job_lock_timeout_seconds / 2),
-        JobLog(client, namespace=settings.job_queue_name),
+        JobLog(
+            client,
+            namespace=settings.job_queue_name,
+            completed_ttl=settings.completed_jobs_ttl_seconds,
+            completed_max=settings.completed_jobs_max,
+            dead_ttl=settings.dead_letters_ttl_seconds,
+            dead_max=settings.dead_letters_max,
+        ),
         ClassRetries(
             max_delay=settings.retry_max_delay_seconds,
             jitter=settings.retry_jitter,
@@ -111,4 +118,5 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
         namespace=settings.job_queue_name,
         middleware=middleware,
         heartbeat_timeout=int(settings.job_lock_timeout_seconds * 1000),
+        dead_message_ttl=int(settings.dead_letters_ttl_seconds * 1000),
     )

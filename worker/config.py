@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     job_lock_timeout_seconds: float = Field(30.0, gt=1, validation_alias="JOB_LOCK_TIMEOUT_SECONDS")
     retry_max_delay_seconds: float = Field(300.0, ge=2, validation_alias="RETRY_MAX_DELAY_SECONDS")
     retry_jitter: float = Field(0.2, ge=0, le=0.5, validation_alias="RETRY_JITTER")
+    completed_jobs_max: int = Field(1000, ge=0, validation_alias="COMPLETED_JOBS_MAX")
+    completed_jobs_ttl_seconds: float = Field(
+        86_400, gt=0, validation_alias="COMPLETED_JOBS_TTL_SECONDS"
+    )
+    dead_letters_max: int = Field(5000, ge=0, validation_alias="DEAD_LETTERS_MAX")
+    dead_letters_ttl_seconds: float = Field(
+        7 * 86_400, gt=0, le=7 * 86_400, validation_alias="DEAD_LETTERS_TTL_SECONDS"
+    )
     retry_time_scale: float = Field(1.0, gt=0, le=1, validation_alias="RETRY_TIME_SCALE")
 
     # Integrations (all optional)
