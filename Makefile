@@ -20,3 +20,13 @@ format: venv  ## apply ruff's fixes and formatting
 
 up:  ## bring up the stack (docker compose, or local processes without Docker)
 	./scripts/up
+
+rules: venv  ## render alerts/*.libsonnet into prometheus/rules/*.yml
+	$(PY) -m alerts.render
+
+check: venv  ## validate rules and configs with promtool/amtool, run the rule and route tests
+	promtool check rules prometheus/rules/*.yml
+	promtool check config prometheus/prometheus.yml
+	promtool test rules prometheus/tests/*_test.yml
+	amtool check-config alertmanager/alertmanager.yml
+	$(PY) -m alerts.routes
