@@ -23,3 +23,13 @@ up:  ## bring up the stack (docker compose, or local processes without Docker)
 
 bench: venv  ## run every benchmark in bench/ (prints ratios measured side by side)
 	@for b in bench/bench_*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
+
+rules: venv  ## render alerts/*.libsonnet into prometheus/rules/*.yml
+	$(PY) -m alerts.render
+
+check: venv  ## validate rules and configs with promtool/amtool, run the rule and route tests
+	promtool check rules prometheus/rules/*.yml
+	promtool check config prometheus/prometheus.yml
+	promtool test rules prometheus/tests/*_test.yml
+	amtool check-config alertmanager/alertmanager.yml
+	$(PY) -m alerts.routes
