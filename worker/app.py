@@ -124,7 +124,13 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
     global _services
     logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_DropResultsAdvice())
     settings = settings or load_settings()
+    if settings.sentry_dsn is not None:
+        from worker.sentry import add_job_tags, init_sentry
+
+        init_sentry(settings)  # before the broker: the Dramatiq integration patches Broker
     broker = build_broker(settings)
+    if settings.sentry_dsn is not None:
+        add_job_tags(broker)
     dramatiq.set_broker(broker)
     _services = build_services(settings)
     from worker import actors  # declared on the global broker at first import
