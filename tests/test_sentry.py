@@ -251,3 +251,27 @@ def test_without_a_dsn_sentry_is_never_loaded():
     loaded, middleware = out.stdout.strip().split(" ", 1)
     assert loaded == "False"
     assert "Sentry" not in middleware
+
+
+def test_a_worker_replica_reports_to_sentry(redis_url, sentry_server, tmp_path):
+    """``python -m worker`` as deployed: Sentry starts in each forked worker process."""
+    from tests.workers import Replica, replica_env
+
+    replica = Replica(
+        replica_env(redis_url, SENTRY_DSN=sentry_server.dsn, JOB_CONCURRENCY=2),
+        tmp_path / "worker.log",
+    ).start()
+    try:
+        setup(settings_for(redis_url))  # a producer without Sentry
+        from worker import actors
+
+        actors.job_status_update.send(job_id="j1", org_id="org-1", status="exploded")
+        client = redis.Redis.from_url(redis_url)
+        wait_until(lambda: dead_letters(client), timeout=30)
+        wait_until(sentry_server.events, timeout=10)
+    finally:
+        assert replica.stop() == 0, replica.log
+    [event] = sentry_server.events()
+    assert event["tags"]["job_type"] == "job.status_update"
+    assert event["tags"]["dead_lettered"] == "yes"
+    assert event["exception"]["values"][-1]["type"] == "InvalidPayload"

@@ -100,12 +100,11 @@ def _scrub(value: Any) -> Any:
     if isinstance(value, str):
         return REDACTOR.redact(value)
     if isinstance(value, dict):
-        return {
-            _scrub(k) if isinstance(k, str) else k: FILTERED
-            if isinstance(k, str) and is_sensitive(k) and v not in (None, "")
-            else _scrub(v)
-            for k, v in value.items()
-        }
+        scrubbed = {}
+        for key, item in value.items():
+            sensitive = isinstance(key, str) and is_sensitive(key) and item not in (None, "")
+            scrubbed[_scrub(key)] = FILTERED if sensitive else _scrub(item)
+        return scrubbed
     if isinstance(value, list | tuple):
         return [_scrub(v) for v in value]
     return value
