@@ -51,7 +51,6 @@ class OpenRouterClient:
         *,
         timeout: float = 60.0,
         max_connections: int = 25,
-        transport: httpx.BaseTransport | None = None,
     ) -> None:
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.timeout = timeout
@@ -61,7 +60,6 @@ class OpenRouterClient:
                 max_connections=max_connections, max_keepalive_connections=max_connections
             ),
             headers={"User-Agent": f"worker-monitoring/{__version__}"},
-            transport=transport,
         )
 
     def chat_completion(

@@ -21,9 +21,10 @@ baggage header would carry the DSN's public key).
 ``scrub_event`` (``before_send`` and ``before_send_transaction``) walks the whole
 event: values under a sensitive name (Authorization, apikey, ...) are replaced, and in
 every string the configured secrets, every organization key decrypted so far, and
-credential patterns (``worker.redact``) are removed. Job payloads are reduced to
-``job_id`` and ``org_id``: prompts and message texts are customer data. If scrubbing
-fails, the SDK drops the event rather than send it unscrubbed.
+credential patterns (``worker.redact``) are removed. The integration's copy of the
+message keeps only ``job_id`` and ``org_id`` of the payload (prompts and message texts
+are customer data); frame variables, Sentry's default, may still show parts of it. If
+scrubbing fails, the SDK drops the event rather than send it unscrubbed.
 """
 
 from __future__ import annotations
