@@ -3,6 +3,7 @@
 Subcommands:
   run (default)  run one replica: WORKER_PROCESSES processes sharing JOB_CONCURRENCY slots
   capacity       plan concurrency and replicas with Little's law
+  encrypt-key    encrypt an organization's LLM API key (read from stdin) for storage
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ def run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"run": run, "capacity": _capacity}
+    commands = {"run": run, "capacity": _capacity, "encrypt-key": _encrypt_key}
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0
@@ -77,6 +78,12 @@ def _capacity(argv: list[str]) -> int:
     from worker.capacity import main as capacity_main
 
     return capacity_main(argv)
+
+
+def _encrypt_key(argv: list[str]) -> int:
+    from worker.keys import main as encrypt_key_main
+
+    return encrypt_key_main(argv)
 
 
 if __name__ == "__main__":

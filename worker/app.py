@@ -24,6 +24,7 @@ from worker.backends import (
 )
 from worker.broker import build_broker, redis_client
 from worker.config import Settings, load_settings
+from worker.organizations import RedisOrganizations
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +64,51 @@ def build_services(settings: Settings) -> Services:
     def endpoint(name: str, url: str | None):
         return HttpEndpoint(name, url, http) if url else SimulatedService(name, knobs)
 
+    if settings.supabase_url and settings.supabase_service_role_key:
+        from worker.supabase_store import SupabaseStore, create_supabase_client
+
+        supabase = SupabaseStore(
+            create_supabase_client(
+                settings.supabase_url,
+                settings.supabase_service_role_key.get_secret_value(),
+                timeout=settings.supabase_timeout_seconds,
+                max_connections=settings.threads_per_process,
+            )
+        )
+        job_store, organizations = supabase, supabase
+    else:
+        job_store = RedisJobStore(client, settings.job_queue_name)
+        organizations = RedisOrganizations(client, settings.job_queue_name)
+
     return Services(
         settings=settings,
-        llm=SimulatedLLM(knobs),
+        llm=build_llm(settings, organizations) or SimulatedLLM(knobs),
         crm=endpoint("crm", settings.crm_endpoint_url),
         messages=endpoint("messages", settings.message_endpoint_url),
-        job_store=RedisJobStore(client, settings.job_queue_name),
+        job_store=job_store,
+    )
+
+
+def build_llm(settings: Settings, organizations: Any, rate_limit: Any = None) -> Any | None:
+    """The OpenRouter LLM when there is a key to call it with: ``OPENROUTER_API_KEY``, or
+    organizations' own keys (which ``ENCRYPTION_KEY`` decrypts); None otherwise."""
+    if settings.openrouter_api_key is None and settings.encryption_key is None:
+        return None
+    from worker.openrouter import OpenRouterClient, OpenRouterLLM
+
+    key = settings.openrouter_api_key
+    return OpenRouterLLM(
+        OpenRouterClient(
+            settings.openrouter_base_url,
+            timeout=settings.openrouter_timeout_seconds,
+            max_connections=settings.threads_per_process,
+        ),
+        organizations,
+        default_model=settings.openrouter_model,
+        default_api_key=key.get_secret_value() if key else None,
+        encryption_key=settings.encryption_key_bytes,
+        # The rate limiter's seam: RateLimiter(...).with_rate_limit once it lands.
+        rate_limit=rate_limit,
     )
 
 
@@ -84,7 +124,13 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
     global _services
     logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_DropResultsAdvice())
     settings = settings or load_settings()
+    if settings.sentry_dsn is not None:
+        from worker.sentry import add_job_tags, init_sentry
+
+        init_sentry(settings)  # before the broker: the Dramatiq integration patches Broker
     broker = build_broker(settings)
+    if settings.sentry_dsn is not None:
+        add_job_tags(broker)
     dramatiq.set_broker(broker)
     _services = build_services(settings)
     from worker import actors  # declared on the global broker at first import

@@ -109,6 +109,7 @@ class Settings(BaseSettings):
     supabase_service_role_key: SecretStr | None = Field(
         None, validation_alias="SUPABASE_SERVICE_ROLE_KEY"
     )
+    supabase_timeout_seconds: float = Field(10.0, gt=0, validation_alias="SUPABASE_TIMEOUT_SECONDS")
     encryption_key: SecretStr | None = Field(None, validation_alias="ENCRYPTION_KEY")
     sentry_dsn: SecretStr | None = Field(None, validation_alias="SENTRY_DSN")
     sentry_traces_sample_rate: float = Field(
@@ -117,6 +118,7 @@ class Settings(BaseSettings):
     sentry_profiles_sample_rate: float = Field(
         0.1, ge=0, le=1, validation_alias="SENTRY_PROFILES_SAMPLE_RATE"
     )
+    sentry_release: str | None = Field(None, validation_alias="SENTRY_RELEASE")
     environment: str = Field(
         "development", validation_alias=AliasChoices("ENVIRONMENT", "NODE_ENV")
     )
@@ -187,8 +189,23 @@ class Settings(BaseSettings):
     @field_validator("encryption_key")
     @classmethod
     def _encryption_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None  # set but empty (e.g. ENCRYPTION_KEY= in a compose file): unset
+        decode_encryption_key(value.get_secret_value())
+        return value
+
+    @field_validator("sentry_dsn", "openrouter_api_key", "supabase_service_role_key")
+    @classmethod
+    def _empty_secret_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
+        return value if value is not None and value.get_secret_value().strip() else None
+
+    @field_validator("sentry_dsn")
+    @classmethod
+    def _sentry_dsn(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None:
-            decode_encryption_key(value.get_secret_value())
+            parts = urlsplit(value.get_secret_value().strip())
+            if parts.scheme not in {"http", "https"} or not parts.username or not parts.path[1:]:
+                raise ValueError("must look like https://<public key>@<host>/<project id>")
         return value
 
     @field_validator("sim_latency_seconds", mode="before")

@@ -1,0 +1,58 @@
+"""Removes secrets from text before it leaves the process (Sentry events, error reasons).
+
+Two nets: the exact values this process knows to be secret (its configured keys, and
+every organization key it has decrypted), and patterns of credentials it cannot know in
+advance (OpenRouter / OpenAI style keys, bearer tokens, JWTs such as Supabase keys,
+Supabase ``sb_secret_`` keys). Secret values shorter than 8 characters are not
+registered: redacting every "abc" in an event would destroy it and protect nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+
+FILTERED = "[Filtered]"
+
+PATTERNS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"sk-or-[A-Za-z0-9_-]{8,}"),  # OpenRouter keys: sk-or-v1-<64 hex>
+    re.compile(r"sk-[A-Za-z0-9_-]{20,}"),  # OpenAI-style provider keys
+    re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}"),
+    re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"),  # JWTs
+    re.compile(r"sb_secret_[A-Za-z0-9_-]{8,}"),
+)
+
+_MIN_SECRET_LENGTH = 8
+
+
+class Redactor:
+    """Replaces known secret values and credential patterns in text with ``[Filtered]``."""
+
+    def __init__(self) -> None:
+        self._secrets: frozenset[str] = frozenset()
+        self._lock = threading.Lock()
+
+    def add(self, *values: str | None) -> None:
+        """Remember secret values; later ``redact`` calls remove them wherever they occur."""
+        new = {v for v in values if v and len(v) >= _MIN_SECRET_LENGTH}
+        if new - self._secrets:
+            with self._lock:
+                self._secrets = self._secrets | new
+
+    def redact(self, text: str) -> str:
+        # Longest first, so a secret containing another is removed whole.
+        for secret in sorted(self._secrets, key=len, reverse=True):
+            if secret in text:
+                text = text.replace(secret, FILTERED)
+        for pattern in PATTERNS:
+            text = pattern.sub(FILTERED, text)
+        return text
+
+    def clear(self) -> None:
+        with self._lock:
+            self._secrets = frozenset()
+
+
+#: The process-wide redactor: configured secrets are added at start, organization keys
+#: as they are decrypted.
+REDACTOR = Redactor()
