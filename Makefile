@@ -20,3 +20,6 @@ format: venv  ## apply ruff's fixes and formatting
 
 up:  ## bring up the stack (docker compose, or local processes without Docker)
 	./scripts/up
+
+bench: venv  ## run every bench/bench_*.py; each prints its ratios and fails on a missed target
+	@set -e; for script in bench/bench_*.py; do echo "== $$script"; $(PY) $$script; done

@@ -60,47 +60,76 @@ DEFAULT_BUCKETS = 60
 
 _WINDOW_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
-# KEYS[i]: hash of window i, field = bucket index, value = admissions counted in it.
+# KEYS[i]: hash of window i: field <bucket index> = admissions counted in that bucket, plus
+#   n = sum of the bucket fields, lo = every bucket field is >= lo (the oldest bucket at the
+#   last recount), free = cached time (us) at which a full window next has room.
 # ARGV[1]: B (buckets per window); then for window i: ARGV[2i] = N, ARGV[2i+1] = w (us).
 # Reply: {allowed, server seconds, server microseconds, then for each window:
 #         admissions counted before this request, microseconds until it has room (0 = has room)}
+# An admission costs O(1) per window; the O(B) recount runs once per bucket width (when the
+# oldest bucket leaves the window), and the O(B) retry_after walk once per full period.
 _SCRIPT = """
 local B = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local allowed = 1
-local bucket, reply = {}, {0, tonumber(t[1]), tonumber(t[2])}
+local bucket, missing_lo, reply = {}, {}, {0, tonumber(t[1]), tonumber(t[2])}
 for i = 1, #KEYS do
+  local key = KEYS[i]
   local limit = tonumber(ARGV[2 * i])
   local width = tonumber(ARGV[2 * i + 1])
   local k = math.floor(now / width)
-  local flat = redis.call('HGETALL', KEYS[i])
-  local live, stale, used = {}, {}, 0
-  for j = 1, #flat, 2 do
-    local index = tonumber(flat[j])
-    if index < k - B then
-      stale[#stale + 1] = flat[j]
-    else
-      local count = tonumber(flat[j + 1])
-      used = used + count
-      live[#live + 1] = {index, count}
+  local oldest = k - B
+  local state = redis.call('HMGET', key, 'n', 'lo', 'free')
+  local used, lo, free = tonumber(state[1]) or 0, tonumber(state[2]), tonumber(state[3])
+  local flat = nil
+  if lo == nil or lo < oldest then
+    -- the oldest bucket moved on since the last look: drop stale buckets, recount the rest
+    flat = redis.call('HGETALL', key)
+    local stale, live = {'free'}, 0
+    used, free = 0, nil
+    for j = 1, #flat, 2 do
+      local index = tonumber(flat[j])
+      if index then
+        if index < oldest then
+          stale[#stale + 1] = flat[j]
+        else
+          used = used + tonumber(flat[j + 1])
+          live = live + 1
+        end
+      end
     end
-  end
-  if #stale > 0 then
-    redis.call('HDEL', KEYS[i], unpack(stale))
+    if live == 0 then
+      if #flat > 0 then redis.call('DEL', key) end
+      missing_lo[i] = true
+    else
+      redis.call('HDEL', key, unpack(stale))
+      redis.call('HSET', key, 'n', string.format('%d', used), 'lo', string.format('%d', oldest))
+    end
   end
   local wait = 0
   if used >= limit then
     allowed = 0
-    table.sort(live, function(a, b) return a[1] < b[1] end)
-    local left = used
-    for _, entry in ipairs(live) do
-      left = left - entry[2]
-      if left < limit then
-        wait = (entry[1] + B + 1) * width - now
-        break
+    if free == nil or free <= now then
+      -- earliest moment the window has room: let buckets leave, oldest first
+      flat = flat or redis.call('HGETALL', key)
+      local live = {}
+      for j = 1, #flat, 2 do
+        local index = tonumber(flat[j])
+        if index and index >= oldest then live[#live + 1] = {index, tonumber(flat[j + 1])} end
       end
+      table.sort(live, function(a, b) return a[1] < b[1] end)
+      local left = used
+      for _, entry in ipairs(live) do
+        left = left - entry[2]
+        if left < limit then
+          free = (entry[1] + B + 1) * width
+          break
+        end
+      end
+      redis.call('HSET', key, 'free', string.format('%d', free))
     end
+    wait = free - now
   end
   bucket[i] = string.format('%d', k)
   reply[#reply + 1] = used
@@ -110,6 +139,10 @@ if allowed == 1 then
   for i = 1, #KEYS do
     local width = tonumber(ARGV[2 * i + 1])
     redis.call('HINCRBY', KEYS[i], bucket[i], 1)
+    redis.call('HINCRBY', KEYS[i], 'n', 1)
+    if missing_lo[i] then
+      redis.call('HSET', KEYS[i], 'lo', string.format('%d', math.floor(now / width) - B))
+    end
     redis.call('PEXPIRE', KEYS[i], math.ceil(width * (B + 1) / 1000) + 1000)
   end
 end
