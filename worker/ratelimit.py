@@ -19,11 +19,17 @@ than ``N``; then it is counted once in bucket ``k`` of every window, else nothin
   buckets. The limiter never admits more than the guarantee; it may refuse a request
   for at most ``w`` (1 s for a minute, 60 s for an hour, 24 min for a day) longer
   than an exact sliding log would.
-- ``retry_after`` is exact for the state it saw: the time until enough old buckets drop
-  out for every refusing window to have room (if no one else takes the slot first).
+- ``retry_after`` is the time until enough old buckets leave every refusing window for
+  it to have room (if no one else takes the slot first). It is computed once per full
+  period and cached; only after a limit is raised can the cached value be early, and an
+  early retry is simply refused again.
 - A request refused by one window consumes nothing in any window (one atomic script).
-- Memory per organization and window: at most ``B + 2`` small hash fields, whatever
-  ``N`` and ``T`` (no log of timestamps); keys expire ``T + w`` after the last admission.
+- Memory per organization and window: one hash of at most ``B + 4`` small fields (the
+  ``B + 1`` buckets, their total, the oldest bucket, the cached ``retry_after``), whatever
+  ``N`` and ``T`` (no log of timestamps); it expires ``T + w`` after the last admission.
+- Cost: an admission is O(1) per window; the O(B) recount runs when the oldest bucket
+  leaves the window (at most once per ``w``), the O(B) ``retry_after`` walk once per
+  full period.
 - Time is the Redis server's ``TIME``, read inside the script, so clients with skewed
   clocks agree. If the server clock steps back, buckets "from the future" keep counting
   (conservative); a forward step or a failover to a replica whose clock is ahead ages
@@ -51,7 +57,7 @@ from worker.metrics import RATE_LIMIT_DECISIONS
 
 log = logging.getLogger(__name__)
 
-T = TypeVar("T")
+R = TypeVar("R")
 
 #: Named windows: name -> (max admissions, window seconds).
 LimitsSpec = Mapping[str, tuple[int, float]]
@@ -325,7 +331,7 @@ class RateLimiter:
             windows=per_window,
         )
 
-    def with_rate_limit(self, org_id: str, fn: Callable[[], T], *, max_wait: float = 0.0) -> T:
+    def with_rate_limit(self, org_id: str, fn: Callable[[], R], *, max_wait: float = 0.0) -> R:
         """Call ``fn()`` once a slot is taken for ``org_id``.
 
         Waits (sleeping ``retry_after``) as long as the total wait stays within
