@@ -1,8 +1,10 @@
 """Defer jobs of an organization that is over its LLM API limits instead of running them.
 
 Applies to actors declared with ``rate_limited=True``; the organization is the message's
-``org_id`` keyword argument. Before the actor runs, one slot is taken from the shared
-``RateLimiter`` (all replicas and processes draw from the same Redis counters):
+``org_id`` keyword argument (a message without one is not limited: there is nothing to
+count it against, and the actor's payload validation rejects it). Before the actor runs,
+one slot is taken from the shared ``RateLimiter`` (all replicas and processes draw from
+the same Redis counters):
 
 - allowed: the job runs.
 - throttled: a copy of the message is enqueued with a delay of ``retry_after`` plus a
@@ -75,7 +77,7 @@ class RateLimit(Middleware):
         if not broker.get_actor(message.actor_name).options.get("rate_limited", False):
             return
         org_id = message.kwargs.get("org_id")
-        if org_id is None:
+        if org_id is None or org_id == "":
             # Nothing to count it against; the actor's payload validation rejects it.
             log.warning("rate-limited message %s has no org_id", message.message_id)
             return
