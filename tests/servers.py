@@ -279,3 +279,89 @@ def alertmanager_server(
         "--cluster.listen-address=",
     ]
     return AlertmanagerServer(argv, port, workdir)
+
+
+@dataclass
+class RedisClusterServers:
+    """A Redis Cluster of masters only, on loopback; ``nodes`` can be stopped one by one."""
+
+    nodes: list[RedisServer]
+
+    @property
+    def url(self) -> str:
+        return self.nodes[0].url.removesuffix("/0")
+
+    def client(self, **options):
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(self.url, **options)
+
+
+def _distinct_free_ports(count: int) -> list[int]:
+    ports: set[int] = set()
+    while len(ports) < count:
+        ports.add(free_port())
+    return sorted(ports)
+
+
+@contextlib.contextmanager
+def redis_cluster(workdir: Path, masters: int = 3) -> Iterator[RedisClusterServers]:
+    """Build a real cluster: ``masters`` redis-server nodes, slots assigned by redis-cli."""
+    ports = _distinct_free_ports(2 * masters)
+    nodes = []
+    for i, (port, bus_port) in enumerate(zip(ports[:masters], ports[masters:], strict=True)):
+        nodes.append(
+            redis_server(
+                workdir / f"node{i}",
+                port,
+                "--appendonly",
+                "no",
+                "--cluster-enabled",
+                "yes",
+                "--cluster-port",
+                str(bus_port),
+                "--cluster-config-file",
+                "nodes.conf",
+                "--cluster-node-timeout",
+                "5000",
+            )
+        )
+    with contextlib.ExitStack() as stack:
+        for node in nodes:
+            stack.enter_context(running(node))
+        created = subprocess.run(
+            [
+                require_binary("redis-cli"),
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{node.port}" for node in nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if created.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}")
+        _wait_cluster_ok(nodes)
+        yield RedisClusterServers(nodes)
+
+
+def _wait_cluster_ok(nodes: list[RedisServer], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    pending = list(nodes)
+    while pending:
+        info = subprocess.run(
+            [require_binary("redis-cli"), "-p", str(pending[0].port), "cluster", "info"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout
+        if "cluster_state:ok" in info:
+            pending.pop(0)
+        elif time.monotonic() > deadline:
+            raise TimeoutError(f"cluster not ok on port {pending[0].port}: {info[:300]}")
+        else:
+            time.sleep(0.1)

@@ -182,3 +182,39 @@ def test_node_env_is_accepted_for_environment():
     settings = Settings(_env_file=None, REDIS_URL="redis://x", NODE_ENV="production")
     assert settings.environment == "production"
     assert signal.SIGTERM  # keep the import honest for readers of the shutdown test
+
+
+def test_agent_runs_are_rate_limited_per_organization_without_spending_attempts(
+    redis_url, tmp_path
+):
+    client = redis.Redis.from_url(redis_url)
+    replica = Replica(
+        replica_env(
+            redis_url, SIM_LATENCY_SECONDS="0.05", JOB_CONCURRENCY=4, RATE_LIMITS="burst=3/2"
+        ),
+        tmp_path / "w.log",
+    ).start()
+    try:
+        setup(Settings(_env_file=None, REDIS_URL=redis_url))
+        from worker import actors
+
+        busy = [
+            actors.agent_run.send(job_id=f"a{i}", org_id="org-a", prompt="p").message_id
+            for i in range(9)
+        ]
+        quiet = actors.agent_run.send(job_id="b", org_id="org-b", prompt="p").message_id
+        wait_until(lambda: quiet in completed_ids(client), timeout=10)
+        wait_until(lambda: set(busy) <= set(completed_ids(client)), timeout=30)
+    finally:
+        replica.stop()
+    entries = {
+        f[b"message_id"].decode(): int(i.split(b"-")[0]) / 1000
+        for i, f in client.xrange("agent-jobs:completed")
+    }
+    done = sorted(entries[m] for m in busy)
+    # 3 per 2 s: 9 jobs need at least two further windows, and no 2 s holds more than 3
+    assert done[-1] - done[0] >= 4.0
+    assert all(b - a > 2.0 - 0.1 for a, b in zip(done, done[3:], strict=False)), done
+    # the other organization did not wait behind org-a's deferrals
+    assert entries[quiet] - done[0] < 1.0
+    assert dead_letters(client) == [], "a deferral never spends an attempt"

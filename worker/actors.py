@@ -52,7 +52,7 @@ def validate(model: type[P], kwargs: dict[str, Any]) -> P:
         raise InvalidPayload(f"invalid {model.__name__} payload: {fields}") from None
 
 
-@job("agent.run", "standard")
+@job("agent.run", "standard", rate_limited=True)
 def agent_run(**kwargs: Any) -> dict[str, Any]:
     """Runs an agent step: one LLM completion for an organization."""
     p = validate(AgentRun, kwargs)

@@ -107,7 +107,9 @@ def build_llm(settings: Settings, organizations: Any, rate_limit: Any = None) ->
         default_model=settings.openrouter_model,
         default_api_key=key.get_secret_value() if key else None,
         encryption_key=settings.encryption_key_bytes,
-        # The rate limiter's seam: RateLimiter(...).with_rate_limit once it lands.
+        # Actors reach the LLM through the RateLimit middleware, which takes the slot before
+        # the job runs (and defers it without spending an attempt); this seam is for callers
+        # outside an actor, e.g. ``rate_limit=RateLimiter(...).with_rate_limit``.
         rate_limit=rate_limit,
     )
 

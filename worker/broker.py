@@ -20,7 +20,9 @@ from dramatiq.middleware import (
 from worker.config import Settings
 from worker.middleware.heartbeat import BrokerHeartbeat
 from worker.middleware.job_log import JobLog
+from worker.middleware.ratelimit import RateLimit
 from worker.middleware.retries import ClassRetries
+from worker.ratelimit import RateLimiter
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,10 @@ def redis_client(url: str) -> redis.Redis:
 
 
 def middleware_stack(settings: Settings, client: redis.Redis) -> list:
-    """Dramatiq's useful defaults, minus its ``Retries`` (20 retries, 15 s minimum)."""
+    """Dramatiq's useful defaults, minus its ``Retries`` (20 retries, 15 s minimum).
+
+    ``RateLimit`` comes before the job metrics: a deferred job is not an attempt.
+    """
     return [
         AgeLimit(),
         TimeLimit(),
@@ -86,6 +91,7 @@ def middleware_stack(settings: Settings, client: redis.Redis) -> list:
         Callbacks(),
         Pipelines(),
         CurrentMessage(),
+        RateLimit(RateLimiter.from_settings(client, settings)),
         BrokerHeartbeat(interval=settings.job_lock_timeout_seconds / 2),
         JobLog(
             client,
