@@ -20,3 +20,9 @@ format: venv  ## apply ruff's fixes and formatting
 
 up:  ## bring up the stack (docker compose, or local processes without Docker)
 	./scripts/up
+
+down:  ## stop the docker compose stack (its volumes, i.e. queued jobs and metrics, are kept)
+	docker compose --profile demo down
+
+up-local:  ## the stack as local processes, for machines without Docker; Ctrl-C stops it
+	./scripts/up --local

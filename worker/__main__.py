@@ -3,6 +3,9 @@
 Subcommands:
   run (default)  run one replica: WORKER_PROCESSES processes sharing JOB_CONCURRENCY slots
   capacity       plan concurrency and replicas with Little's law
+  loadgen        enqueue a realistic job mix at a steady rate; set the simulated backend
+  alert-receiver receive and keep Alertmanager's notifications (the stack's demo receiver)
+  up-local       run the whole stack as local processes (no Docker); Ctrl-C stops it
 """
 
 from __future__ import annotations
@@ -58,7 +61,13 @@ def run(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"run": run, "capacity": _capacity}
+    commands = {
+        "run": run,
+        "capacity": _capacity,
+        "loadgen": _lazy("worker.loadgen"),
+        "alert-receiver": _lazy("worker.alert_receiver"),
+        "up-local": _lazy("worker.localstack"),
+    }
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0
@@ -77,6 +86,17 @@ def _capacity(argv: list[str]) -> int:
     from worker.capacity import main as capacity_main
 
     return capacity_main(argv)
+
+
+def _lazy(module: str):
+    """The ``main(argv)`` of ``module``, imported only when its subcommand runs."""
+
+    def command(argv: list[str]) -> int:
+        import importlib
+
+        return importlib.import_module(module).main(argv)
+
+    return command
 
 
 if __name__ == "__main__":
