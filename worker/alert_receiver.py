@@ -102,7 +102,9 @@ _SLACK_TITLE = re.compile(
     r"(?:\s+on queue (?P<queue>\S+))?(?:\s+\((?P<severity>[^)]*)\))?"
 )
 #: One alert of the text: "*Name*: summary", or "RESOLVED: *Name*: summary".
-_SLACK_ALERT = re.compile(r"^(?:RESOLVED: )?\*(?P<alertname>[^*]+)\*: (?P<summary>.*)$", re.M)
+_SLACK_ALERT = re.compile(
+    r"^(?P<resolved>RESOLVED: )?\*(?P<alertname>[^*]+)\*: (?P<summary>.*)$", re.M
+)
 
 
 def _slack_records(receiver: str, notification: dict[str, Any]) -> list[dict[str, Any]]:
@@ -128,11 +130,16 @@ def _slack_records(receiver: str, notification: dict[str, Any]) -> list[dict[str
             "title": title,
             "text": text,
         }  # fmt: skip
-        alerts = list(_SLACK_ALERT.finditer(text)) or [None]
-        for alert in alerts:
-            record = dict(common, summary=alert["summary"] if alert else title)
-            if alert:
-                record["alertname"] = alert["alertname"]
+        alerts = list(_SLACK_ALERT.finditer(text))
+        if not alerts:
+            records.append(dict(common, summary=title))
+        for alert, following in zip(alerts, [*alerts[1:], None], strict=True):
+            block = text[alert.start() : following.start() if following else len(text)]
+            record = dict(
+                common, alertname=alert["alertname"], summary=alert["summary"], text=block.strip()
+            )
+            if alert["resolved"]:
+                record["status"] = "resolved"
             records.append(record)
     return records
 

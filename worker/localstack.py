@@ -213,6 +213,24 @@ def twin_alertmanager_config(
     return deep_merge(config, overrides or {})
 
 
+def with_route_timing(config: Mapping[str, Any], **timing: str) -> dict[str, Any]:
+    """``config`` with ``group_wait``, ``group_interval`` and/or ``repeat_interval`` set on
+    the root route and on every route below it that sets its own (tests: seconds, not
+    minutes), leaving the tree, matchers and receivers as committed."""
+    config = copy.deepcopy(dict(config))
+
+    def visit(route: dict[str, Any], root: bool) -> None:
+        for key, value in timing.items():
+            if root or key in route:
+                route[key] = value
+        for child in route.get("routes") or []:
+            visit(child, False)
+
+    if "route" in config:
+        visit(config["route"], True)
+    return config
+
+
 # --- the processes ------------------------------------------------------------------------
 
 
@@ -255,6 +273,8 @@ class LocalStack:
       rules_dir            rule files to load instead of prometheus/rules (same file names)
       scrape_interval, evaluation_interval   override the committed 15s (e.g. "1s")
       alertmanager_overrides   deep-merged into the Alertmanager config
+      alertmanager_timing  group_wait / group_interval / repeat_interval for every route
+                           (e.g. {"group_wait": "1s", "group_interval": "1s"} for a test)
       loadgen_rate         jobs/s of the load generator; None: no load generator
       loadgen_args         more arguments for it (e.g. ["--seed", "1"])
       replica_ready_path   the replica endpoint that says it is up
@@ -274,6 +294,7 @@ class LocalStack:
         scrape_interval: str | None = None,
         evaluation_interval: str | None = None,
         alertmanager_overrides: Mapping[str, Any] | None = None,
+        alertmanager_timing: Mapping[str, str] | None = None,
         loadgen_rate: float | None = None,
         loadgen_args: Sequence[str] = (),
         replica_ready_path: str = "/metrics",
@@ -291,6 +312,7 @@ class LocalStack:
         self.rules_dir = Path(rules_dir) if rules_dir is not None else None
         self.scrape_interval, self.evaluation_interval = scrape_interval, evaluation_interval
         self.alertmanager_overrides = alertmanager_overrides
+        self.alertmanager_timing = dict(alertmanager_timing or {})
         self.loadgen_rate, self.loadgen_args = loadgen_rate, list(loadgen_args)
         self.replica_ready_path = replica_ready_path
         self.redis_password = redis_password
@@ -359,6 +381,7 @@ class LocalStack:
             secrets_dir=am_dir / "secrets",
             overrides=self.alertmanager_overrides,
         )
+        am_config = with_route_timing(am_config, **self.alertmanager_timing)
         (am_dir / "alertmanager.yml").write_text(yaml.safe_dump(am_config, sort_keys=False))
         self.alertmanager = alertmanager_server(am_dir, am_dir / "alertmanager.yml", port())
         self.alertmanager.name = "alertmanager"
