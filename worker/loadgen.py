@@ -15,7 +15,7 @@ each alert can be provoked on purpose. They stay in force after the load generat
 from __future__ import annotations
 
 import argparse
-import itertools
+import math
 import random
 import signal
 import sys
@@ -180,7 +180,8 @@ def run(
     whatever each send costs; jobs that fell behind (a slow Redis) are sent at once.
     ``duration`` 0 runs until ``stop()`` is true. A send that fails because the broker is
     unreachable is counted in ``totals.failed`` and not retried (an application would
-    report the error); the next one is tried ``retry_after`` s later.
+    report the error); sending resumes ``retry_after`` s later, and the jobs due meanwhile
+    count as failed too.
     """
     rng = random.Random(seed)
     names, weights = list(mix), list(mix.values())
@@ -190,10 +191,11 @@ def run(
     totals = totals or Totals()
     totals.started = time.monotonic()
     end = totals.started + duration if duration > 0 else float("inf")
-    for i in itertools.count():
+    i = 0
+    while True:
         due = totals.started + i / rate
         if due >= end or stop():
-            break
+            return totals
         while (wait := due - time.monotonic()) > 0:
             time.sleep(min(wait, 0.5))
             status(totals, False)
@@ -201,16 +203,20 @@ def run(
                 return totals
         job_type = rng.choices(names, weights)[0]
         org_id = rng.choices(org_ids, org_weights)[0]
+        i += 1
         try:
             send(job_type, payload(job_type, f"load-{uuid.uuid4().hex[:16]}", org_id, rng))
         except BROKER_ERRORS:
             totals.failed += 1
             status(totals, False)
-            time.sleep(retry_after)
+            time.sleep(min(retry_after, max(0.0, end - time.monotonic())))
+            # The jobs that fell due meanwhile are lost too (counted), not sent in a burst.
+            now_index = math.ceil((min(time.monotonic(), end) - totals.started) * rate)
+            totals.failed += max(0, now_index - i)
+            i = max(i, now_index)
             continue
         totals.sent[job_type] += 1
         status(totals, False)
-    return totals
 
 
 def main(argv: list[str] | None = None) -> int:

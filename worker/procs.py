@@ -37,7 +37,10 @@ def free_port() -> int:
 
 
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on the port now (connections of a stopped server that
+    linger in TIME_WAIT do not count, as servers bind with SO_REUSEADDR)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:
@@ -144,9 +147,13 @@ class Process:
             except subprocess.TimeoutExpired:
                 self.send_signal(signal.SIGKILL)
                 self.proc.wait()
-        # Children that outlived the leader (none, normally) go with the group.
+        # Children that outlived the leader (none, normally) go with the group; return once
+        # they are gone (reaped by init), so that "stopped" means no process is left.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while self.group_alive and time.monotonic() < deadline:
+            time.sleep(0.02)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
