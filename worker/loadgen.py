@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         of = f"/{args.duration:.0f}s" if args.duration else "s"
         progress.show(
             f"loadgen {elapsed:.0f}{of}: sent {totals.count} "
-            f"({totals.count / max(elapsed, 1e-9):.2f}/s, target {rate:.2f}/s){failed} "
+            f"({totals.count / elapsed if elapsed >= 1 else 0:.2f}/s, target {rate:.2f}/s){failed} "
             f"[{kinds}] ready: {ready}",
             final,
         )

@@ -669,7 +669,8 @@ def main(argv: list[str] | None = None) -> int:
         print(stack.describe(), flush=True)
         print(
             "\nProvoke an alert: kill one worker (kill -9 <pid>) for WorkerDown, or make calls"
-            f"\nfail: REDIS_URL={stack.redis.url} worker loadgen --failure-ratio 0.5 --set-only"
+            f"\nfail: REDIS_URL={stack.redis.url} {sys.executable} -m worker loadgen"
+            " --failure-ratio 0.5 --set-only"
             "\nAlerts appear below as the receiver gets them. Ctrl-C stops everything.\n",
             flush=True,
         )
