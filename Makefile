@@ -25,4 +25,4 @@ down:  ## stop the docker compose stack (its volumes, i.e. queued jobs and metri
 	docker compose --profile demo down
 
 up-local:  ## the stack as local processes, for machines without Docker; Ctrl-C stops it
-	./scripts/up --local
+	./scripts/up --local $(ARGS)

@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
@@ -136,10 +135,11 @@ def test_faults_the_end_to_end_tests_inject(tmp_path):
     assert_nothing_left(stack)
 
 
-def test_up_local_command_prints_urls_and_ctrl_c_stops_everything(tmp_path):
+def test_up_local_prints_urls_and_ctrl_c_stops_everything(tmp_path):
     run_dir = tmp_path / "run"
+    # What `make up-local` runs: installs what is missing, then the twin in the foreground.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "worker", "up-local", "--run-dir", str(run_dir),
+        [str(ROOT / "scripts" / "up"), "--local", "--run-dir", str(run_dir),
          "--rate", "5", "--scrape-interval", "1s", "--env", "SIM_LATENCY_SECONDS=0.1"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True,

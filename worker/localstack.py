@@ -663,6 +663,9 @@ def main(argv: list[str] | None = None) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, on_signal)
+    # Ctrl-C must work even when started from a script in the background, which would
+    # otherwise have it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         print("Starting the local stack...", flush=True)
         stack.start()
