@@ -26,3 +26,13 @@ down:  ## stop the docker compose stack (its volumes, i.e. queued jobs and metri
 
 up-local:  ## the stack as local processes, for machines without Docker; Ctrl-C stops it
 	./scripts/up --local $(ARGS)
+
+rules: venv  ## render alerts/*.libsonnet into prometheus/rules/*.yml
+	$(PY) -m alerts.render
+
+check: venv  ## validate rules and configs with promtool/amtool, run the rule and route tests
+	promtool check rules prometheus/rules/*.yml
+	promtool check config prometheus/prometheus.yml
+	promtool test rules prometheus/tests/*_test.yml
+	amtool check-config alertmanager/alertmanager.yml
+	$(PY) -m alerts.routes
