@@ -20,3 +20,6 @@ format: venv  ## apply ruff's fixes and formatting
 
 up:  ## bring up the stack (docker compose, or local processes without Docker)
 	./scripts/up
+
+bench: venv  ## run every benchmark (bench/bench_*.py); each prints ratios measured side by side
+	for script in bench/bench_*.py; do $(PY) $$script || exit 1; done
