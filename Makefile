@@ -21,6 +21,12 @@ format: venv  ## apply ruff's fixes and formatting
 up:  ## bring up the stack (docker compose, or local processes without Docker)
 	./scripts/up
 
+down:  ## stop the docker compose stack (its volumes, i.e. queued jobs and metrics, are kept)
+	docker compose --profile demo down
+
+up-local:  ## the stack as local processes, for machines without Docker; Ctrl-C stops it
+	./scripts/up --local $(ARGS)
+
 bench: venv  ## run every benchmark in bench/ (prints ratios measured side by side)
 	@for b in bench/bench_*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
 
@@ -33,3 +39,6 @@ check: venv  ## validate rules and configs with promtool/amtool, run the rule an
 	promtool test rules prometheus/tests/*_test.yml
 	amtool check-config alertmanager/alertmanager.yml
 	$(PY) -m alerts.routes
+
+bench: venv  ## run every benchmark (bench/bench_*.py); each prints ratios measured side by side
+	for script in bench/bench_*.py; do $(PY) $$script || exit 1; done

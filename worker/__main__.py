@@ -4,6 +4,9 @@ Subcommands:
   run (default)  run one replica: WORKER_PROCESSES processes sharing JOB_CONCURRENCY slots
   capacity       plan concurrency and replicas with Little's law
   encrypt-key    encrypt an organization's LLM API key (read from stdin) for storage
+  loadgen        enqueue a realistic job mix at a steady rate; set the simulated backend
+  alert-receiver receive and keep Alertmanager's notifications (the stack's demo receiver)
+  up-local       run the whole stack as local processes (no Docker); Ctrl-C stops it
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from worker.config import ConfigError, Settings, load_settings
 from worker.jobs import QUEUES
 
 #: Functions the Dramatiq CLI runs in processes of their own beside the workers.
-FORK_FUNCTIONS: list[str] = []
+FORK_FUNCTIONS: list[str] = ["worker.exposition:serve"]
 
 
 def dramatiq_argv(settings: Settings) -> list[str]:
@@ -51,15 +54,28 @@ def run(argv: list[str]) -> int:
     )
     parser.parse_args(argv)
     settings = load_settings()
-    import dramatiq.cli
+    from worker.replica import check_metrics_port, private_metrics_dir
 
-    args = dramatiq.cli.make_argument_parser().parse_args(dramatiq_argv(settings))
-    return dramatiq.cli.main(args) or 0
+    check_metrics_port(settings.metrics_host, settings.metrics_port)
+    # Before anything imports prometheus_client: the worker processes forked below must
+    # find PROMETHEUS_MULTIPROC_DIR set when they do.
+    with private_metrics_dir(settings.metrics_dir):
+        import dramatiq.cli
+
+        args = dramatiq.cli.make_argument_parser().parse_args(dramatiq_argv(settings))
+        return dramatiq.cli.main(args) or 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"run": run, "capacity": _capacity, "encrypt-key": _encrypt_key}
+    commands = {
+        "run": run,
+        "capacity": _lazy("worker.capacity"),
+        "encrypt-key": _lazy("worker.keys"),
+        "loadgen": _lazy("worker.loadgen"),
+        "alert-receiver": _lazy("worker.alert_receiver"),
+        "up-local": _lazy("worker.localstack"),
+    }
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__.strip())
         return 0
@@ -74,16 +90,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
-def _capacity(argv: list[str]) -> int:
-    from worker.capacity import main as capacity_main
+def _lazy(module: str):
+    """The ``main(argv)`` of ``module``, imported only when its subcommand runs."""
 
-    return capacity_main(argv)
+    def command(argv: list[str]) -> int:
+        import importlib
 
+        return importlib.import_module(module).main(argv)
 
-def _encrypt_key(argv: list[str]) -> int:
-    from worker.keys import main as encrypt_key_main
-
-    return encrypt_key_main(argv)
+    return command
 
 
 if __name__ == "__main__":

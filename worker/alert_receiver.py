@@ -1,0 +1,251 @@
+"""A small webhook receiver that shows and keeps the notifications Alertmanager sends.
+
+It stands in for the pager and the chat of a real deployment, so a new user watching the
+stack sees an alert arrive: Alertmanager's ``pager`` and ``chat`` receivers POST to
+``/pager`` and ``/chat`` (any ``/<name>`` works), and for every alert in a notification
+the receiver logs one line and appends one JSON line to its store. It understands both
+formats Alertmanager sends: its own webhook payload (``webhook_configs``) and a Slack
+incoming-webhook message (``slack_configs``, which alertmanager/alertmanager.yml uses).
+``GET /alerts`` returns what it kept (filter with ``?receiver=``, ``?alertname=``,
+``?status=``), ``GET /healthz`` answers 200.
+
+    worker alert-receiver --host 0.0.0.0 --port 9095 --store /data/alerts.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import signal
+import sys
+import threading
+import time
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+log = logging.getLogger("alert_receiver")
+
+#: Alertmanager batches alerts into one notification; a sane one is far below this.
+MAX_BODY_BYTES = 1 << 20
+_RECEIVER_PATH = re.compile(r"^/([A-Za-z0-9_-]{1,64})$")
+
+
+class AlertStore:
+    """Received alerts as JSON lines in a file (kept across restarts), read back whole."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.touch(exist_ok=True)
+        self._lock = threading.Lock()
+
+    def append(self, records: list[dict[str, Any]]) -> None:
+        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(lines)
+
+    def read(self, **filters: str) -> list[dict[str, Any]]:
+        with self._lock:
+            text = self.path.read_text(encoding="utf-8")
+        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+        return [r for r in records if all(r.get(k) == v for k, v in filters.items() if v)]
+
+
+def records_of(receiver: str, notification: dict[str, Any]) -> list[dict[str, Any]]:
+    """One record per alert of a notification, in either format Alertmanager sends."""
+    if isinstance(notification.get("alerts"), list):
+        return _webhook_records(receiver, notification)
+    if isinstance(notification.get("attachments"), list) or "text" in notification:
+        return _slack_records(receiver, notification)
+    raise ValueError("neither an Alertmanager webhook nor a Slack-style notification")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _webhook_records(receiver: str, notification: dict[str, Any]) -> list[dict[str, Any]]:
+    """Alertmanager's own webhook payload (version 4): every alert with its labels."""
+    records = []
+    for alert in notification["alerts"]:
+        if not isinstance(alert, dict):
+            raise ValueError("an alert of the notification is not an object")
+        labels = alert.get("labels") or {}
+        annotations = alert.get("annotations") or {}
+        records.append(
+            {
+                "received_at": _now(),
+                "receiver": receiver,
+                "format": "webhook",
+                "status": str(alert.get("status", notification.get("status", ""))),
+                "alertname": str(labels.get("alertname", "")),
+                "severity": str(labels.get("severity", "")),
+                "summary": str(annotations.get("summary", "")),
+                "labels": labels,
+                "annotations": annotations,
+                "starts_at": alert.get("startsAt"),
+                "ends_at": alert.get("endsAt"),
+                "fingerprint": alert.get("fingerprint"),
+            }
+        )
+    return records
+
+
+#: The title of alertmanager/templates/worker.tmpl: "[FIRING:2] Name on queue q (severity)".
+_SLACK_TITLE = re.compile(
+    r"^\[(?P<status>FIRING|RESOLVED)(?::\d+)?\]\s+(?P<alertname>\S+)"
+    r"(?:\s+on queue (?P<queue>\S+))?(?:\s+\((?P<severity>[^)]*)\))?"
+)
+#: One alert of the text: "*Name*: summary", or "RESOLVED: *Name*: summary".
+_SLACK_ALERT = re.compile(
+    r"^(?P<resolved>RESOLVED: )?\*(?P<alertname>[^*]+)\*: (?P<summary>.*)$", re.M
+)
+
+
+def _slack_records(receiver: str, notification: dict[str, Any]) -> list[dict[str, Any]]:
+    """A Slack incoming-webhook message (Alertmanager's slack_configs): one attachment per
+    group; its title says status, alert name and severity, its text one block per alert."""
+    attachments = notification.get("attachments") or [notification]
+    records = []
+    for attachment in attachments:
+        if not isinstance(attachment, dict):
+            raise ValueError("an attachment of the message is not an object")
+        title = str(attachment.get("title") or "")
+        text = str(attachment.get("text") or "")
+        head = _SLACK_TITLE.match(title)
+        common = {
+            "received_at": _now(),
+            "receiver": receiver,
+            "format": "slack",
+            "status": head["status"].lower() if head else "",
+            "alertname": head["alertname"] if head else "",
+            "severity": (head["severity"] or "") if head else "",
+            "labels": {k: v for k, v in (head.groupdict() if head else {}).items()
+                       if v and k in ("alertname", "queue", "severity")},
+            "title": title,
+            "text": text,
+        }  # fmt: skip
+        alerts = list(_SLACK_ALERT.finditer(text))
+        if not alerts:
+            records.append(dict(common, summary=title))
+        for alert, following in zip(alerts, [*alerts[1:], None], strict=True):
+            block = text[alert.start() : following.start() if following else len(text)]
+            record = dict(
+                common, alertname=alert["alertname"], summary=alert["summary"], text=block.strip()
+            )
+            if alert["resolved"]:
+                record["status"] = "resolved"
+            records.append(record)
+    return records
+
+
+def log_line(record: dict[str, Any]) -> str:
+    labels = record["labels"]
+    where = "".join(
+        f" {k}={labels[k]}" for k in ("severity", "instance", "queue", "job_type") if k in labels
+    )
+    return (
+        f"{record['receiver']}: {record['status'].upper() or '?'} {record['alertname'] or '?'}"
+        f"{where} - {record['summary']}"
+    )
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: ReceiverServer
+    server_version = "alert-receiver"
+
+    def log_message(self, format: str, *args: Any) -> None:  # access log: not wanted
+        pass
+
+    def _reply(self, status: int, body: Any) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        url = urlsplit(self.path)
+        if url.path == "/healthz":
+            self._reply(HTTPStatus.OK, {"status": "ok"})
+        elif url.path == "/alerts":
+            query = {k: v[-1] for k, v in parse_qs(url.query).items()}
+            filters = {k: query.get(k, "") for k in ("receiver", "alertname", "status")}
+            self._reply(HTTPStatus.OK, self.server.store.read(**filters))
+        else:
+            self._reply(HTTPStatus.NOT_FOUND, {"error": "GET /alerts or /healthz"})
+
+    def do_POST(self) -> None:
+        match = _RECEIVER_PATH.match(urlsplit(self.path).path)
+        if match is None:
+            self._reply(HTTPStatus.NOT_FOUND, {"error": "POST to /<receiver>, e.g. /pager"})
+            return
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            self._reply(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length required"})
+            return
+        if length > MAX_BODY_BYTES:
+            self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
+            return
+        try:
+            records = records_of(match.group(1), json.loads(self.rfile.read(length)))
+        except (ValueError, AttributeError) as exc:
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)[:200]})
+            return
+        self.server.store.append(records)
+        for record in records:
+            log.info("%s", log_line(record))
+        # Slack's answer: Alertmanager's Slack notifier checks for "ok".
+        self._reply(HTTPStatus.OK, {"ok": True, "received": len(records)})
+
+
+class ReceiverServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], store: AlertStore) -> None:
+        self.store = store
+        super().__init__(address, _Handler)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="worker alert-receiver", description=__doc__.strip().splitlines()[0]
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
+    parser.add_argument("--port", type=int, default=9095, help="default %(default)s")
+    parser.add_argument(
+        "--store",
+        type=Path,
+        default=Path("alerts.jsonl"),
+        help="JSON lines file the received alerts are appended to (default %(default)s)",
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout, force=True
+    )
+    try:
+        server = ReceiverServer((args.host, args.port), AlertStore(args.store))
+    except OSError as exc:
+        print(f"alert-receiver: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
+    log.info("alert receiver on http://%s:%d, keeping alerts in %s", *server.server_address[:2],
+             args.store)  # fmt: skip
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
