@@ -142,3 +142,33 @@ def test_dead_letter_queue_is_capped_by_count(redis_url):
     assert client.zcard("agent-jobs:fast.XQ") == 5
     assert client.hlen("agent-jobs:fast.XQ.msgs") == 5
     assert client.xlen("agent-jobs:dead") == 5
+
+
+def test_retry_survives_a_broker_outage_at_the_moment_it_is_scheduled(redis_srv):
+    """The retry cannot be enqueued while Redis is down: it is held, not dropped."""
+    broker = setup(settings_for(redis_srv.url, RETRY_JITTER=0, RETRY_TIME_SCALE=SCALE))
+    attempts: list[float] = []
+
+    @job("test.outage", "standard")
+    def flaky(**kwargs):
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            redis_srv.stop()  # AOF on: the queued message survives the restart
+            raise RuntimeError("the LLM call failed just as Redis went away")
+
+    client = redis.Redis.from_url(redis_srv.url)
+    with in_process_worker(broker):
+        message = flaky.send(job_id="j1", org_id="o1")
+        wait_until(lambda: attempts and not redis_srv.running, timeout=10)
+        time.sleep(1.5)
+        redis_srv.start()  # from this thread: the server lives as long as its starter
+        wait_until(lambda: len(attempts) == 2, timeout=30)
+        wait_until(
+            lambda: (
+                message.message_id
+                in [f[b"message_id"].decode() for _, f in client.xrange("agent-jobs:completed")]
+            ),
+            timeout=15,
+        )
+    assert attempts[1] - attempts[0] >= 1.5  # it waited for Redis, then retried
+    assert dead_letters(client) == []

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 
 import dramatiq
+import redis
+from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Middleware
 
 from worker.errors import PermanentError, TransientError
@@ -77,7 +80,31 @@ class ClassRetries(Middleware):
             max_attempts,
             delay,
         )
-        broker.enqueue(message, delay=int(delay * 1000))
+        self.enqueue_until_accepted(broker, message, int(delay * 1000))
+
+    @staticmethod
+    def enqueue_until_accepted(broker, message, delay_ms: int) -> None:
+        """Schedule the retry, waiting out a broker outage.
+
+        Dramatiq swallows an exception raised here and then acks the message, which would
+        lose the job; holding the worker thread until the broker is back keeps it, like
+        Dramatiq's own ack does. If the worker is killed meanwhile, the unacked message is
+        redelivered after the lock timeout.
+        """
+        backoff = 0.5
+        while True:
+            try:
+                broker.enqueue(message, delay=delay_ms)
+                return
+            except (redis.ConnectionError, redis.TimeoutError, BrokerConnectionError) as exc:
+                log.warning(
+                    "cannot schedule retry of job %s (%s); trying again in %.1fs",
+                    message.message_id,
+                    type(exc).__name__,
+                    backoff,
+                )
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     @staticmethod
     def dead_letter(message, reason: str) -> None:
