@@ -45,7 +45,10 @@ class JobLog(Middleware):
         self.result_max_chars = result_max_chars
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
-        if exception is None:
+        # Written before the ack, so a job acked as done is always in the record (a crash
+        # in between records it twice, never zero times). COMPLETED_JOBS_MAX=0 turns the
+        # record off and saves its Redis round trip per job.
+        if exception is None and self.completed_bounds[1] > 0:
             text = json.dumps(result, default=str)[: self.result_max_chars]
             self._append(self.completed_key, self.completed_bounds, message, result=text)
 
