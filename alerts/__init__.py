@@ -1,0 +1,1 @@
+"""Alert and recording rules as code: jsonnet sources rendered to Prometheus rule files."""

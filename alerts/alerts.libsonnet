@@ -1,0 +1,180 @@
+// The seven worker alerts. Thresholds, durations and links come from config.libsonnet;
+// the queries read the recording rules of rules.libsonnet.
+{
+  local c = $._config,
+  local a = c.alerts,
+  local r = $._records,
+  local sel = c.workerSelector,
+
+  local pct(ratio) = '%g%%' % (ratio * 100),
+
+  // The annotations every alert carries. `value` is the measured value formatted for
+  // humans, shown by the Alertmanager templates next to the summary.
+  local alert(name, expr, summary, description, value, linkVars=[]) = {
+    local conf = a[name],
+    alert: name,
+    expr: expr,
+    'for': conf['for'],
+    labels: { severity: conf.severity },
+    annotations: {
+      summary: summary,
+      description: description,
+      value: value,
+      runbook_url: '%s/%s.md' % [c.runbookUrlBase, name],
+      dashboard_url: '%s/d/%s/%s?viewPanel=%d' % [
+        c.grafanaUrlBase,
+        c.dashboardUid,
+        c.dashboardSlug,
+        conf.panelId,
+      ] + std.join('', ['&var-%s={{ $labels.%s }}' % [v, v] for v in linkVars]),
+    },
+  },
+
+  prometheusAlerts+:: {
+    groups+: [
+      {
+        name: 'worker-alerts',
+        rules: [
+          // Liveness comes from Prometheus' own scrape, never from a gauge the worker
+          // reports about itself: a dead worker reports nothing. up == 0 cannot fire when
+          // there is no target at all (every replica gone, or service discovery finding
+          // none): absent() covers that case, with only the selector's labels.
+          alert(
+            'WorkerDown',
+            'up{%s} == 0 or absent(up{%s})' % [sel, sel],
+            '{{ if $labels.instance }}Worker replica {{ $labels.instance }} down'
+            + '{{ else }}No worker replica found{{ end }} for more than %s' % a.WorkerDown['for'],
+            '{{ if $labels.instance }}Prometheus has failed to scrape worker replica '
+            + '{{ $labels.instance }} (job {{ $labels.job }}) for more than %s: ' % a.WorkerDown['for']
+            + 'the replica is stopped, crashed, hung or unreachable.'
+            + '{{ else }}Prometheus has had no scrape target matching {%s} for more than %s: ' % [
+              sel,
+              a.WorkerDown['for'],
+            ]
+            + 'no worker replica runs, or service discovery finds none. No job is processed.'
+            + '{{ end }}',
+            '{{ if $labels.instance }}up = {{ $value }}{{ else }}0 targets{{ end }}',
+            ['instance'],
+          ),
+          alert(
+            'HighJobFailureRate',
+            |||
+              %(ratio)s > %(threshold)g
+              and on (queue, job_type)
+              %(started)s >= %(minStarted)g
+            ||| % {
+              ratio: r.failureRatio,
+              started: r.started,
+              threshold: a.HighJobFailureRate.threshold,
+              minStarted: a.HighJobFailureRate.minStartedPerSecond,
+            },
+            'More than %s of %s attempts fail on queue %s' % [
+              pct(a.HighJobFailureRate.threshold),
+              '{{ $labels.job_type }}',
+              '{{ $labels.queue }}',
+            ],
+            '{{ $value | humanizePercentage }} of the {{ $labels.job_type }} attempts started '
+            + 'on queue {{ $labels.queue }} over the last %s failed (threshold %s; ' % [
+              a.HighJobFailureRate.window,
+              pct(a.HighJobFailureRate.threshold),
+            ]
+            + 'checked only while at least %g attempts/s are started).'
+              % a.HighJobFailureRate.minStartedPerSecond,
+            '{{ $value | humanizePercentage }} failed',
+            ['queue', 'job_type'],
+          ),
+          alert(
+            'RedisDisconnected',
+            'min by (job, instance) (worker_redis_connection_status{%s}) == 0' % sel,
+            'Worker replica {{ $labels.instance }} disconnected from Redis for more than %s'
+            % a.RedisDisconnected['for'],
+            'Worker replica {{ $labels.instance }} (job {{ $labels.job }}) has reported '
+            + 'worker_redis_connection_status {{ $value }} for more than %s: ' % a.RedisDisconnected['for']
+            + 'its Redis health probe fails, so it can neither fetch nor acknowledge jobs.',
+            'connection status {{ $value }}',
+            ['instance'],
+          ),
+          alert(
+            'HighJobProcessingTime',
+            '%s{quantile="%g"} > %g' % [
+              r.durationQuantile,
+              a.HighJobProcessingTime.quantile,
+              a.HighJobProcessingTime.thresholdSeconds,
+            ],
+            'p%g of %s attempt duration on queue %s above %gs' % [
+              a.HighJobProcessingTime.quantile * 100,
+              '{{ $labels.job_type }}',
+              '{{ $labels.queue }}',
+              a.HighJobProcessingTime.thresholdSeconds,
+            ],
+            'The %gth percentile of {{ $labels.job_type }} attempt duration on queue ' % (
+              a.HighJobProcessingTime.quantile * 100
+            )
+            + '{{ $labels.queue }} over the last %s is {{ $value | humanizeDuration }} ' % (
+              a.HighJobProcessingTime.window
+            )
+            + '(threshold %gs).' % a.HighJobProcessingTime.thresholdSeconds,
+            'p%g {{ $value | humanizeDuration }}' % (a.HighJobProcessingTime.quantile * 100),
+            ['queue', 'job_type'],
+          ),
+          alert(
+            'HighJobProcessingQueue',
+            '%s{state="ready"} > %g' % [r.queueMessages, a.HighJobProcessingQueue.threshold],
+            'More than %g ready messages in queue {{ $labels.queue }}'
+            % a.HighJobProcessingQueue.threshold,
+            'Queue {{ $labels.queue }} has held more than %g ready messages for more than %s '
+            % [a.HighJobProcessingQueue.threshold, a.HighJobProcessingQueue['for']]
+            + '(now {{ $value | printf "%.0f" }}, max across replicas): '
+            + 'jobs arrive faster than the workers finish them.',
+            '{{ $value | printf "%.0f" }} ready',
+            ['queue'],
+          ),
+          alert(
+            'HighRedisReconnectAttempts',
+            '%s > %g' % [r.reconnects, a.HighRedisReconnectAttempts.threshold],
+            'Worker replica {{ $labels.instance }} made more than %g Redis reconnect attempts in %s'
+            % [a.HighRedisReconnectAttempts.threshold, a.HighRedisReconnectAttempts.window],
+            'Worker replica {{ $labels.instance }} (job {{ $labels.job }}) made '
+            + '{{ $value | printf "%.0f" }} attempts to reconnect to Redis over the last '
+            + '%s (threshold %g): its connection keeps dropping.' % [
+              a.HighRedisReconnectAttempts.window,
+              a.HighRedisReconnectAttempts.threshold,
+            ],
+            '{{ $value | printf "%.0f" }} reconnect attempts',
+            ['instance'],
+          ),
+          // Per queue: the queue that holds the work must be the one that moves. A queue
+          // whose jobs never completed has no completion series at all, so its throughput
+          // is taken as 0 from the backlog series instead of silently missing.
+          alert(
+            'LowWorkerThroughput',
+            |||
+              (
+                %(completed)s
+                or on (queue)
+                0 * max without (state) (%(messages)s{state="ready"})
+              ) < %(minCompleted)g
+              and on (queue)
+              %(messages)s{state="ready"} >= %(minReady)g
+            ||| % {
+              completed: r.queueCompleted,
+              messages: r.queueMessages,
+              minCompleted: a.LowWorkerThroughput.minCompletedPerSecond,
+              minReady: a.LowWorkerThroughput.minReadyMessages,
+            },
+            'Queue {{ $labels.queue }} completes fewer than %g jobs/s while work is waiting'
+            % a.LowWorkerThroughput.minCompletedPerSecond,
+            'Queue {{ $labels.queue }} completed {{ $value | printf "%.2f" }} jobs/s over '
+            + 'the last %s while holding at least %g ready messages (threshold %g jobs/s).' % [
+              a.LowWorkerThroughput.window,
+              a.LowWorkerThroughput.minReadyMessages,
+              a.LowWorkerThroughput.minCompletedPerSecond,
+            ],
+            '{{ $value | printf "%.2f" }} jobs/s',
+            ['queue'],
+          ),
+        ],
+      },
+    ],
+  },
+}

@@ -1,0 +1,5 @@
+// The worker monitoring mixin: config, recording rules and alerts in one object.
+// prometheusRules and prometheusAlerts hold the rule groups; _config the settings.
+(import 'config.libsonnet')
++ (import 'rules.libsonnet')
++ (import 'alerts.libsonnet')
