@@ -145,7 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.time_to_detect:
             from alerts.detect import markdown_table
 
-            print(markdown_table(load_config(args.overrides, args.config)), end="")
+            print(markdown_table(args.overrides, args.config), end="")
             return 0
         for path in render_rules(args.overrides, args.out_dir, args.config):
             print(f"wrote {path.relative_to(REPO_DIR) if path.is_relative_to(REPO_DIR) else path}")

@@ -134,6 +134,30 @@ def running(server: Process) -> Iterator[Process]:
 
 
 @dataclass
+class AlertmanagerServer(Process):
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def alertmanager_server(
+    workdir: Path, config_file: Path, port: int | None = None
+) -> AlertmanagerServer:
+    """A prometheus-alertmanager on loopback, gossip off, its state kept in workdir."""
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        require_binary("prometheus-alertmanager"),
+        f"--config.file={config_file}",
+        f"--storage.path={workdir / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        # Empty: no cluster listener, so nothing binds 0.0.0.0:9094.
+        "--cluster.listen-address=",
+    ]
+    return AlertmanagerServer(argv, port, workdir)
+
+
+@dataclass
 class PrometheusServer(Process):
     def start(self, timeout: float = 15.0) -> PrometheusServer:
         """Return once Prometheus answers queries (its port opens before the TSDB is loaded)."""

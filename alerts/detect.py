@@ -1,0 +1,151 @@
+"""Worst-case time from a fault to its notification, computed from the configuration.
+
+For each alert: the scrape that first sees the fault, the rule evaluations that turn the
+sample into a firing alert, the alert's `for`, and the group_wait of the Alertmanager route
+it reaches. Inputs: the alerts' config (alerts/config.libsonnet), prometheus/prometheus.yml
+and alertmanager/alertmanager.yml, so the README's table cannot drift from them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from alerts.render import REPO_DIR, rendered
+
+PROMETHEUS_CONFIG = REPO_DIR / "prometheus" / "prometheus.yml"
+ALERTMANAGER_CONFIG = REPO_DIR / "alertmanager" / "alertmanager.yml"
+WORKER_JOB = "worker"
+# Critical alerts must reach the pager within this long of the fault.
+CRITICAL_BUDGET_SECONDS = 180
+
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Prometheus duration such as '15s', '1m30s' or '0m'."""
+    parts = _DURATION.findall(text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a Prometheus duration: {text!r}")
+    return sum(int(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(seconds)
+    minutes, rest = divmod(seconds, 60)
+    if minutes and rest:
+        return f"{minutes}m{rest}s"
+    return f"{minutes}m" if minutes else f"{rest}s"
+
+
+_MATCHER = re.compile(r'^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"?(.*?)"?\s*$')
+
+
+def _matches(route: dict, labels: dict[str, str]) -> bool:
+    checks = [_MATCHER.match(m).groups() for m in route.get("matchers", [])]
+    checks += [(k, "=", v) for k, v in route.get("match", {}).items()]
+    checks += [(k, "=~", v) for k, v in route.get("match_re", {}).items()]
+    for name, op, value in checks:
+        have = labels.get(name, "")
+        ok = {
+            "=": have == value,
+            "!=": have != value,
+            "=~": re.fullmatch(value, have) is not None,
+            "!~": re.fullmatch(value, have) is None,
+        }[op]
+        if not ok:
+            return False
+    return True
+
+
+def route_for(labels: dict[str, str], route: dict, inherited: dict | None = None) -> dict:
+    """The first matching leaf route (no `continue` here), with inherited settings."""
+    settings = {**(inherited or {}), **{k: v for k, v in route.items() if k != "routes"}}
+    for child in route.get("routes", []):
+        if _matches(child, labels):
+            return route_for(labels, child, settings)
+    return settings
+
+
+@dataclass(frozen=True)
+class Detection:
+    alert: str
+    severity: str
+    receiver: str
+    scrape: float  # until a scraped sample shows the fault
+    evaluation: float  # until a rule evaluation sees that sample (+1 per recording rule hop)
+    for_: float
+    group_wait: float
+
+    @property
+    def total(self) -> float:
+        return self.scrape + self.evaluation + self.for_ + self.group_wait
+
+
+def time_to_detect(
+    prometheus_config: Path = PROMETHEUS_CONFIG,
+    alertmanager_config: Path = ALERTMANAGER_CONFIG,
+    overrides: dict | None = None,
+    config_files: Sequence[Path | str] = (),
+) -> list[Detection]:
+    prom = yaml.safe_load(prometheus_config.read_text())
+    am = yaml.safe_load(alertmanager_config.read_text())
+    glob = prom.get("global", {})
+    job = next(j for j in prom["scrape_configs"] if j["job_name"] == WORKER_JOB)
+    scrape_interval = parse_duration(job.get("scrape_interval", glob.get("scrape_interval", "1m")))
+    scrape_timeout = parse_duration(job.get("scrape_timeout", glob.get("scrape_timeout", "10s")))
+    evaluation_interval = parse_duration(glob.get("evaluation_interval", "1m"))
+
+    files = {name: yaml.safe_load(text) for name, text in rendered(overrides, config_files).items()}
+    records = {
+        rule["record"]
+        for doc in files.values()
+        for group in doc["groups"]
+        for rule in group["rules"]
+        if "record" in rule
+    }
+    rows: dict[str, Detection] = {}
+    for doc in files.values():
+        for group in doc["groups"]:
+            for rule in group["rules"]:
+                if "alert" not in rule or rule["alert"] in rows:
+                    continue
+                name, severity = rule["alert"], rule["labels"]["severity"]
+                route = route_for({"alertname": name, "severity": severity}, am["route"])
+                # A recording rule group runs on its own clock: the alert may read the
+                # record one evaluation late.
+                hops = 1 + any(record in rule["expr"] for record in records)
+                # A hung replica is declared down only when its scrape times out.
+                scrape = scrape_interval + (scrape_timeout if name == "WorkerDown" else 0)
+                rows[name] = Detection(
+                    alert=name,
+                    severity=severity,
+                    receiver=route["receiver"],
+                    scrape=scrape,
+                    evaluation=hops * evaluation_interval,
+                    for_=parse_duration(rule.get("for", "0s")),
+                    group_wait=parse_duration(route.get("group_wait", "30s")),
+                )
+    return list(rows.values())
+
+
+def markdown_table(overrides: dict | None = None, config_files: Sequence[Path | str] = ()) -> str:
+    lines = [
+        "| alert | severity | receiver | scrape | evaluation | for | group_wait | worst case |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for d in time_to_detect(overrides=overrides, config_files=config_files):
+        cells = [
+            d.alert,
+            d.severity,
+            d.receiver,
+            *map(format_duration, (d.scrape, d.evaluation, d.for_, d.group_wait)),
+            f"**{format_duration(d.total)}**",
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
