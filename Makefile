@@ -20,3 +20,9 @@ format: venv  ## apply ruff's fixes and formatting
 
 up:  ## bring up the stack (docker compose, or local processes without Docker)
 	./scripts/up
+
+dashboards: venv  ## render dashboards/*.dashboard.py into dashboards/generated/*.json
+	$(PY) -m dashboards.render
+
+dashboards-preview: venv  ## draw each dashboard from a short live run into docs/img/<uid>.png
+	$(PY) -m dashboards.preview
