@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -112,6 +113,37 @@ def dead_letters(client: redis.Redis, namespace: str = "agent-jobs") -> list[dic
         {k.decode(): v.decode() for k, v in f.items()}
         for _, f in client.xrange(f"{namespace}:dead")
     ]
+
+
+def scrape(port: int, path: str = "/metrics", timeout: float = 5.0) -> str:
+    """The text a scraper gets from a replica's endpoint on 127.0.0.1."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as response:
+        return response.read().decode()
+
+
+class Scrape:
+    """One scrape, parsed: ``value("worker_jobs_total", queue="fast", job_type="x")``."""
+
+    def __init__(self, text: str) -> None:
+        from prometheus_client.parser import text_string_to_metric_families
+
+        self.text = text
+        self.families = {f.name: f for f in text_string_to_metric_families(text)}
+        self.samples = {
+            (s.name, frozenset(s.labels.items())): s.value
+            for f in self.families.values()
+            for s in f.samples
+        }
+
+    def value(self, name: str, **labels: str) -> float | None:
+        return self.samples.get((name, frozenset(labels.items())))
+
+    def series(self, name: str) -> dict[frozenset, float]:
+        return {labels: v for (n, labels), v in self.samples.items() if n == name}
+
+
+def scraped(port: int) -> Scrape:
+    return Scrape(scrape(port))
 
 
 __all__ = ["setup", "settings_for", "in_process_worker", "wait_until", "Replica"]

@@ -15,7 +15,7 @@ from worker.config import ConfigError, Settings, load_settings
 from worker.jobs import QUEUES
 
 #: Functions the Dramatiq CLI runs in processes of their own beside the workers.
-FORK_FUNCTIONS: list[str] = []
+FORK_FUNCTIONS: list[str] = ["worker.exposition:serve"]
 
 
 def dramatiq_argv(settings: Settings) -> list[str]:
@@ -50,10 +50,16 @@ def run(argv: list[str]) -> int:
     )
     parser.parse_args(argv)
     settings = load_settings()
-    import dramatiq.cli
+    from worker.replica import check_metrics_port, private_metrics_dir
 
-    args = dramatiq.cli.make_argument_parser().parse_args(dramatiq_argv(settings))
-    return dramatiq.cli.main(args) or 0
+    check_metrics_port(settings.metrics_host, settings.metrics_port)
+    # Before anything imports prometheus_client: the worker processes forked below must
+    # find PROMETHEUS_MULTIPROC_DIR set when they do.
+    with private_metrics_dir(settings.metrics_dir):
+        import dramatiq.cli
+
+        args = dramatiq.cli.make_argument_parser().parse_args(dramatiq_argv(settings))
+        return dramatiq.cli.main(args) or 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import logging
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
-from dramatiq.errors import DecodeError
+from dramatiq.errors import ConnectionClosed, DecodeError
 from dramatiq.middleware import (
     AgeLimit,
     Callbacks,
@@ -20,19 +20,39 @@ from dramatiq.middleware import (
 from worker.config import Settings
 from worker.middleware.heartbeat import BrokerHeartbeat
 from worker.middleware.job_log import JobLog
+from worker.middleware.metrics import JobMetrics
+from worker.middleware.redis_health import RedisHealth
 from worker.middleware.retries import ClassRetries
 
 log = logging.getLogger(__name__)
 
 
+def notify(broker: dramatiq.Broker, hook: str, *args) -> None:
+    """Call ``hook(broker, *args)`` on every middleware that has it: the worker's own
+    signals, which Dramatiq's ``emit_*`` would report as a failure on the others."""
+    for middleware in broker.middleware:
+        method = getattr(middleware, hook, None)
+        if method is not None:
+            try:
+                method(broker, *args)
+            except Exception:
+                log.exception("%s of %r failed", hook, middleware)
+
+
 class _SafeConsumer(_RedisConsumer):
-    """A consumer that dead-letters a message it cannot decode instead of stalling.
+    """A consumer that dead-letters a message it cannot decode instead of stalling, and
+    reports a lost connection.
 
     Dramatiq's consumer raises on undecodable data, drops the rest of its prefetched
     batch and restarts, leaving the bad message claimed forever. Here the bad message is
     found among this consumer's claimed ids and moved to the dead-letter queue, and every
     middleware with an ``after_undecodable_message(broker, queue, message_id, reason)``
     hook hears of it (to count and record it).
+
+    A connection lost while fetching, acking or nacking (mid-job: the job ran, its ack
+    cannot reach Redis) goes to ``after_connection_error(broker, queue, error)`` hooks
+    before Dramatiq restarts the consumer or retries the ack (``RedisHealth`` paces and
+    counts the reconnects).
     """
 
     def __next__(self):
@@ -41,6 +61,23 @@ class _SafeConsumer(_RedisConsumer):
         except DecodeError as exc:
             self._dead_letter_raw(exc.data, f"undecodable message: {type(exc.error).__name__}")
             return None
+        except ConnectionClosed as exc:
+            notify(self.broker, "after_connection_error", self.queue_name, exc)
+            raise
+
+    def ack(self, message):
+        try:
+            return super().ack(message)
+        except ConnectionClosed as exc:
+            notify(self.broker, "after_connection_error", self.queue_name, exc)
+            raise
+
+    def nack(self, message):
+        try:
+            return super().nack(message)
+        except ConnectionClosed as exc:
+            notify(self.broker, "after_connection_error", self.queue_name, exc)
+            raise
 
     def _dead_letter_raw(self, data: bytes, reason: str) -> None:
         broker = self.broker
@@ -53,16 +90,22 @@ class _SafeConsumer(_RedisConsumer):
                 log.error(
                     "dead-lettered %s on queue %s: %s", message_id.decode(), self.queue_name, reason
                 )
-                for middleware in broker.middleware:
-                    hook = getattr(middleware, "after_undecodable_message", None)
-                    if hook is not None:
-                        hook(broker, self.queue_name, message_id.decode(), reason)
+                notify(
+                    broker,
+                    "after_undecodable_message",
+                    self.queue_name,
+                    message_id.decode(),
+                    reason,
+                )
 
 
 class WorkerRedisBroker(RedisBroker):
-    """Dramatiq's Redis broker with a consumer that survives undecodable messages."""
+    """Dramatiq's Redis broker with a consumer that survives undecodable messages and
+    reports lost connections; ``before_consume(broker, queue)`` hooks may hold a
+    consumer's (re)start back while Redis is known to be down."""
 
     def consume(self, queue_name, prefetch=1, timeout=5000):
+        notify(self, "before_consume", queue_name)
         return _SafeConsumer(self, queue_name, prefetch, timeout)
 
 
@@ -78,9 +121,14 @@ def redis_client(url: str) -> redis.Redis:
 
 
 def middleware_stack(settings: Settings, client: redis.Redis) -> list:
-    """Dramatiq's useful defaults, minus its ``Retries`` (20 retries, 15 s minimum)."""
+    """Dramatiq's useful defaults, minus its ``Retries`` (20 retries, 15 s minimum).
+
+    ``JobMetrics`` comes after what skips a message before it runs (``AgeLimit``; the
+    rate limiter's deferral belongs there too) and before ``TimeLimit``.
+    """
     return [
         AgeLimit(),
+        JobMetrics(),
         TimeLimit(),
         ShutdownNotifications(),
         Callbacks(),
@@ -93,7 +141,17 @@ def middleware_stack(settings: Settings, client: redis.Redis) -> list:
             jitter=settings.retry_jitter,
             time_scale=settings.retry_time_scale,
         ),
+        RedisHealth(
+            url=broker_redis_url(settings) or settings.redis_url,
+            max_backoff=settings.redis_health_interval_seconds,
+        ),
     ]
+
+
+def broker_redis_url(settings: Settings) -> str | None:
+    """The broker's Redis URL, or None when the broker is RabbitMQ."""
+    url = settings.broker_url or settings.redis_url
+    return None if url.startswith("amqp") else url
 
 
 def build_broker(settings: Settings) -> dramatiq.Broker:

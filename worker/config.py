@@ -136,6 +136,10 @@ class Settings(BaseSettings):
     redis_health_interval_seconds: float = Field(
         5.0, gt=0, validation_alias="REDIS_HEALTH_INTERVAL_SECONDS"
     )
+    metrics_dir: str | None = Field(None, validation_alias="METRICS_DIR")
+    metrics_queue_sample_seconds: float = Field(
+        10.0, ge=0, validation_alias="METRICS_QUEUE_SAMPLE_SECONDS"
+    )
     log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
 
     # Rate limits per organization

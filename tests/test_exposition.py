@@ -1,0 +1,371 @@
+"""The metrics contract on a live replica: ``python -m worker`` processes, a real Redis,
+scraped over HTTP and linted by ``promtool check metrics``."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+import dramatiq
+import pytest
+import redis
+from prometheus_client.mmap_dict import MmapedDict, mmap_key
+
+from tests.servers import free_port, require_binary
+from tests.workers import Replica, Scrape, replica_env, scrape, scraped, settings_for, wait_until
+from worker import __version__
+from worker.app import setup
+from worker.exposition import compact_dead_processes, redis_backlog, replica_registry
+from worker.metrics import DURATION_BUCKETS
+
+JOB_METRICS = {
+    # family name as the parser gives it -> (type, labels)
+    "worker_jobs": ("counter", {"queue", "job_type"}),
+    "worker_jobs_completed": ("counter", {"queue", "job_type"}),
+    "worker_jobs_failed": ("counter", {"queue", "job_type"}),
+    "worker_jobs_retried": ("counter", {"queue", "job_type"}),
+    "worker_jobs_dead_lettered": ("counter", {"queue", "job_type"}),
+    "worker_jobs_processing": ("gauge", {"queue", "job_type"}),
+    "worker_job_duration_seconds": ("histogram", {"queue", "job_type"}),
+}
+REPLICA_METRICS = {
+    "worker_redis_connection_status": ("gauge", set()),
+    "worker_redis_reconnect_attempts": ("counter", set()),
+    "worker_concurrency": ("gauge", set()),
+    "worker_queue_messages": ("gauge", {"queue", "state"}),
+    "worker_build_info": ("gauge", {"version"}),
+}
+
+
+def metrics_env(redis_url: str, port: int, **env) -> dict[str, str]:
+    return replica_env(
+        redis_url,
+        METRICS_PORT=port,
+        METRICS_QUEUE_SAMPLE_SECONDS=0,
+        REDIS_HEALTH_INTERVAL_SECONDS=0.5,
+        **env,
+    )
+
+
+def start_replica(env: dict[str, str], log) -> Replica:
+    replica = Replica(env, log).start()
+    try:
+        wait_until(lambda: _answers(int(env["METRICS_PORT"])), timeout=30, interval=0.1)
+    except AssertionError:
+        replica.stop()
+        raise AssertionError(f"no metrics endpoint: {replica.log[-3000:]}") from None
+    return replica
+
+
+def _answers(port: int) -> bool:
+    try:
+        return "worker_jobs_total" in scrape(port, timeout=1)
+    except OSError:
+        return False
+
+
+def promtool_problems(text: str) -> str:
+    done = subprocess.run(
+        [require_binary("promtool"), "check", "metrics"],
+        input=text,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return (
+        ""
+        if done.returncode == 0 and not (done.stdout + done.stderr).strip()
+        else (f"exit {done.returncode}: {done.stdout}{done.stderr}")
+    )
+
+
+def jobs(s: Scrape, queue: str, job_type: str) -> dict[str, float]:
+    labels = {"queue": queue, "job_type": job_type}
+    names = ["total", "completed_total", "failed_total", "retried_total", "dead_lettered_total"]
+    got = {n: s.value(f"worker_jobs_{n}", **labels) for n in names}
+    got["processing"] = s.value("worker_jobs_processing", **labels)
+    got["observed"] = s.value("worker_job_duration_seconds_count", **labels)
+    return got
+
+
+def test_contract_on_a_live_replica_with_two_processes(redis_url, tmp_path):
+    """N jobs with K failures give exactly those numbers, added up over 2 processes."""
+    client = redis.Redis.from_url(redis_url)
+    port, metrics_dir = free_port(), tmp_path / "metrics"
+    env = metrics_env(
+        redis_url,
+        port,
+        # one thread per process: while one is busy the other fetches, so both take part
+        WORKER_PROCESSES=2,
+        JOB_CONCURRENCY=2,
+        SIM_FAILURE_RATIO=1,  # every simulated LLM call fails: agent.run never succeeds
+        SIM_LATENCY_SECONDS="0.2",
+        RETRY_TIME_SCALE=0.01,
+        METRICS_DIR=metrics_dir,
+    )
+    replica = start_replica(env, tmp_path / "worker.log")
+    try:
+        before = scraped(port)
+        assert jobs(before, "fast", "job.status_update") == dict.fromkeys(
+            ["total", "completed_total", "failed_total", "retried_total",
+             "dead_lettered_total", "processing", "observed"], 0.0,
+        )  # fmt: skip
+        broker = setup(settings_for(redis_url))
+        from worker import actors
+
+        sent = []
+        for i in range(20):
+            sent.append(actors.job_status_update.send(job_id=f"job-{i}", org_id=f"org-{i % 3}",
+                                                      status="running"))  # fmt: skip
+        for i in range(2):  # a permanent error: dead-lettered at its first attempt
+            sent.append(actors.job_status_update.send(job_id=f"bad-{i}", org_id="org-9",
+                                                      status="bogus"))  # fmt: skip
+        for i in range(4):  # 5 attempts each (standard class), then dead-lettered
+            sent.append(actors.agent_run.send(job_id=f"llm-{i}", org_id=f"org-{i}", prompt="hi"))
+        later = actors.agent_run.send_with_options(
+            kwargs={"job_id": "later", "org_id": "org-1", "prompt": "hi"}, delay=600_000
+        )
+        broker.enqueue(dramatiq.Message(queue_name="critical", actor_name="no.such.actor",
+                                        args=(), kwargs={"job_id": "x", "org_id": "y"},
+                                        options={}))  # fmt: skip
+        client.hset("agent-jobs:fast.msgs", "garbage-1", b"\xff{not json")
+        client.rpush("agent-jobs:fast", "garbage-1")
+
+        def settled() -> Scrape | None:
+            s = scraped(port)
+            dead = sum(s.series("worker_jobs_dead_lettered_total").values())
+            done = s.value(
+                "worker_jobs_completed_total", queue="fast", job_type="job.status_update"
+            )
+            return s if dead >= 8 and done >= 20 else None
+
+        wait_until(settled, timeout=60, interval=0.2)
+        time.sleep(1.0)  # nothing more may happen: every attempt has been counted
+        s = scraped(port)
+    finally:
+        assert replica.stop() == 0, replica.log[-3000:]
+
+    assert jobs(s, "fast", "job.status_update") == {
+        "total": 22, "completed_total": 20, "failed_total": 2, "retried_total": 0,
+        "dead_lettered_total": 2, "processing": 0, "observed": 22,
+    }  # fmt: skip
+    assert jobs(s, "default", "agent.run") == {
+        "total": 20, "completed_total": 0, "failed_total": 20, "retried_total": 16,
+        "dead_lettered_total": 4, "processing": 0, "observed": 20,
+    }  # fmt: skip
+    assert s.value("worker_jobs_dead_lettered_total", queue="critical", job_type="unknown") == 1
+    assert s.value("worker_jobs_dead_lettered_total", queue="fast", job_type="unknown") == 1
+    assert all(v == 0 for v in s.series("worker_jobs_processing").values())
+
+    # the backlog as the broker holds it: one delayed job, the dead letters per queue
+    backlog = {
+        (dict(k)["queue"], dict(k)["state"]): v
+        for k, v in s.series("worker_queue_messages").items()
+    }
+    assert backlog == {
+        ("default", "ready"): 0, ("default", "delayed"): 1, ("default", "dead"): 4,
+        ("fast", "ready"): 0, ("fast", "delayed"): 0, ("fast", "dead"): 3,
+        ("critical", "ready"): 0, ("critical", "delayed"): 0, ("critical", "dead"): 1,
+    }  # fmt: skip
+    assert s.value("worker_concurrency") == 2
+    assert s.value("worker_build_info", version=__version__) == 1
+    assert s.value("worker_redis_connection_status") == 1
+    assert s.value("worker_redis_reconnect_attempts_total") == 0
+
+    # every metric of the contract, with its type and exactly its labels
+    for name, (typ, labels) in {**JOB_METRICS, **REPLICA_METRICS}.items():
+        family = s.families[name]
+        assert family.type == typ, name
+        for sample in family.samples:
+            assert set(sample.labels) - {"le"} == labels, (name, sample.labels)
+    edges = {
+        float(dict(k)["le"])
+        for k in s.series("worker_job_duration_seconds_bucket")
+        if dict(k)["le"] != "+Inf"
+    }
+    assert {15.0, 20.0, 30.0, 60.0} <= edges == set(map(float, DURATION_BUCKETS))
+    assert promtool_problems(s.text) == ""
+
+    # no label value is an organization, job or message id
+    ids = {f"org-{i}" for i in range(10)} | {f"job-{i}" for i in range(20)}
+    ids |= {m.message_id for m in [*sent, later]} | {"garbage-1", "bad-0", "bad-1", "x", "y"}
+    values = {v for (_, labels) in s.samples for _, v in labels}
+    assert not values & ids
+    uuid = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-")
+    assert not [v for v in values if uuid.search(v)]
+
+    # the counts really come from two worker processes, each with its own file
+    workers_with_jobs = {
+        f.name
+        for f in metrics_dir.glob("counter_*.db")
+        if any(
+            json.loads(key)[0] == "worker_jobs" and value > 0
+            for key, value, _, _ in MmapedDict.read_all_values_from_file(str(f))
+        )
+    }
+    assert len(workers_with_jobs) == 2, workers_with_jobs
+
+
+def test_openmetrics_and_liveness(redis_url, tmp_path):
+    port = free_port()
+    replica = start_replica(metrics_env(redis_url, port), tmp_path / "w.log")
+    try:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/metrics",
+            headers={"Accept": "application/openmetrics-text; version=1.0.0"},
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert response.headers["Content-Type"].startswith("application/openmetrics-text")
+            assert response.read().decode().rstrip().endswith("# EOF")
+        assert scrape(port, "/healthz") == "ok\n"
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            scrape(port, "/nothing")
+        assert missing.value.code == 404
+    finally:
+        assert replica.stop() == 0
+    with pytest.raises(OSError):
+        scrape(port, "/healthz", timeout=1)  # the endpoint stops with the replica
+
+
+def test_stale_metrics_directory_does_not_leak_old_counts(redis_url, tmp_path):
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    # What a replica killed with SIGKILL leaves behind: its processes' files, full counts.
+    stale = MmapedDict(str(metrics_dir / "counter_4242.db"))
+    labels = ["fast", "job.status_update"]
+    stale.write_value(mmap_key("worker_jobs", "worker_jobs_total", ["queue", "job_type"], labels,
+                               "Job attempts started."), 1000.0, 0.0)  # fmt: skip
+    stale.close()
+    (metrics_dir / "gauge_livesum_4243.db").write_bytes(b"\0" * 8)
+    (metrics_dir / "notes.txt").write_text("not ours: kept")
+
+    port = free_port()
+    replica = start_replica(
+        metrics_env(redis_url, port, METRICS_DIR=metrics_dir), tmp_path / "w.log"
+    )
+    try:
+        assert (
+            scraped(port).value("worker_jobs_total", queue="fast", job_type="job.status_update")
+            == 0
+        )
+        assert not (metrics_dir / "counter_4242.db").exists()
+        assert not (metrics_dir / "gauge_livesum_4243.db").exists()
+        assert (metrics_dir / "notes.txt").read_text() == "not ours: kept"
+
+        setup(settings_for(redis_url))
+        from worker import actors
+
+        for i in range(2):
+            actors.job_status_update.send(job_id=f"j{i}", org_id="o", status="queued")
+        total = lambda: scraped(port).value(  # noqa: E731
+            "worker_jobs_completed_total", queue="fast", job_type="job.status_update"
+        )
+        wait_until(lambda: total() == 2, timeout=20)
+
+        # a second replica given the same directory would add its counts to this one's
+        second = subprocess.run(
+            [sys.executable, "-m", "worker"],
+            env=metrics_env(redis_url, free_port(), METRICS_DIR=metrics_dir),
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert second.returncode == 2
+        assert second.stderr.strip() == (
+            f"configuration error: METRICS_DIR: {metrics_dir} is in use by another running "
+            "replica; give each replica a directory of its own"
+        )
+        assert (
+            scraped(port).value("worker_jobs_total", queue="fast", job_type="job.status_update")
+            == 2
+        )
+    finally:
+        assert replica.stop() == 0, replica.log[-3000:]
+
+
+def test_metrics_port_in_use_stops_the_replica_at_start(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "worker"],
+            env=replica_env("redis://127.0.0.1:1/0", METRICS_PORT=port),
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip() == (
+        f"configuration error: METRICS_PORT: cannot listen on 127.0.0.1:{port} "
+        "(Address already in use)"
+    )
+
+
+# --- processes that come and go --------------------------------------------------------------
+
+_CHILD = """
+import os, sys
+from worker import metrics
+metrics.jobs_started.labels("fast", "job.status_update").inc(3)
+metrics.job_duration.labels("fast", "job.status_update").observe(17.0)
+metrics.jobs_processing.labels("fast", "job.status_update").inc()  # dies mid-job
+sys.stdout.flush()
+os._exit(0)  # like SIGKILL: no mark_process_dead
+"""
+
+
+def run_children(metrics_dir, n: int) -> None:
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+    procs = [subprocess.Popen([sys.executable, "-c", _CHILD], env=env) for _ in range(n)]
+    assert all(p.wait(60) == 0 for p in procs)
+
+
+def test_dead_processes_leave_no_gauge_and_are_folded_into_one_file(tmp_path):
+    from prometheus_client import generate_latest
+
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    run_children(metrics_dir, 12)
+    # per process: counters, histograms, livesum gauges, livemax gauges
+    assert len(list(metrics_dir.glob("*.db"))) == 12 * 4
+    registry = replica_registry(str(metrics_dir))
+
+    s = Scrape(generate_latest(registry).decode())
+    labels = {"queue": "fast", "job_type": "job.status_update"}
+    assert s.value("worker_jobs_total", **labels) == 36
+    assert s.value("worker_job_duration_seconds_count", **labels) == 12
+    assert s.value("worker_job_duration_seconds_bucket", le="20.0", **labels) == 12
+    assert s.value("worker_job_duration_seconds_bucket", le="15.0", **labels) == 0
+    assert s.value("worker_jobs_processing", **labels) is None  # no gauge of a dead process
+    assert sorted(p.name for p in metrics_dir.glob("*.db")) == [
+        "counter_archive.db",
+        "histogram_archive.db",
+    ]
+
+    run_children(metrics_dir, 3)  # more come and go: folded into the same archive
+    s = Scrape(generate_latest(registry).decode())
+    assert s.value("worker_jobs_total", **labels) == 45
+    assert s.value("worker_job_duration_seconds_sum", **labels) == pytest.approx(15 * 17.0)
+    assert len(list(metrics_dir.glob("*.db"))) == 2
+    assert compact_dead_processes(str(metrics_dir)) == 0
+
+
+def test_backlog_reads_ready_delayed_and_dead_from_the_broker(redis_url):
+    broker = setup(settings_for(redis_url))
+    from worker import actors
+
+    client = redis.Redis.from_url(redis_url)
+    for i in range(5):
+        actors.agent_run.send(job_id=f"j{i}", org_id="o", prompt="p")
+    for i in range(2):
+        actors.crm_sync.send_with_options(kwargs={"job_id": f"c{i}", "org_id": "o",
+                                                  "record": {}}, delay=60_000)  # fmt: skip
+    client.zadd("agent-jobs:fast.XQ", {"dead-1": time.time() * 1000})
+    read = redis_backlog(client, "agent-jobs", ["default", "critical", "fast"])
+    assert read() == {"default": (5, 0, 0), "critical": (0, 2, 0), "fast": (0, 0, 1)}
+    assert broker is not None

@@ -1,0 +1,281 @@
+"""The replica's metrics endpoint: one process beside the workers serves what all add up.
+
+``python -m worker`` starts ``serve()`` as a Dramatiq fork function (see
+``worker.__main__.FORK_FUNCTIONS``) once the worker processes are up. It listens on
+``METRICS_HOST:METRICS_PORT`` (default ``0.0.0.0:9191``) and answers:
+
+- ``/metrics``: every metric of ``worker.metrics``, summed (counters, histograms,
+  ``livesum`` gauges) or maximized (``livemax`` gauges) over the replica's processes,
+  read from the private ``PROMETHEUS_MULTIPROC_DIR``; Prometheus text format, or
+  OpenMetrics when the scraper asks for it;
+- ``/healthz``: 200 while this replica's main process lives (for container health
+  checks; alerting reads Prometheus' own ``up`` instead), else 503.
+
+This process is also the replica's Redis health probe and samples the broker's backlog.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import os
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, multiprocess
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.mmap_dict import MmapedDict
+
+from worker import __version__, metrics
+from worker.config import Settings, load_settings
+from worker.jobs import QUEUES
+from worker.middleware.redis_health import RedisWatch, probe_client
+from worker.replica import ENV
+
+log = logging.getLogger(__name__)
+
+STATES = ("ready", "delayed", "dead")
+
+# --- reading the processes' files ---------------------------------------------------------
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def compact_dead_processes(path: str, alive: Callable[[int], bool] = pid_alive) -> int:
+    """Fold the files of processes that have exited into one archive file per type.
+
+    prometheus_client keeps a file per process and type for as long as the directory
+    lives, and reads every one of them at each scrape: a replica whose processes come
+    and go would scrape ever slower. Here a dead process's counters and histograms are
+    added into ``<type>_archive.db`` (their totals must survive it) and its ``live*``
+    gauge files are removed (``mark_process_dead``, also for a process killed before it
+    could do that itself). Returns the number of files folded or removed.
+    """
+    folded: dict[str, list[str]] = defaultdict(list)
+    removed = 0
+    for file in glob.glob(os.path.join(path, "*.db")):
+        parts = os.path.basename(file)[: -len(".db")].split("_")
+        if not parts[-1].isdigit() or alive(int(parts[-1])):
+            continue
+        if parts[0] == "gauge":
+            if parts[1].startswith("live"):
+                multiprocess.mark_process_dead(int(parts[-1]), path)
+                removed += 1
+        else:
+            folded[parts[0]].append(file)
+    for typ, files in folded.items():
+        archive = os.path.join(path, f"{typ}_archive.db")
+        totals: dict[str, float] = defaultdict(float)
+        for file in [archive, *files] if os.path.exists(archive) else files:
+            for key, value, _timestamp, _pos in MmapedDict.read_all_values_from_file(file):
+                totals[key] += value
+        staging = archive + ".new"  # not *.db: invisible to a concurrent reader
+        merged = MmapedDict(staging)
+        for key, value in totals.items():
+            merged.write_value(key, value, 0.0)
+        merged.close()
+        os.replace(staging, archive)
+        for file in files:
+            os.remove(file)
+        removed += len(files)
+    return removed
+
+
+class ReplicaCollector:
+    """prometheus_client's multiprocess collector, compacting dead processes first."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+
+    def collect(self):
+        with self._lock:
+            compact_dead_processes(self.path)
+            files = glob.glob(os.path.join(self.path, "*.db"))
+            return multiprocess.MultiProcessCollector.merge(files, accumulate=True)
+
+
+def replica_registry(path: str) -> CollectorRegistry:
+    registry = CollectorRegistry()
+    registry.register(ReplicaCollector(path))
+    return registry
+
+
+# --- the broker's backlog -------------------------------------------------------------------
+
+#: queue -> (ready, delayed, dead)
+Counts = dict[str, tuple[int, int, int]]
+
+
+def redis_backlog(client, namespace: str, queues: Iterable[str]) -> Callable[[], Counts]:
+    """Counts of Dramatiq's Redis broker: ready = ids waiting in the queue's list (not yet
+    fetched by a worker); delayed = bodies in ``<queue>.DQ.msgs`` (waiting for their
+    time, whether still listed or already held by a worker's delay consumer); dead =
+    the dead-letter sorted set ``<queue>.XQ``."""
+    queues = tuple(queues)
+
+    def read() -> Counts:
+        with client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.llen(f"{namespace}:{queue}")
+                pipe.hlen(f"{namespace}:{queue}.DQ.msgs")
+                pipe.zcard(f"{namespace}:{queue}.XQ")
+            values = pipe.execute()
+        return {q: tuple(values[3 * i : 3 * i + 3]) for i, q in enumerate(queues)}
+
+    return read
+
+
+def rabbitmq_backlog(url: str, queues: Iterable[str]) -> Callable[[], Counts]:
+    """Counts of Dramatiq's RabbitMQ broker from a passive declare of each queue, its
+    delay queue and its dead-letter queue: messages not delivered to a consumer, so a
+    delayed message already prefetched by a worker is not counted."""
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    broker = RabbitmqBroker(url=url, middleware=[])
+    queues = tuple(queues)
+    return lambda: {q: broker.get_queue_message_counts(q) for q in queues}
+
+
+class QueueBacklog:
+    """Sets ``worker_queue_messages`` at most once per ``min_interval`` seconds, when a
+    scrape asks; skipped (the last values stay) while ``available()`` says the broker is
+    unreachable, so a Redis outage never makes a scrape wait on a timeout."""
+
+    def __init__(
+        self,
+        read: Callable[[], Counts],
+        *,
+        min_interval: float = 10.0,
+        available: Callable[[], bool] = lambda: True,
+    ) -> None:
+        self.read, self.min_interval, self.available = read, min_interval, available
+        self._sampled_at = float("-inf")
+        self._lock = threading.Lock()
+        self._failing = False
+
+    def refresh(self) -> None:
+        with self._lock:
+            if time.monotonic() - self._sampled_at < self.min_interval or not self.available():
+                return
+            self._sampled_at = time.monotonic()
+            try:
+                counts = self.read()
+            except Exception as exc:
+                if not self._failing:
+                    log.warning("cannot sample the queue backlog: %s: %s", type(exc).__name__, exc)
+                self._failing = True
+                return
+            self._failing = False
+            for queue, values in counts.items():
+                for state, value in zip(STATES, values, strict=True):
+                    metrics.queue_messages.labels(queue, state).set(value)
+
+
+def backlog_for(settings: Settings) -> Callable[[], Counts]:
+    url = settings.broker_url or settings.redis_url
+    if url.startswith("amqp"):
+        return rabbitmq_backlog(url, QUEUES)
+    return redis_backlog(probe_client(url, timeout=1.0), settings.job_queue_name, QUEUES)
+
+
+# --- HTTP -------------------------------------------------------------------------------------
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format, *args):  # Prometheus scrapes every 15 s: no access log
+        pass
+
+
+def make_app(registry: CollectorRegistry, backlog: QueueBacklog | None, alive: Callable[[], bool]):
+    def app(environ, start_response):
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            if backlog is not None:
+                backlog.refresh()
+            encoder, content_type = choose_encoder(environ.get("HTTP_ACCEPT", ""))
+            body = encoder(registry)
+            start_response("200 OK", [("Content-Type", content_type)])
+            return [body]
+        if path == "/healthz":
+            ok = alive()
+            start_response("200 OK" if ok else "503 Service Unavailable", _TEXT)
+            return [b"ok\n" if ok else b"replica main process is gone\n"]
+        if path == "/":
+            start_response("200 OK", _TEXT)
+            return [b"worker replica: /metrics, /healthz\n"]
+        start_response("404 Not Found", _TEXT)
+        return [b"not found\n"]
+
+    return app
+
+
+_TEXT = [("Content-Type", "text/plain; charset=utf-8")]
+
+
+def make_http_server(host: str, port: int, app) -> WSGIServer:
+    family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+    server_class = type("Server", (_Server,), {"address_family": family})
+    return make_server(host, port, app, server_class=server_class, handler_class=_QuietHandler)
+
+
+def serve(settings: Settings | None = None) -> int:
+    """Run the replica's endpoint, Redis probe and backlog sampler until SIGTERM."""
+    settings = settings or load_settings()
+    path = os.environ[ENV]
+    parent = os.getppid()
+
+    metrics.concurrency.set(settings.job_concurrency)
+    metrics.build_info.labels(__version__).set(1)
+    probe = RedisWatch(
+        probe_client(settings.redis_url).ping,
+        interval=settings.redis_health_interval_seconds,
+        on_status=lambda up: metrics.redis_connection_status.set(1 if up else 0),
+        name="Redis",
+    ).start()
+    backlog = QueueBacklog(
+        backlog_for(settings),
+        min_interval=settings.metrics_queue_sample_seconds,
+        available=lambda: probe.connected,
+    )
+    server = make_http_server(
+        settings.metrics_host,
+        settings.metrics_port,
+        make_app(replica_registry(path), backlog, lambda: os.getppid() == parent),
+    )
+    host, port = server.server_address[:2]
+    log.info("serving metrics on http://%s:%d/metrics (liveness: /healthz)", host, port)
+
+    def follow_parent() -> None:
+        # Worker processes stop with the main process; this one must not outlive it and
+        # keep the port from the replica that replaces it.
+        while os.getppid() == parent:
+            time.sleep(1)
+        log.warning("replica main process is gone; stopping the metrics endpoint")
+        server.shutdown()
+
+    threading.Thread(target=follow_parent, name="follow-parent", daemon=True).start()
+    try:
+        server.serve_forever(poll_interval=0.5)
+    finally:
+        probe.stop()
+        server.server_close()
+        multiprocess.mark_process_dead(os.getpid(), path)
+    return 0
