@@ -26,3 +26,13 @@ dashboards: venv  ## render dashboards/*.dashboard.py into dashboards/generated/
 
 dashboards-preview: venv  ## draw each dashboard from a short live run into docs/img/<uid>.png
 	$(PY) -m dashboards.preview
+
+rules: venv  ## render alerts/*.libsonnet into prometheus/rules/*.yml
+	$(PY) -m alerts.render
+
+check: venv  ## validate rules and configs with promtool/amtool, run the rule and route tests
+	promtool check rules prometheus/rules/*.yml
+	promtool check config prometheus/prometheus.yml
+	promtool test rules prometheus/tests/*_test.yml
+	amtool check-config alertmanager/alertmanager.yml
+	$(PY) -m alerts.routes

@@ -6,7 +6,8 @@
   local r = $._records,
   local sel = c.workerSelector,
 
-  local pct(ratio) = '%g%%' % (ratio * 100),
+  local num = (import 'lib.libsonnet').num,
+  local pct = (import 'lib.libsonnet').pct,
 
   // The annotations every alert carries. `value` is the measured value formatted for
   // humans, shown by the Alertmanager templates next to the summary.
@@ -46,7 +47,7 @@
             + '{{ else }}No worker replica found{{ end }} for more than %s' % a.WorkerDown['for'],
             '{{ if $labels.instance }}Prometheus has failed to scrape worker replica '
             + '{{ $labels.instance }} (job {{ $labels.job }}) for more than %s: ' % a.WorkerDown['for']
-            + 'the replica is stopped, crashed, hung or unreachable.'
+            + 'the replica is stopped, crashed, hung or unreachable (up = {{ $value }}).'
             + '{{ else }}Prometheus has had no scrape target matching {%s} for more than %s: ' % [
               sel,
               a.WorkerDown['for'],
@@ -59,14 +60,14 @@
           alert(
             'HighJobFailureRate',
             |||
-              %(ratio)s > %(threshold)g
+              %(ratio)s > %(threshold)s
               and on (queue, job_type)
-              %(started)s >= %(minStarted)g
+              %(started)s >= %(minStarted)s
             ||| % {
               ratio: r.failureRatio,
               started: r.started,
-              threshold: a.HighJobFailureRate.threshold,
-              minStarted: a.HighJobFailureRate.minStartedPerSecond,
+              threshold: num(a.HighJobFailureRate.threshold),
+              minStarted: num(a.HighJobFailureRate.minStartedPerSecond),
             },
             'More than %s of %s attempts fail on queue %s' % [
               pct(a.HighJobFailureRate.threshold),
@@ -78,8 +79,8 @@
               a.HighJobFailureRate.window,
               pct(a.HighJobFailureRate.threshold),
             ]
-            + 'checked only while at least %g attempts/s are started).'
-              % a.HighJobFailureRate.minStartedPerSecond,
+            + 'checked only while at least %s attempts/s are started).'
+              % num(a.HighJobFailureRate.minStartedPerSecond),
             '{{ $value | humanizePercentage }} failed',
             ['queue', 'job_type'],
           ),
@@ -96,34 +97,34 @@
           ),
           alert(
             'HighJobProcessingTime',
-            '%s{quantile="%g"} > %g' % [
+            '%s{quantile="%s"} > %s' % [
               r.durationQuantile,
-              a.HighJobProcessingTime.quantile,
-              a.HighJobProcessingTime.thresholdSeconds,
+              num(a.HighJobProcessingTime.quantile),
+              num(a.HighJobProcessingTime.thresholdSeconds),
             ],
-            'p%g of %s attempt duration on queue %s above %gs' % [
-              a.HighJobProcessingTime.quantile * 100,
+            'p%s of %s attempt duration on queue %s above %ss' % [
+              num(a.HighJobProcessingTime.quantile * 100),
               '{{ $labels.job_type }}',
               '{{ $labels.queue }}',
-              a.HighJobProcessingTime.thresholdSeconds,
+              num(a.HighJobProcessingTime.thresholdSeconds),
             ],
-            'The %gth percentile of {{ $labels.job_type }} attempt duration on queue ' % (
-              a.HighJobProcessingTime.quantile * 100
+            'The %sth percentile of {{ $labels.job_type }} attempt duration on queue ' % (
+              num(a.HighJobProcessingTime.quantile * 100)
             )
             + '{{ $labels.queue }} over the last %s is {{ $value | humanizeDuration }} ' % (
               a.HighJobProcessingTime.window
             )
-            + '(threshold %gs).' % a.HighJobProcessingTime.thresholdSeconds,
-            'p%g {{ $value | humanizeDuration }}' % (a.HighJobProcessingTime.quantile * 100),
+            + '(threshold %ss).' % num(a.HighJobProcessingTime.thresholdSeconds),
+            'p%s {{ $value | humanizeDuration }}' % num(a.HighJobProcessingTime.quantile * 100),
             ['queue', 'job_type'],
           ),
           alert(
             'HighJobProcessingQueue',
-            '%s{state="ready"} > %g' % [r.queueMessages, a.HighJobProcessingQueue.threshold],
-            'More than %g ready messages in queue {{ $labels.queue }}'
-            % a.HighJobProcessingQueue.threshold,
-            'Queue {{ $labels.queue }} has held more than %g ready messages for more than %s '
-            % [a.HighJobProcessingQueue.threshold, a.HighJobProcessingQueue['for']]
+            '%s{state="ready"} > %s' % [r.queueMessages, num(a.HighJobProcessingQueue.threshold)],
+            'More than %s ready messages in queue {{ $labels.queue }}'
+            % num(a.HighJobProcessingQueue.threshold),
+            'Queue {{ $labels.queue }} has held more than %s ready messages for more than %s '
+            % [num(a.HighJobProcessingQueue.threshold), a.HighJobProcessingQueue['for']]
             + '(now {{ $value | printf "%.0f" }}, max across replicas): '
             + 'jobs arrive faster than the workers finish them.',
             '{{ $value | printf "%.0f" }} ready',
@@ -131,14 +132,14 @@
           ),
           alert(
             'HighRedisReconnectAttempts',
-            '%s > %g' % [r.reconnects, a.HighRedisReconnectAttempts.threshold],
-            'Worker replica {{ $labels.instance }} made more than %g Redis reconnect attempts in %s'
-            % [a.HighRedisReconnectAttempts.threshold, a.HighRedisReconnectAttempts.window],
+            '%s > %s' % [r.reconnects, num(a.HighRedisReconnectAttempts.threshold)],
+            'Worker replica {{ $labels.instance }} made more than %s Redis reconnect attempts in %s'
+            % [num(a.HighRedisReconnectAttempts.threshold), a.HighRedisReconnectAttempts.window],
             'Worker replica {{ $labels.instance }} (job {{ $labels.job }}) made '
             + '{{ $value | printf "%.0f" }} attempts to reconnect to Redis over the last '
-            + '%s (threshold %g): its connection keeps dropping.' % [
+            + '%s (threshold %s): its connection keeps dropping.' % [
               a.HighRedisReconnectAttempts.window,
-              a.HighRedisReconnectAttempts.threshold,
+              num(a.HighRedisReconnectAttempts.threshold),
             ],
             '{{ $value | printf "%.0f" }} reconnect attempts',
             ['instance'],
@@ -153,22 +154,22 @@
                 %(completed)s
                 or on (queue)
                 0 * max without (state) (%(messages)s{state="ready"})
-              ) < %(minCompleted)g
+              ) < %(minCompleted)s
               and on (queue)
-              %(messages)s{state="ready"} >= %(minReady)g
+              %(messages)s{state="ready"} >= %(minReady)s
             ||| % {
               completed: r.queueCompleted,
               messages: r.queueMessages,
-              minCompleted: a.LowWorkerThroughput.minCompletedPerSecond,
-              minReady: a.LowWorkerThroughput.minReadyMessages,
+              minCompleted: num(a.LowWorkerThroughput.minCompletedPerSecond),
+              minReady: num(a.LowWorkerThroughput.minReadyMessages),
             },
-            'Queue {{ $labels.queue }} completes fewer than %g jobs/s while work is waiting'
-            % a.LowWorkerThroughput.minCompletedPerSecond,
+            'Queue {{ $labels.queue }} completes fewer than %s jobs/s while work is waiting'
+            % num(a.LowWorkerThroughput.minCompletedPerSecond),
             'Queue {{ $labels.queue }} completed {{ $value | printf "%.2f" }} jobs/s over '
-            + 'the last %s while holding at least %g ready messages (threshold %g jobs/s).' % [
+            + 'the last %s while holding at least %s ready messages (threshold %s jobs/s).' % [
               a.LowWorkerThroughput.window,
-              a.LowWorkerThroughput.minReadyMessages,
-              a.LowWorkerThroughput.minCompletedPerSecond,
+              num(a.LowWorkerThroughput.minReadyMessages),
+              num(a.LowWorkerThroughput.minCompletedPerSecond),
             ],
             '{{ $value | printf "%.2f" }} jobs/s',
             ['queue'],

@@ -12,6 +12,7 @@ compared with a fresh render to catch hand edits and forgotten re-renders.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Mapping, Sequence
@@ -34,7 +35,16 @@ HEADER = (
 
 def _mixin(overrides: Mapping | None, config_files: Sequence[Path | str]) -> dict:
     """Evaluate the mixin plus override files, then `overrides` deep-merged into _config."""
-    layers = "".join(f" + (import {json.dumps(str(Path(f).resolve()))})" for f in config_files)
+    files = tuple((str(Path(f).resolve()), Path(f).read_text()) for f in config_files)
+    # A fresh dict per call: callers may change what they get.
+    return json.loads(_evaluate(json.dumps(dict(overrides or {}), sort_keys=True), files))
+
+
+@functools.lru_cache(maxsize=32)
+def _evaluate(overrides_json: str, files: tuple[tuple[str, str], ...]) -> str:
+    # The C++ jsonnet takes about a second for the mixin; tests and tools ask repeatedly.
+    # `files` carries each file's text so that an edited file is evaluated again.
+    layers = "".join(f" + (import {json.dumps(path)})" for path, _ in files)
     snippet = f"""
         local mixin = (import 'mixin.libsonnet'){layers} + {{
           _config:: std.mergePatch(super._config, std.parseJson(std.extVar('overrides'))),
@@ -46,13 +56,12 @@ def _mixin(overrides: Mapping | None, config_files: Sequence[Path | str]) -> dic
           rules: mixin.prometheusRules,
         }}
     """
-    text = _jsonnet.evaluate_snippet(
+    return _jsonnet.evaluate_snippet(
         str(ALERTS_DIR / "render.jsonnet"),
         snippet,
         jpathdir=[str(ALERTS_DIR)],
-        ext_vars={"overrides": json.dumps(dict(overrides or {}))},
+        ext_vars={"overrides": overrides_json},
     )
-    return json.loads(text)
 
 
 def load_config(overrides: Mapping | None = None, config_files: Sequence[Path | str] = ()) -> dict:

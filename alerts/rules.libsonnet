@@ -5,6 +5,7 @@
   local c = $._config,
   local a = c.alerts,
   local sel = c.workerSelector,
+  local num = (import 'lib.libsonnet').num,
   local failureWindow = a.HighJobFailureRate.window,
   local throughputWindow = a.LowWorkerThroughput.window,
   local durationWindow = a.HighJobProcessingTime.window,
@@ -69,8 +70,8 @@
         ] + [
           {
             record: r.durationQuantile,
-            expr: 'histogram_quantile(%g, %s)' % [q, r.durationBuckets],
-            labels: { quantile: '%g' % q },
+            expr: 'histogram_quantile(%s, %s)' % [num(q), r.durationBuckets],
+            labels: { quantile: num(q) },
           }
           for q in c.durationQuantiles
         ] + [
