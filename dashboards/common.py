@@ -155,6 +155,8 @@ class Variable(G.Template):
                 "query": self.query,
                 "refId": "PrometheusVariableQueryEditor-VariableQuery",
             }
+        if self.type == "query" and not self.includeAll and self.default is None:
+            data["current"] = {}  # Grafana selects the first value the query returns
         if self.includeAll:
             data["current"] = (
                 {"selected": True, "text": ["All"], "value": ["$__all"]}

@@ -320,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--prometheus", help="use this Prometheus instead of a simulated run")
     parser.add_argument("--range", default="15m", help="time range with --prometheus (15m)")
     parser.add_argument("--instance", help="replica for the replica dashboard (default: first)")
-    parser.add_argument("--seconds", type=float, default=150, help="simulated run length (150)")
+    parser.add_argument("--seconds", type=float, default=240, help="simulated run (240 s)")
     parser.add_argument("--out-dir", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
     if args.prometheus:
