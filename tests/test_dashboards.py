@@ -353,5 +353,7 @@ def test_provisioning_files_are_ready_to_mount():
     assert source["url"].startswith("http://")
     provider = yaml.safe_load((base / "dashboards" / "worker.yml").read_text())["providers"][0]
     assert provider["type"] == "file" and provider["folder"] == "Worker"
-    assert provider["allowUiUpdates"] is True
+    # Editable in the UI, but never saved over the code: with allowUiUpdates a saved edit
+    # would survive restarts in Grafana's database until the file itself changed.
+    assert provider["allowUiUpdates"] is False
     assert provider["options"]["path"] == "/var/lib/grafana/dashboards"
