@@ -1115,4 +1115,11 @@ def worker_panels(scope: Scope) -> list:
     grid.add(rate_limiter(scope), height=7)
     grid.row(105, "Capacity (Little's law)")
     grid.add(*capacity_panels(scope), widths=[12, 3, 3, 3, 3])
+    ids = [p.id for p in grid.panels]
+    if twice := sorted({i for i in ids if ids.count(i) > 1}):
+        raise ValueError(
+            f"panel ids {twice} are used twice: an alert's panelId in alerts/config.libsonnet "
+            f"must not reuse the other panels' ids {sorted(PANEL_IDS.values())} or the rows' "
+            "(100-105)"
+        )
     return grid.panels

@@ -95,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for path in render(args.out_dir, args.overrides, args.config):
             shown = path.relative_to(REPO_DIR) if path.is_relative_to(REPO_DIR) else path
             print(f"wrote {shown}")
-    except RuntimeError as exc:  # jsonnet errors name the file, line and problem
+    except (RuntimeError, ValueError) as exc:  # jsonnet errors, colliding panel ids
         print(f"dashboards.render: {exc}", file=sys.stderr)
         return 2
     return 0
