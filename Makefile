@@ -36,3 +36,6 @@ check: venv  ## validate rules and configs with promtool/amtool, run the rule an
 	promtool test rules prometheus/tests/*_test.yml
 	amtool check-config alertmanager/alertmanager.yml
 	$(PY) -m alerts.routes
+
+bench: venv  ## run every benchmark (bench/bench_*.py); each prints ratios measured side by side
+	for script in bench/bench_*.py; do $(PY) $$script || exit 1; done

@@ -44,13 +44,8 @@ REPLICA_METRICS = {
 
 
 def metrics_env(redis_url: str, port: int, **env) -> dict[str, str]:
-    return replica_env(
-        redis_url,
-        METRICS_PORT=port,
-        METRICS_QUEUE_SAMPLE_SECONDS=0,
-        REDIS_HEALTH_INTERVAL_SECONDS=0.5,
-        **env,
-    )
+    defaults = {"METRICS_QUEUE_SAMPLE_SECONDS": 0, "REDIS_HEALTH_INTERVAL_SECONDS": 0.5}
+    return replica_env(redis_url, METRICS_PORT=port, **{**defaults, **env})
 
 
 def start_replica(env: dict[str, str], log) -> Replica:

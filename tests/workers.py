@@ -49,7 +49,10 @@ def wait_until(predicate: Callable[[], object], timeout: float, interval: float 
 
 def replica_env(redis_url: str, **env: str) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS", "SENTRY"))}
-    base.update(REDIS_URL=redis_url, METRICS_HOST="127.0.0.1", PYTHONUNBUFFERED="1")
+    # METRICS_PORT 0: any free port, so replicas of a test (and of parallel runs) never collide
+    base.update(
+        REDIS_URL=redis_url, METRICS_HOST="127.0.0.1", METRICS_PORT="0", PYTHONUNBUFFERED="1"
+    )
     base.update({k: str(v) for k, v in env.items()})
     return base
 

@@ -152,8 +152,9 @@ def rabbitmq_backlog(url: str, queues: Iterable[str]) -> Callable[[], Counts]:
 
 class QueueBacklog:
     """Sets ``worker_queue_messages`` at most once per ``min_interval`` seconds, when a
-    scrape asks; skipped (the last values stay) while ``available()`` says the broker is
-    unreachable, so a Redis outage never makes a scrape wait on a timeout."""
+    scrape asks. While ``available()`` says the broker is unreachable, or for
+    ``retry_after_failure`` seconds after a failed read, no read is tried and the last
+    values stay: an outage never makes every scrape wait on a connection timeout."""
 
     def __init__(
         self,
@@ -161,24 +162,30 @@ class QueueBacklog:
         *,
         min_interval: float = 10.0,
         available: Callable[[], bool] = lambda: True,
+        retry_after_failure: float = 30.0,
     ) -> None:
         self.read, self.min_interval, self.available = read, min_interval, available
-        self._sampled_at = float("-inf")
+        self.retry_after_failure = retry_after_failure
+        self._next_read = float("-inf")
         self._lock = threading.Lock()
         self._failing = False
 
     def refresh(self) -> None:
         with self._lock:
-            if time.monotonic() - self._sampled_at < self.min_interval or not self.available():
+            now = time.monotonic()
+            if now < self._next_read or not self.available():
                 return
-            self._sampled_at = time.monotonic()
+            self._next_read = now + self.min_interval
             try:
                 counts = self.read()
             except Exception as exc:
                 if not self._failing:
                     log.warning("cannot sample the queue backlog: %s: %s", type(exc).__name__, exc)
                 self._failing = True
+                self._next_read = now + max(self.min_interval, self.retry_after_failure)
                 return
+            if self._failing:
+                log.info("sampling the queue backlog again")
             self._failing = False
             for queue, values in counts.items():
                 for state, value in zip(STATES, values, strict=True):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections import Counter
 
 from dramatiq.common import q_name
 from dramatiq.middleware import Middleware
@@ -25,18 +24,18 @@ class JobMetrics(Middleware):
     - completed, failed, duration: in ``after_process_message``, which Dramatiq calls
       for every attempt, also one that raised ``BaseException`` (``SystemExit``, a
       ``TimeLimit`` interrupt).
-    - retried, dead-lettered: when the broker settles the message. A failed attempt that
-      is acked was re-enqueued by the retry middleware; every nack is a dead letter (the
-      retry policy's, an unknown actor's, an expired message's), and so is an undecodable
-      message (``after_undecodable_message``, job_type ``unknown``). Settlement comes
-      after every ``after_process_message`` hook, so this needs no ordering with the
-      retry middleware.
+    - retried, dead-lettered: when the broker settles the message, which the worker
+      thread does right after the attempt, once every ``after_process_message`` hook has
+      run (so no ordering with the retry middleware is needed). A failed attempt that is
+      acked was re-enqueued by the retry middleware; every nack is a dead letter (the
+      retry policy's, an unknown actor's, an expired message's), and so is an
+      undecodable message (``after_undecodable_message``, job_type ``unknown``).
 
-    ``worker_jobs_processing`` is not incremented and decremented blindly: this process's
-    attempts in flight are kept by message id, and the gauge is set to their count. A
-    hook that runs twice for one attempt, or an ``after_skip_message`` for a message
-    whose ``before_process_message`` never reached this middleware, cannot push it away
-    from the truth; it returns to exactly 0 when nothing runs.
+    An attempt runs start to end in one worker thread, so its state is thread-local:
+    no lock on the hot path, and the processing gauge is decremented only for an attempt
+    this middleware saw start, once. A hook that runs twice, or an ``after_skip_message``
+    for a message whose ``before_process_message`` never reached this middleware, cannot
+    push it away from the truth; it returns to exactly 0 when nothing runs.
 
     Label values are the queue's canonical name (``default``, not ``default.DQ``) and the
     actor name, each only if the broker declares it, else ``unknown``: a message's body
@@ -44,12 +43,9 @@ class JobMetrics(Middleware):
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        #: message id -> (labels, start time) of the attempts running in this process.
-        self._running: dict[str, tuple[tuple[str, str], float]] = {}
-        self._running_per_labels: Counter[tuple[str, str]] = Counter()
-        #: message ids whose last attempt raised and that are not settled yet.
-        self._raised: Counter[str] = Counter()
+        self._local = threading.local()
+        #: (queue name, actor name) of declared actors -> their metric children.
+        self._children: dict[tuple[str, str], _Children] = {}
 
     # --- labels -------------------------------------------------------------------------
 
@@ -61,88 +57,70 @@ class JobMetrics(Middleware):
         job_type = actor_name if actor_name in broker.actors else UNKNOWN
         return queue, job_type
 
+    def children(self, broker, queue_name: str, actor_name: str | None) -> _Children:
+        found = self._children.get((queue_name, actor_name))
+        if found is None:
+            labels = self.labels_of(broker, queue_name, actor_name)
+            found = _Children(labels)
+            if UNKNOWN not in labels:  # only declared names are kept: a bounded set
+                self._children[(queue_name, actor_name)] = found
+        return found
+
     def after_declare_actor(self, broker, actor) -> None:
         """Export every known series from the start, at 0, so rates and ratios over them
         exist before the first job of a kind (an absent series reads as no data)."""
-        labels = (q_name(actor.queue_name), actor.actor_name)
-        for metric in (
-            metrics.jobs_started,
-            metrics.jobs_completed,
-            metrics.jobs_failed,
-            metrics.jobs_retried,
-            metrics.jobs_dead_lettered,
-            metrics.job_duration,
-            metrics.jobs_processing,
-        ):
-            metric.labels(*labels)
+        self.children(broker, actor.queue_name, actor.actor_name)
 
     # --- one attempt ----------------------------------------------------------------------
 
     def before_process_message(self, broker, message) -> None:
-        labels = self.labels_of(broker, message.queue_name, message.actor_name)
-        metrics.jobs_started.labels(*labels).inc()
-        with self._lock:
-            previous = self._running.get(message.message_id)
-            self._running[message.message_id] = (labels, time.perf_counter())
-            if previous is None:
-                self._running_per_labels[labels] += 1
-            self._publish(labels)
+        local = self._local
+        stale = getattr(local, "attempt", None)
+        if stale is not None:  # an attempt of this thread whose end never reached us
+            stale[0].processing.dec()
+        local.raised = None
+        metric = self.children(broker, message.queue_name, message.actor_name)
+        metric.started.inc()
+        metric.processing.inc()
+        local.attempt = (metric, time.perf_counter(), message.message_id)
 
     def after_process_message(self, broker, message, *, result=None, exception=None) -> None:
-        entry = self._finish(message)
-        if entry is None:
+        attempt = self._end_attempt(message)
+        if attempt is None:
             return
-        labels, started = entry
-        metrics.job_duration.labels(*labels).observe(time.perf_counter() - started)
+        metric, started, _ = attempt
+        metric.duration.observe(time.perf_counter() - started)
         if exception is None:
-            metrics.jobs_completed.labels(*labels).inc()
+            metric.completed.inc()
         else:
-            metrics.jobs_failed.labels(*labels).inc()
-            with self._lock:
-                self._raised[message.message_id] += 1
+            metric.failed.inc()
+            self._local.raised = message.message_id
 
     def after_skip_message(self, broker, message) -> None:
-        self._finish(message)
+        self._end_attempt(message)
 
-    def _finish(self, message) -> tuple[tuple[str, str], float] | None:
-        with self._lock:
-            entry = self._running.pop(message.message_id, None)
-            if entry is not None:
-                self._running_per_labels[entry[0]] -= 1
-                self._publish(entry[0])
-            return entry
-
-    def _publish(self, labels: tuple[str, str]) -> None:
-        count = self._running_per_labels[labels]
-        if count <= 0:
-            self._running_per_labels.pop(labels, None)
-        metrics.jobs_processing.labels(*labels).set(max(count, 0))
+    def _end_attempt(self, message):
+        local = self._local
+        attempt = getattr(local, "attempt", None)
+        if attempt is None or attempt[2] != message.message_id:
+            return None
+        local.attempt = None
+        attempt[0].processing.dec()
+        return attempt
 
     # --- settlement -----------------------------------------------------------------------
 
-    def _settled_after_failure(self, message) -> bool:
-        with self._lock:
-            if self._raised[message.message_id] <= 0:
-                self._raised.pop(message.message_id, None)
-                return False
-            self._raised[message.message_id] -= 1
-            if self._raised[message.message_id] <= 0:
-                del self._raised[message.message_id]
-            return True
-
     def after_ack(self, broker, message) -> None:
-        if self._settled_after_failure(message):
-            labels = self.labels_of(broker, message.queue_name, message.actor_name)
-            metrics.jobs_retried.labels(*labels).inc()
+        if getattr(self._local, "raised", None) == message.message_id:
+            self._local.raised = None
+            self.children(broker, message.queue_name, message.actor_name).retried.inc()
 
     def after_nack(self, broker, message) -> None:
-        self._settled_after_failure(message)
-        labels = self.labels_of(broker, message.queue_name, message.actor_name)
-        metrics.jobs_dead_lettered.labels(*labels).inc()
+        self._local.raised = None
+        self.children(broker, message.queue_name, message.actor_name).dead_lettered.inc()
 
     def after_undecodable_message(self, broker, queue: str, message_id: str, reason: str):
-        labels = self.labels_of(broker, queue, None)
-        metrics.jobs_dead_lettered.labels(*labels).inc()
+        self.children(broker, queue, None).dead_lettered.inc()
 
     # --- process lifecycle ------------------------------------------------------------
 
@@ -153,3 +131,19 @@ class JobMetrics(Middleware):
             from prometheus_client import multiprocess
 
             multiprocess.mark_process_dead(os.getpid(), path)
+
+
+class _Children:
+    """The metric children of one (queue, job_type): looked up once, not per job."""
+
+    __slots__ = ("started", "completed", "failed", "retried", "dead_lettered", "processing",
+                 "duration")  # fmt: skip
+
+    def __init__(self, labels: tuple[str, str]) -> None:
+        self.started = metrics.jobs_started.labels(*labels)
+        self.completed = metrics.jobs_completed.labels(*labels)
+        self.failed = metrics.jobs_failed.labels(*labels)
+        self.retried = metrics.jobs_retried.labels(*labels)
+        self.dead_lettered = metrics.jobs_dead_lettered.labels(*labels)
+        self.processing = metrics.jobs_processing.labels(*labels)
+        self.duration = metrics.job_duration.labels(*labels)
