@@ -30,6 +30,12 @@ up-local:  ## the stack as local processes, for machines without Docker; Ctrl-C 
 bench: venv  ## run every benchmark in bench/ (prints ratios measured side by side)
 	@for b in bench/bench_*.py; do echo "==> $$b"; $(PY) $$b || exit 1; done
 
+dashboards: venv  ## render dashboards/*.dashboard.py into dashboards/generated/*.json
+	$(PY) -m dashboards.render
+
+dashboards-preview: venv  ## draw each dashboard from a short live run into docs/img/<uid>.png
+	$(PY) -m dashboards.preview
+
 rules: venv  ## render alerts/*.libsonnet into prometheus/rules/*.yml
 	$(PY) -m alerts.render
 
