@@ -255,3 +255,37 @@ def test_one_redis_down_and_back_loses_no_job(redis_srv):
     assert sorted(run.job_id for run in runs) == sorted(jobs)  # each exactly once
     assert all(run.retries == 0 for run in runs)
     assert failures == []
+
+
+def test_repeated_deferrals_spread_out_instead_of_waking_in_a_herd(redis_url):
+    broker = RedisBroker(url=redis_url, namespace="spread")
+    dramatiq.actor(lambda **kw: None, actor_name="spread.job", broker=broker)
+    middleware = RateLimit(
+        RateLimiter(redis.Redis.from_url(redis_url), {"m": (1, 60)}),
+        max_jitter_seconds=1,
+        max_spread_seconds=30,
+    )
+    client = redis.Redis.from_url(redis_url)
+
+    def delays(waited: int) -> list[float]:
+        client.delete("spread:default.DQ", "spread:default.DQ.msgs")
+        message = dramatiq.Message(
+            queue_name="default",
+            actor_name="spread.job",
+            args=(),
+            kwargs={},
+            options={"rate_limit_deferrals": waited},
+        )
+        before = time.time() * 1000
+        for _ in range(60):
+            middleware._defer(broker, message, 2.0)
+        etas = [
+            dramatiq.Message.decode(m).options["eta"]
+            for m in client.hvals("spread:default.DQ.msgs")
+        ]
+        return [(eta - before) / 1000 - 2.0 for eta in etas]
+
+    first, fourth, tenth = delays(0), delays(3), delays(9)
+    assert 0 <= min(first) and max(first) <= 1.05
+    assert 0 <= min(fourth) and max(fourth) <= 8.05 and max(fourth) > 4
+    assert 0 <= min(tenth) and max(tenth) <= 30.05 and max(tenth) > 15

@@ -8,8 +8,11 @@ the same Redis counters):
 
 - allowed: the job runs.
 - throttled: a copy of the message is enqueued with a delay of ``retry_after`` plus a
-  random jitter in ``[0, max_jitter_seconds]`` and the original is skipped (``SkipMessage``,
-  acked). Its retry count is untouched, so waiting never spends an attempt, and Retries
+  random jitter and the original is skipped (``SkipMessage``, acked). The jitter's bound
+  starts at ``max_jitter_seconds`` and doubles with each deferral of the same message, up
+  to ``max_spread_seconds``: an organization with a growing backlog would otherwise have
+  every waiting job ask again each time a slot frees, a herd of refusals that grows with
+  the backlog. Its retry count is untouched, so waiting never spends an attempt, and Retries
   never sees it as a failure. Other organizations' jobs run meanwhile: a deferred job
   holds no worker thread.
 - Redis cannot decide: the job is neither run unthrottled (that could exceed the
@@ -44,8 +47,10 @@ class RateLimit(Middleware):
 
     Parameters:
       limiter: the shared ``RateLimiter``.
-      max_jitter_seconds: upper bound of the random delay added to ``retry_after`` so that
-        deferred jobs of one organization do not all wake at the same instant (default 1).
+      max_jitter_seconds: upper bound of the random delay added to ``retry_after`` at a
+        job's first deferral, so that deferred jobs of one organization do not all wake at
+        the same instant (default 1); it doubles with each further deferral.
+      max_spread_seconds: the largest jitter bound, however often a job waited (default 30).
       unavailable_delay_seconds: deferral when Redis cannot decide (default 5).
       max_hold_seconds: cap of the backoff between attempts while neither the limiter nor
         the broker is reachable (default 10).
@@ -56,6 +61,7 @@ class RateLimit(Middleware):
         limiter: RateLimiter,
         *,
         max_jitter_seconds: float = 1.0,
+        max_spread_seconds: float = 30.0,
         unavailable_delay_seconds: float = 5.0,
         max_hold_seconds: float = 10.0,
     ) -> None:
@@ -63,6 +69,7 @@ class RateLimit(Middleware):
             raise ValueError("jitter must be >= 0 and delays > 0")
         self.limiter = limiter
         self.max_jitter_seconds = max_jitter_seconds
+        self.max_spread_seconds = max(max_spread_seconds, max_jitter_seconds)
         self.unavailable_delay_seconds = unavailable_delay_seconds
         self.max_hold_seconds = max_hold_seconds
 
@@ -114,7 +121,9 @@ class RateLimit(Middleware):
             raise SkipMessage(f"rate limited, deferred by {wait:.3f}s")
 
     def _defer(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, wait: float) -> None:
-        delay_ms = int((wait + random.uniform(0, self.max_jitter_seconds)) * 1000) + 1
-        deferrals = int(message.options.get("rate_limit_deferrals", 0)) + 1
+        waited = int(message.options.get("rate_limit_deferrals", 0))
+        spread = min(self.max_jitter_seconds * 2**waited, self.max_spread_seconds)
+        delay_ms = int((wait + random.uniform(0, spread)) * 1000) + 1
+        deferrals = waited + 1
         # Same message id and options (``retries`` included): the job waits, it did not fail.
         broker.enqueue(message.copy(options={"rate_limit_deferrals": deferrals}), delay=delay_ms)
