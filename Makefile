@@ -46,5 +46,3 @@ check: venv  ## validate rules and configs with promtool/amtool, run the rule an
 	amtool check-config alertmanager/alertmanager.yml
 	$(PY) -m alerts.routes
 
-bench: venv  ## run every benchmark (bench/bench_*.py); each prints ratios measured side by side
-	for script in bench/bench_*.py; do $(PY) $$script || exit 1; done

@@ -67,7 +67,8 @@ def run(redis_url: str, workdir: Path, replicas: int, concurrency: int, seconds:
     )
     procs = [Replica(env, workdir / f"r{i}.log").start() for i in range(replicas)]
     peak_rss = 0
-    deadline = time.monotonic() + seconds * 4 + 30
+    # Past the knee a replica falls far behind its bound: measure what it did by then.
+    deadline = time.monotonic() + seconds * 3 + 10
     try:
         while client.xlen("agent-jobs:completed") < n and time.monotonic() < deadline:
             peak_rss = max(peak_rss, max(rss_bytes(p.proc.pid) for p in procs))
@@ -76,12 +77,12 @@ def run(redis_url: str, workdir: Path, replicas: int, concurrency: int, seconds:
         for p in procs:
             p.stop()
     stamps = sorted(int(i.split(b"-")[0]) / 1000 for i, _ in client.xrange("agent-jobs:completed"))
-    if len(stamps) < n:
+    if len(stamps) < 2 * replicas * concurrency:
         raise RuntimeError(f"only {len(stamps)} of {n} jobs completed")
     # Slots start together and finish in waves: the first wave ends at stamps[0], so the
     # time from the first to the last completion holds the n - slots later completions.
     slots = replicas * concurrency
-    throughput = (n - slots) / (stamps[-1] - stamps[0])
+    throughput = (len(stamps) - slots) / (stamps[-1] - stamps[0])
     return throughput, bound, peak_rss
 
 
@@ -148,6 +149,8 @@ def plot(points, path: Path) -> None:
     ax.set_xscale("log", base=2)
     ax.set_yscale("log", base=2)
     ax.set_xticks(cs, [str(c) for c in cs])
+    ticks = [b for b in (50, 100, 200, 400, 800, 1600, 3200) if b <= 2 * points[-1][2]]
+    ax.set_yticks(ticks, [str(t) for t in ticks])
     ax.set_xlabel("job slots (threads) in one replica")
     ax.set_ylabel("jobs completed per second")
     ax.set_title(f"Throughput vs concurrency, I/O-bound jobs of {JOB_SECONDS} s")
