@@ -3,9 +3,10 @@
   python bench/bench_metrics.py            (or: make bench)
 
 1. Throughput of no-op jobs, one worker process of 8 threads on one private Redis, in
-   three variants measured in alternation (median of the rounds): bare Dramatiq (no
+   four variants measured in alternation (median of the rounds): bare Dramatiq (no
    middleware), the worker's whole middleware stack with multiprocess metrics, and the
-   same stack without JobMetrics (what the metrics alone cost); and the CPU time of
+   same stack without JobMetrics (what the metrics alone cost), the same stack without
+   JobLog (its Redis write per job is the stack's largest cost); and the CPU time of
    JobMetrics' hooks per attempt, measured alone (steady even on a busy machine).
 2. Scrape time of a live replica (``python -m worker``) with 2 and with 16 worker
    processes, after jobs of every actor ran in every process.
@@ -35,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from tests.servers import free_port, redis_server, running  # noqa: E402
 from tests.workers import Replica, replica_env, scrape, wait_until  # noqa: E402
 
-VARIANTS = ("bare", "stack", "stack-no-metrics")
+VARIANTS = ("bare", "stack", "stack-no-metrics", "stack-no-joblog")
 
 
 # --- 1. throughput (each variant runs in a fresh process: metrics files, clean state) --------
@@ -56,12 +57,14 @@ def throughput_child(variant: str, redis_url: str, jobs: int, threads: int) -> N
     else:
         from worker.broker import build_broker
         from worker.config import Settings
+        from worker.middleware.job_log import JobLog
         from worker.middleware.metrics import JobMetrics
 
         settings = Settings(_env_file=None, REDIS_URL=redis_url, JOB_QUEUE_NAME=namespace)
         broker = build_broker(settings)
-        if variant == "stack-no-metrics":
-            broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, JobMetrics)]
+        left_out = {"stack-no-metrics": JobMetrics, "stack-no-joblog": JobLog}.get(variant)
+        if left_out is not None:
+            broker.middleware[:] = [m for m in broker.middleware if not isinstance(m, left_out)]
     dramatiq.set_broker(broker)
     done = 0
     finished = threading.Event()

@@ -131,15 +131,17 @@ def test_reconnects_back_off_to_a_bound_and_log_once(tmp_path, caplog):
             time.sleep(2.5)
             assert not watch.connected and statuses == [False]
             gaps = [b - a for a, b in zip(attempts, attempts[1:], strict=False)]
-            # 0.05, 0.1, 0.2, 0.4, then 0.4 s each: never faster, never slower than the cap
-            assert [round(g, 2) for g in gaps[:4]] == [0.05, 0.1, 0.2, 0.4] or all(
-                abs(g - e) < 0.03 for g, e in zip(gaps, [0.05, 0.1, 0.2, 0.4], strict=False)
-            ), gaps
-            assert all(0.37 <= g <= 0.5 for g in gaps[4:]), gaps
+            expected = [0.05, 0.1, 0.2] + [0.4] * (len(gaps) - 3)
+            # never sooner than the backoff (no spinning), never much later (bounded);
+            # the slack is for a busy machine's scheduling
+            assert len(gaps) >= 5, gaps
+            assert all(e - 0.005 <= g <= e + 0.15 for g, e in zip(gaps, expected, strict=True)), (
+                gaps
+            )
             server.start()
             started = time.monotonic()
             assert watch.wait_connected(2)
-            assert time.monotonic() - started <= 0.5
+            assert time.monotonic() - started <= 0.4 + 0.3
             assert statuses == [False, True]
         finally:
             watch.stop()
