@@ -1,0 +1,58 @@
+"""Jobs caught by a Redis outage are neither lost nor stuck: a real worker, a real
+redis-server stopped and started again (append-only file on, so it keeps its data).
+
+Found by the end-to-end chaos run (tests/e2e/test_nothing_lost.py); each case here would
+lose or strand jobs without its fix.
+"""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from dramatiq import Message
+from dramatiq.broker import MessageProxy
+from dramatiq.errors import ConnectionClosed
+
+from tests.workers import completed_ids, in_process_worker, settings_for, wait_until
+from worker.app import setup
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_delayed_jobs_a_worker_holds_run_after_redis_restarts(redis_srv):
+    """The delay queue's consumer keeps fetched delayed messages in memory; Dramatiq drops
+    that memory on a connection error while Redis still counts them as claimed by the
+    live worker. They must be requeued, not wait for the worker to die."""
+    broker = setup(settings_for(redis_srv.url, REDIS_HEALTH_INTERVAL_SECONDS=0.5))
+    from worker import actors
+
+    client = redis.Redis.from_url(redis_srv.url)
+    held = "agent-jobs:__acks__.*.fast.DQ"
+    with in_process_worker(broker):
+        sent = [
+            actors.job_status_update.send_with_options(
+                kwargs={"job_id": f"j{i}", "org_id": "o", "status": "running"}, delay=3000
+            ).message_id
+            for i in range(5)
+        ]
+        wait_until(lambda: sum(client.scard(k) for k in client.keys(held)) == 5, timeout=10)
+        redis_srv.stop()
+        time.sleep(1)
+        redis_srv.start()
+        wait_until(lambda: sorted(completed_ids(client)) == sorted(sent), timeout=20)
+
+
+def test_a_consumer_that_cannot_requeue_reports_a_lost_connection(redis_srv):
+    """Dramatiq's consumer thread survives a ConnectionClosed while closing, not a
+    redis-py ConnectionError: the thread would end and its queue go unconsumed."""
+    broker = setup(settings_for(redis_srv.url))
+    consumer = broker.consume("fast.DQ")
+    message = Message(
+        queue_name="fast.DQ", actor_name="job.status_update", args=(), kwargs={}, options={}
+    )
+    proxy = MessageProxy(message.copy(options={"redis_message_id": "m-1"}))
+    redis_srv.stop()
+    with pytest.raises(ConnectionClosed):
+        consumer.requeue([proxy])
