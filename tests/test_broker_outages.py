@@ -17,8 +17,18 @@ from dramatiq.errors import ConnectionClosed
 
 from tests.workers import completed_ids, in_process_worker, settings_for, wait_until
 from worker.app import setup
+from worker.errors import TransientError
+from worker.jobs import job
 
 pytestmark = pytest.mark.timeout(60)
+
+
+def outage_while(redis_srv, attempts: list, seconds: float = 1.0) -> None:
+    """Once the job has stopped Redis, start it again ``seconds`` later (from this thread:
+    a server dies with the thread that started it)."""
+    wait_until(lambda: attempts and not redis_srv.running, timeout=15)
+    time.sleep(seconds)
+    redis_srv.start()
 
 
 def test_delayed_jobs_a_worker_holds_run_after_redis_restarts(redis_srv):
@@ -42,6 +52,46 @@ def test_delayed_jobs_a_worker_holds_run_after_redis_restarts(redis_srv):
         time.sleep(1)
         redis_srv.start()
         wait_until(lambda: sorted(completed_ids(client)) == sorted(sent), timeout=20)
+
+
+def test_a_job_failing_while_redis_is_down_is_still_retried(redis_srv):
+    broker = setup(settings_for(redis_srv.url, RETRY_TIME_SCALE=0.05))
+    attempts: list[float] = []
+
+    @job("test.fails_in_outage", "fast")
+    def fails_in_outage(**kwargs):
+        attempts.append(time.monotonic())
+        if len(attempts) == 1:
+            redis_srv.stop()  # the retry has nowhere to go for a second
+            raise TransientError("backend answered HTTP 500")
+
+    client = redis.Redis.from_url(redis_srv.url)
+    with in_process_worker(broker):
+        message = fails_in_outage.send(job_id="j", org_id="o")
+        outage_while(redis_srv, attempts)
+        wait_until(lambda: completed_ids(client) == [message.message_id], timeout=20)
+    assert len(attempts) == 2
+
+
+def test_a_job_completing_while_redis_is_down_keeps_its_record(redis_srv):
+    broker = setup(settings_for(redis_srv.url))
+    attempts: list[float] = []
+
+    @job("test.completes_in_outage", "fast")
+    def completes_in_outage(**kwargs):
+        attempts.append(time.monotonic())
+        redis_srv.stop()
+        return {"answer": 42}
+
+    client = redis.Redis.from_url(redis_srv.url)
+    with in_process_worker(broker):
+        message = completes_in_outage.send(job_id="j", org_id="o")
+        outage_while(redis_srv, attempts)
+        wait_until(lambda: completed_ids(client) == [message.message_id], timeout=20)
+        time.sleep(0.5)
+    [(_, record)] = client.xrange("agent-jobs:completed")
+    assert record[b"result"] == b'{"answer": 42}'
+    assert len(attempts) == 1
 
 
 def test_a_consumer_that_cannot_requeue_reports_a_lost_connection(redis_srv):

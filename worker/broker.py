@@ -165,17 +165,15 @@ def middleware_stack(settings: Settings, client: redis.Redis) -> list:
 
     ``JobMetrics`` comes after what skips a message before it runs (``AgeLimit``,
     ``RateLimit``: a deferred job is not an attempt) and before ``TimeLimit``.
+    ``JobLog`` and ``ClassRetries`` come before ``JobMetrics``: Dramatiq runs the
+    ``after_*`` hooks in reverse order, and while Redis is unreachable these two hold the
+    worker thread until the record is written or the retry scheduled; by then the
+    attempt is already counted, timed and out of ``worker_jobs_processing``, and
+    ``TimeLimit`` has disarmed, so it cannot interrupt the wait.
     """
     return [
         AgeLimit(),
         RateLimit(RateLimiter.from_settings(client, settings)),
-        JobMetrics(),
-        TimeLimit(),
-        ShutdownNotifications(),
-        Callbacks(),
-        Pipelines(),
-        CurrentMessage(),
-        BrokerHeartbeat(interval=settings.job_lock_timeout_seconds / 2),
         JobLog(
             client,
             namespace=settings.job_queue_name,
@@ -189,6 +187,13 @@ def middleware_stack(settings: Settings, client: redis.Redis) -> list:
             jitter=settings.retry_jitter,
             time_scale=settings.retry_time_scale,
         ),
+        JobMetrics(),
+        TimeLimit(),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        CurrentMessage(),
+        BrokerHeartbeat(interval=settings.job_lock_timeout_seconds / 2),
         RedisHealth(
             url=broker_redis_url(settings) or settings.redis_url,
             max_backoff=settings.redis_health_interval_seconds,
