@@ -7,6 +7,7 @@ lose or strand jobs without its fix.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -19,6 +20,7 @@ from tests.workers import completed_ids, in_process_worker, settings_for, wait_u
 from worker.app import setup
 from worker.errors import TransientError
 from worker.jobs import job
+from worker.middleware.redis_health import RedisWatch, probe_client
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -106,3 +108,26 @@ def test_a_consumer_that_cannot_requeue_reports_a_lost_connection(redis_srv):
     redis_srv.stop()
     with pytest.raises(ConnectionClosed):
         consumer.requeue([proxy])
+
+
+def test_a_stopping_worker_does_not_wait_out_the_reconnect_backoff(redis_srv):
+    """Consumer threads restarting during an outage wait for the reconnect (up to the
+    backoff cap, here 30 s); a worker that shuts down stops the watch, and they must be
+    released at once, or the shutdown outlasts its grace period and the replica is
+    killed."""
+    redis_srv.stop()
+    watch = RedisWatch(probe_client(redis_srv.url).ping, interval=None, max_backoff=30).start()
+    watch.connection_lost(ConnectionError("lost"))
+    waited: list[float] = []
+
+    def consumer_restart() -> None:
+        started = time.monotonic()
+        watch.wait_connected(30)
+        waited.append(time.monotonic() - started)
+
+    thread = threading.Thread(target=consumer_restart)
+    thread.start()
+    time.sleep(0.5)
+    watch.stop()
+    thread.join(5)
+    assert waited and waited[0] < 2, waited
