@@ -51,10 +51,10 @@ class _SafeConsumer(_RedisConsumer):
     middleware with an ``after_undecodable_message(broker, queue, message_id, reason)``
     hook hears of it (to count and record it).
 
-    A connection lost while fetching, acking or nacking (mid-job: the job ran, its ack
-    cannot reach Redis) goes to ``after_connection_error(broker, queue, error)`` hooks
-    before Dramatiq restarts the consumer or retries the ack (``RedisHealth`` paces and
-    counts the reconnects).
+    A connection lost while fetching, acking, nacking or requeueing (mid-job: the job
+    ran, its ack cannot reach Redis) goes to ``after_connection_error(broker, queue,
+    error)`` hooks before Dramatiq restarts the consumer or retries the ack
+    (``RedisHealth`` paces and counts the reconnects).
     """
 
     def __next__(self):
@@ -81,6 +81,16 @@ class _SafeConsumer(_RedisConsumer):
             notify(self.broker, "after_connection_error", self.queue_name, exc)
             raise
 
+    def requeue(self, messages):
+        # Dramatiq's consumer thread requeues its delayed messages when it closes after an
+        # unexpected error, and survives only a ConnectionClosed from it: a redis-py
+        # ConnectionError there ends the thread, and the queue is never consumed again.
+        try:
+            return super().requeue(messages)
+        except redis.ConnectionError as exc:
+            notify(self.broker, "after_connection_error", self.queue_name, exc)
+            raise ConnectionClosed(exc) from None
+
     def _dead_letter_raw(self, data: bytes, reason: str) -> None:
         broker = self.broker
         acks = f"{broker.namespace}:__acks__.{broker.broker_id}.{self.queue_name}"
@@ -104,11 +114,39 @@ class _SafeConsumer(_RedisConsumer):
 class WorkerRedisBroker(RedisBroker):
     """Dramatiq's Redis broker with a consumer that survives undecodable messages and
     reports lost connections; ``before_consume(broker, queue)`` hooks may hold a
-    consumer's (re)start back while Redis is known to be down."""
+    consumer's (re)start back while Redis is known to be down.
+
+    It also gives back the delayed messages a connection error orphans. A delay queue's
+    consumer thread keeps the messages it fetched (retries, rate-limit deferrals) in
+    memory until they are due; when the connection drops, Dramatiq's thread throws that
+    memory away and starts a new consumer, while Redis still counts the messages as
+    claimed by this broker. This broker keeps beating, so no other worker ever takes them
+    back: they would wait until this process dies. When a delay queue's consumer
+    (re)starts, nothing of that queue is in this process's memory, so everything Redis
+    lists as claimed by this broker on that queue is requeued first.
+    """
 
     def consume(self, queue_name, prefetch=1, timeout=5000):
         notify(self, "before_consume", queue_name)
+        if queue_name.endswith(".DQ"):
+            self._requeue_claimed(queue_name)
         return _SafeConsumer(self, queue_name, prefetch, timeout)
+
+    def _requeue_claimed(self, queue_name: str) -> None:
+        acks = f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}"
+        try:
+            claimed = [m.decode() for m in self.client.smembers(acks)]
+            if claimed:
+                # Atomic per message: only ids still claimed by this broker move back.
+                self.do_requeue(queue_name, *claimed)
+                log.warning(
+                    "requeued %d delayed message(s) of %s left claimed by a lost connection",
+                    len(claimed),
+                    queue_name,
+                )
+        except redis.ConnectionError as exc:  # the consumer thread restarts and retries
+            notify(self, "after_connection_error", queue_name, exc)
+            raise ConnectionClosed(exc) from None
 
 
 def redis_client(url: str) -> redis.Redis:
@@ -127,17 +165,15 @@ def middleware_stack(settings: Settings, client: redis.Redis) -> list:
 
     ``JobMetrics`` comes after what skips a message before it runs (``AgeLimit``,
     ``RateLimit``: a deferred job is not an attempt) and before ``TimeLimit``.
+    ``JobLog`` and ``ClassRetries`` come before ``JobMetrics``: Dramatiq runs the
+    ``after_*`` hooks in reverse order, and while Redis is unreachable these two hold the
+    worker thread until the record is written or the retry scheduled; by then the
+    attempt is already counted, timed and out of ``worker_jobs_processing``, and
+    ``TimeLimit`` has disarmed, so it cannot interrupt the wait.
     """
     return [
         AgeLimit(),
         RateLimit(RateLimiter.from_settings(client, settings)),
-        JobMetrics(),
-        TimeLimit(),
-        ShutdownNotifications(),
-        Callbacks(),
-        Pipelines(),
-        CurrentMessage(),
-        BrokerHeartbeat(interval=settings.job_lock_timeout_seconds / 2),
         JobLog(
             client,
             namespace=settings.job_queue_name,
@@ -151,6 +187,13 @@ def middleware_stack(settings: Settings, client: redis.Redis) -> list:
             jitter=settings.retry_jitter,
             time_scale=settings.retry_time_scale,
         ),
+        JobMetrics(),
+        TimeLimit(),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        CurrentMessage(),
+        BrokerHeartbeat(interval=settings.job_lock_timeout_seconds / 2),
         RedisHealth(
             url=broker_redis_url(settings) or settings.redis_url,
             max_backoff=settings.redis_health_interval_seconds,

@@ -54,6 +54,8 @@ from worker.procs import (
     RedisServer,
     alertmanager_server,
     free_port,
+    group_pids,
+    listening_pids,
     prometheus_server,
     redis_server,
 )
@@ -252,6 +254,17 @@ class WorkerReplica(HttpServer):
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    def worker_pids(self) -> list[int]:
+        """The replica's job-processing processes: its group without the main process and
+        without the process that serves the metrics endpoint."""
+        if not self.running:
+            return []
+        members = [pid for pid in group_pids(self.proc.pid) if pid != self.proc.pid]
+        endpoint = listening_pids(self.port, members)
+        if not endpoint:
+            raise RuntimeError(f"{self.name}: no process of the replica serves port {self.port}")
+        return [pid for pid in members if pid not in endpoint]
+
 
 def _python_env(**extra: str) -> dict[str, str]:
     """The environment of a Python process of the twin: this package importable, unbuffered."""
@@ -272,9 +285,11 @@ class LocalStack:
       namespace            JOB_QUEUE_NAME of the fleet
       rules_dir            rule files to load instead of prometheus/rules (same file names)
       scrape_interval, evaluation_interval   override the committed 15s (e.g. "1s")
-      alertmanager_overrides   deep-merged into the Alertmanager config
       alertmanager_timing  group_wait / group_interval / repeat_interval for every route
                            (e.g. {"group_wait": "1s", "group_interval": "1s"} for a test)
+      alertmanager_overrides   deep-merged into the Alertmanager config, after the timing
+                           (e.g. {"route": {"group_wait": "8s"}}: the root route and the
+                           routes that inherit from it, not those that set their own)
       loadgen_rate         jobs/s of the load generator; None: no load generator
       loadgen_args         more arguments for it (e.g. ["--seed", "1"])
       replica_ready_path   the replica endpoint that says it is up
@@ -379,9 +394,13 @@ class LocalStack:
             lambda name: f"{self.receiver.url}/{name}",
             config_dir=self.alertmanager_config.parent,
             secrets_dir=am_dir / "secrets",
-            overrides=self.alertmanager_overrides,
         )
-        am_config = with_route_timing(am_config, **self.alertmanager_timing)
+        # Overrides last, so that they can set one route apart from the common timing (a
+        # test: every route 1s, warnings' root group_wait longer than a critical takes).
+        am_config = deep_merge(
+            with_route_timing(am_config, **self.alertmanager_timing),
+            self.alertmanager_overrides or {},
+        )
         (am_dir / "alertmanager.yml").write_text(yaml.safe_dump(am_config, sort_keys=False))
         self.alertmanager = alertmanager_server(am_dir, am_dir / "alertmanager.yml", port())
         self.alertmanager.name = "alertmanager"
@@ -513,7 +532,18 @@ class LocalStack:
         for i in range(len(self.replicas)) if indexes is None else indexes:
             self.replicas[i].send_signal(signal.SIGSTOP)
 
+    def stall_workers(self, indexes: Sequence[int] | None = None) -> None:
+        """Freeze the job-processing processes of replicas (SIGSTOP), not their metrics
+        endpoint: workers that take no job, as hung jobs or a deadlock leave them, while the
+        replica still answers scrapes, probes Redis and reports the growing backlog.
+        ``resume_workers`` ends it."""
+        for i in range(len(self.replicas)) if indexes is None else indexes:
+            for pid in self.replicas[i].worker_pids():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGSTOP)
+
     def resume_workers(self, indexes: Sequence[int] | None = None) -> None:
+        """End ``pause_workers`` or ``stall_workers`` (SIGCONT to the whole replica)."""
         for i in range(len(self.replicas)) if indexes is None else indexes:
             self.replicas[i].send_signal(signal.SIGCONT)
 
@@ -554,6 +584,20 @@ class LocalStack:
         """Alerts the receiver got, oldest first (filters: receiver, alertname, status)."""
         query = urllib.parse.urlencode({k: v for k, v in filters.items() if v})
         with urllib.request.urlopen(f"{self.receiver.url}/alerts?{query}", timeout=5) as r:
+            return json.load(r)
+
+    def rule_alerts(self) -> list[dict[str, Any]]:
+        """Prometheus' pending and firing alerts: labels, annotations, state, activeAt."""
+        with urllib.request.urlopen(f"{self.prometheus.url}/api/v1/alerts", timeout=10) as r:
+            return json.load(r)["data"]["alerts"]
+
+    def alertmanager_alerts(self, **labels: str) -> list[dict[str, Any]]:
+        """Alertmanager's alerts with these label values (its API v2: labels, annotations,
+        ``receivers``, and ``status`` with ``state`` active/suppressed and ``inhibitedBy``)."""
+        query = urllib.parse.urlencode([("filter", f'{k}="{v}"') for k, v in labels.items()])
+        with urllib.request.urlopen(
+            f"{self.alertmanager.url}/api/v2/alerts?{query}", timeout=10
+        ) as r:
             return json.load(r)
 
     def query(self, promql: str) -> list[dict[str, Any]]:

@@ -22,8 +22,14 @@ class JobLog(Middleware):
     (default 7 days, 5,000), beside the dead message itself, which the broker keeps in its
     dead-letter queue for replay. Trimming happens on every append (``XADD ... MINID``
     with the age bound, then ``XTRIM MAXLEN`` with the count), so neither record grows
-    without bound. Losing Redis loses a record line, never a job: failures to record are
-    logged and swallowed.
+    without bound.
+
+    A job that completes while Redis is unreachable keeps its worker thread until its
+    record is written (capped backoff, ``max_hold_seconds``): the result is the product,
+    and the message is acknowledged only after this hook, so a process that dies
+    meanwhile has its job redelivered rather than its result lost. A dead-letter record
+    that cannot be written is logged and dropped (the dead message itself stays in the
+    broker's dead-letter queue).
     """
 
     def __init__(
@@ -36,6 +42,7 @@ class JobLog(Middleware):
         dead_ttl: float = 7 * 86_400,
         dead_max: int = 5_000,
         result_max_chars: int = 2_000,
+        max_hold_seconds: float = 10.0,
     ) -> None:
         self.client = client
         self.completed_key = f"{namespace}:completed"
@@ -43,6 +50,7 @@ class JobLog(Middleware):
         self.completed_bounds = (completed_ttl, completed_max)
         self.dead_bounds = (dead_ttl, dead_max)
         self.result_max_chars = result_max_chars
+        self.max_hold_seconds = max_hold_seconds
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
         # Written before the ack, so a job acked as done is always in the record (a crash
@@ -50,7 +58,11 @@ class JobLog(Middleware):
         # record off and saves its Redis round trip per job.
         if exception is None and self.completed_bounds[1] > 0:
             text = json.dumps(result, default=str)[: self.result_max_chars]
-            self._append(self.completed_key, self.completed_bounds, message, result=text)
+            hold = 0.5
+            while not self._append(self.completed_key, self.completed_bounds, message,
+                                   result=text):  # fmt: skip
+                time.sleep(hold)
+                hold = min(hold * 2, self.max_hold_seconds)
 
     def after_nack(self, broker, message) -> None:
         reason = message.options.get("dead_letter_reason") or "rejected by the broker"
@@ -95,7 +107,8 @@ class JobLog(Middleware):
             attempts=str(attempts),
         )
 
-    def _append(self, key: str, bounds: tuple[float, int], message, **fields: str) -> None:
+    def _append(self, key: str, bounds: tuple[float, int], message, **fields: str) -> bool:
+        """Append one record; False (logged) when Redis cannot take it."""
         ttl, max_len = bounds
         if message is not None:
             fields = {
@@ -112,3 +125,5 @@ class JobLog(Middleware):
                 pipe.execute()
         except redis.RedisError as exc:
             log.warning("could not record job %s in %s: %s", fields.get("message_id"), key, exc)
+            return False
+        return True

@@ -113,7 +113,15 @@ class RedisWatch:
             self._wake.set()
 
     def wait_connected(self, timeout: float) -> bool:
-        return self._connected.wait(timeout)
+        """Whether Redis answers, waiting up to ``timeout`` s for it; returns at once when
+        the watch stops (a worker shutting down must not wait out an outage)."""
+        deadline = time.monotonic() + timeout
+        while not self._connected.is_set() and not self._stop.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            self._connected.wait(min(remaining, 0.1))
+        return self._connected.is_set()
 
     # --- the loop -----------------------------------------------------------------------
 

@@ -29,21 +29,34 @@ class ClassRetries(Middleware):
     A job that raises ``PermanentError``, or that has used all its attempts, is failed
     (dead-lettered) with ``message.options["dead_letter_reason"]`` saying why.
 
+    When the broker cannot take the retry (Redis down), the worker thread keeps the
+    message, unacked, and tries again with capped backoff until it can: the job is never
+    acknowledged without its retry scheduled, and if the process dies meanwhile the
+    broker redelivers it.
+
     Parameters:
       max_delay: the longest delay in seconds (default 300).
       jitter: half-width of the random factor, 0 to 0.5 (default 0.2).
       time_scale: multiplies every delay; tests and benchmarks shrink time with it
         (default 1).
+      max_hold_seconds: cap of the backoff between attempts to schedule a retry while the
+        broker is unreachable (default 10).
     """
 
     def __init__(
-        self, *, max_delay: float = 300.0, jitter: float = 0.2, time_scale: float = 1.0
+        self,
+        *,
+        max_delay: float = 300.0,
+        jitter: float = 0.2,
+        time_scale: float = 1.0,
+        max_hold_seconds: float = 10.0,
     ) -> None:
         if not 0 <= jitter <= 0.5:
             raise ValueError("jitter must be within [0, 0.5]")
         self.max_delay = max_delay
         self.jitter = jitter
         self.time_scale = time_scale
+        self.max_hold_seconds = max_hold_seconds
 
     @property
     def actor_options(self) -> set[str]:
@@ -80,31 +93,23 @@ class ClassRetries(Middleware):
             max_attempts,
             delay,
         )
-        self.enqueue_until_accepted(broker, message, int(delay * 1000))
-
-    @staticmethod
-    def enqueue_until_accepted(broker, message, delay_ms: int) -> None:
-        """Schedule the retry, waiting out a broker outage.
-
-        Dramatiq swallows an exception raised here and then acks the message, which would
-        lose the job; holding the worker thread until the broker is back keeps it, like
-        Dramatiq's own ack does. If the worker is killed meanwhile, the unacked message is
-        redelivered after the lock timeout.
-        """
-        backoff = 0.5
+        hold = 0.5
         while True:
             try:
-                broker.enqueue(message, delay=delay_ms)
+                broker.enqueue(message, delay=int(delay * 1000))
                 return
-            except (redis.ConnectionError, redis.TimeoutError, BrokerConnectionError) as exc:
+            except (redis.RedisError, BrokerConnectionError) as exc:
+                # Giving up here would let the message be acked with no retry scheduled:
+                # the job would be lost. Unacked, it is redelivered if this process dies.
                 log.warning(
-                    "cannot schedule retry of job %s (%s); trying again in %.1fs",
+                    "cannot schedule the retry of job %s (%s: %s); holding it %.1fs",
                     message.message_id,
                     type(exc).__name__,
-                    backoff,
+                    exc,
+                    hold,
                 )
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+                time.sleep(hold)
+                hold = min(hold * 2, self.max_hold_seconds)
 
     @staticmethod
     def dead_letter(message, reason: str) -> None:
