@@ -1,0 +1,246 @@
+"""What the end-to-end tests share: the test configuration of the alerts and the twin, and
+how a test reads what an operator would see (the receiver, Alertmanager, Prometheus)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from alerts.detect import Detection, time_to_detect
+from tests.workers import ROOT, settings_for
+from worker.localstack import LocalStack
+
+NAMESPACE = "agent-jobs"
+
+# The committed alerts with short durations and windows, and thresholds a small simulated
+# load crosses. Everything else (expressions, labels, annotations, routing) is as shipped.
+ALERT_OVERRIDES: dict[str, Any] = {
+    "alerts": {
+        "WorkerDown": {"for": "2s"},
+        "RedisDisconnected": {"for": "3s"},
+        "HighJobFailureRate": {"for": "3s", "window": "20s"},
+        "HighJobProcessingTime": {"for": "3s", "window": "20s", "thresholdSeconds": 1},
+        "HighJobProcessingQueue": {"for": "3s", "threshold": 20},
+        "HighRedisReconnectAttempts": {"window": "20s"},
+        "LowWorkerThroughput": {
+            "for": "5s",
+            "window": "20s",
+            "minCompletedPerSecond": 1,
+            "minReadyMessages": 10,
+        },
+    }
+}
+
+# Every route groups and repeats within a second, but warnings keep what production relies
+# on: their group_wait (2m there) outlasts the time a critical alert takes to fire (scrape +
+# evaluation + `for`: 1m30s there, 5s here), so that an inhibiting RedisDisconnected or
+# WorkerDown is active before a warning it explains would be sent.
+ALERTMANAGER_TIMING = {"group_wait": "1s", "group_interval": "1s"}
+ALERTMANAGER_OVERRIDES = {"route": {"group_wait": "8s"}}
+
+RECEIVER_OF_SEVERITY = {"critical": "pager", "warning": "chat"}
+RUNBOOKS = ROOT / "docs" / "runbooks"
+RUNBOOK_URL_BASE = "https://github.com/example/worker-monitoring/blob/main/docs/runbooks"
+
+
+def wait_for(
+    predicate: Callable[[], Any],
+    timeout: float,
+    what: str | Callable[[], str],
+    interval: float = 0.2,
+):
+    """``predicate()``'s first truthy value; AssertionError saying ``what`` (a text, or a
+    function that describes the state at the time) after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"not within {timeout:.0f}s: {what() if callable(what) else what}")
+        time.sleep(interval)
+
+
+def client(stack: LocalStack) -> redis.Redis:
+    return redis.Redis.from_url(stack.redis.url)
+
+
+def send_jobs(stack: LocalStack, actor: str, count: int, orgs: int = 3) -> dict[str, str]:
+    """Send ``count`` valid jobs of ``actor`` (e.g. "crm_sync") as an application would,
+    spread over ``orgs`` organizations; returns message id -> job id."""
+    from worker.app import setup
+
+    setup(settings_for(stack.redis.url, JOB_QUEUE_NAME=stack.namespace))
+    from worker import actors
+
+    send = getattr(actors, actor).send
+    run = time.monotonic_ns()
+    sent = {}
+    for i in range(count):
+        job_id = f"{actor}-{run}-{i}"
+        message = send(job_id=job_id, org_id=f"org-{i % orgs}", **PAYLOADS[actor])
+        sent[message.message_id] = job_id
+    return sent
+
+
+PAYLOADS = {
+    "agent_run": {"prompt": "Summarize the ticket."},
+    "crm_sync": {"record": {"contact": "c-1", "stage": "lead"}},
+    "message_send": {"channel": "email", "recipient": "user-1", "text": "Report ready."},
+    "job_status_update": {"status": "running"},
+}
+
+
+# --- what the operator sees -------------------------------------------------------------
+
+
+class Inbox:
+    """The alert receiver's notifications, from a mark on: what a test's fault caused."""
+
+    def __init__(self, stack: LocalStack) -> None:
+        self.stack = stack
+        self.start = len(stack.alerts())
+
+    def records(self) -> list[dict[str, Any]]:
+        return self.stack.alerts()[self.start :]
+
+    def matching(self, alertname: str, status: str = "firing", where: str = "") -> list[dict]:
+        return [
+            r
+            for r in self.records()
+            if r["alertname"] == alertname and r["status"] == status and where in r["summary"]
+        ]
+
+    def wait(
+        self, alertname: str, status: str = "firing", where: str = "", timeout: float = 60
+    ) -> dict[str, Any]:
+        """The first notification of ``alertname`` in ``status`` (whose summary names
+        ``where``), as soon as the receiver has it."""
+        found = wait_for(
+            lambda: self.matching(alertname, status, where),
+            timeout,
+            lambda: f"{status} {alertname} {where} at the receiver; it got {self.brief()}",
+        )
+        return found[0]
+
+    def wait_resolved(self, alertname: str, timeout: float = 60) -> None:
+        """Until every alert of ``alertname`` notified firing has been notified resolved."""
+
+        def unresolved() -> set[str]:
+            records = [r for r in self.records() if r["alertname"] == alertname]
+            fired = {r["summary"] for r in records if r["status"] == "firing"}
+            return fired - {r["summary"] for r in records if r["status"] == "resolved"}
+
+        wait_for(
+            lambda: not unresolved(),
+            timeout,
+            lambda: f"resolved notifications of {sorted(unresolved())}; got {self.brief()}",
+        )
+
+    def brief(self) -> list[tuple[str, str, str, str]]:
+        return [(r["receiver"], r["status"], r["alertname"], r["summary"]) for r in self.records()]
+
+    def names(self) -> set[str]:
+        return {r["alertname"] for r in self.records()}
+
+
+def assert_notification(
+    stack: LocalStack, record: dict[str, Any], labels: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """The receiver got the alert through the committed routing, with its labels and its
+    annotations as the rule renders them. Returns the alert as Alertmanager holds it."""
+    name = record["alertname"]
+    held = [
+        a
+        for a in stack.alertmanager_alerts(alertname=name)
+        if a["annotations"]["summary"] == record["summary"]
+    ]
+    assert len(held) == 1, f"{name}: {record['summary']!r} not (once) in Alertmanager: {held}"
+    alert = held[0]
+    severity = alert["labels"]["severity"]
+    # Routed by severity to its receiver, and delivered there.
+    assert [r["name"] for r in alert["receivers"]] == [RECEIVER_OF_SEVERITY[severity]]
+    assert record["receiver"] == RECEIVER_OF_SEVERITY[severity], record
+    assert record["severity"] == severity
+    assert {**alert["labels"], **(labels or {})} == alert["labels"], alert["labels"]
+    if "queue" in alert["labels"]:
+        assert record["labels"]["queue"] == alert["labels"]["queue"]
+    # The message carries every annotation, as alertmanager/templates/worker.tmpl lays out.
+    notes = alert["annotations"]
+    assert record["text"] == "\n".join(
+        [
+            f"*{name}*: {notes['summary']}",
+            f"Value: {notes['value']}",
+            notes["description"],
+            f"Runbook: {notes['runbook_url']}",
+            f"Dashboard: {notes['dashboard_url']}",
+        ]
+    )
+    assert notes["runbook_url"] == f"{RUNBOOK_URL_BASE}/{name}.md"
+    assert (RUNBOOKS / f"{name}.md").is_file()
+    return alert
+
+
+def quiet(stack: LocalStack) -> bool:
+    """No alert pending or firing in Prometheus, none active in Alertmanager."""
+    return not stack.rule_alerts() and not stack.alertmanager_alerts()
+
+
+def describe_active(stack: LocalStack) -> str:
+    rules = [(a["labels"]["alertname"], a["state"]) for a in stack.rule_alerts()]
+    am = [(a["labels"]["alertname"], a["status"]["state"]) for a in stack.alertmanager_alerts()]
+    return f"Prometheus {rules}, Alertmanager {am}"
+
+
+# --- time to notify ---------------------------------------------------------------------
+
+
+@dataclass
+class NotifyTime:
+    alert: str
+    fault: str
+    measured: float
+    computed: Detection
+    note: str = ""
+
+
+@dataclass
+class Report:
+    """What the end-to-end run measured, printed at its end and written to a file."""
+
+    notify: list[NotifyTime] = field(default_factory=list)
+    chaos: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    path: Path | None = None
+
+    def table(self) -> str:
+        lines = [
+            "| alert | fault injected | receiver | computed worst case "
+            "(scrape + evaluation + for + group_wait) | measured fault to notification |",
+            "|---|---|---|---|---|",
+        ]
+        for row in self.notify:
+            d = row.computed
+            parts = f"{d.scrape:g} + {d.evaluation:g} + {d.for_:g} + {d.group_wait:g}"
+            note = f" ({row.note})" if row.note else ""
+            lines.append(
+                f"| {row.alert} | {row.fault} | {d.receiver} | {d.total:g} s = {parts} "
+                f"| {row.measured:.1f} s{note} |"
+            )
+        return "\n".join(lines) + "\n"
+
+
+def computed_times(stack: LocalStack) -> dict[str, Detection]:
+    """alerts/detect.py's worst case for the configs the twin really runs: its derived
+    prometheus.yml and alertmanager.yml, and the rules rendered with ALERT_OVERRIDES."""
+    rows = time_to_detect(
+        Path(stack.run_dir) / "prometheus" / "prometheus.yml",
+        Path(stack.run_dir) / "alertmanager" / "alertmanager.yml",
+        overrides=ALERT_OVERRIDES,
+    )
+    return {row.alert: row for row in rows}
