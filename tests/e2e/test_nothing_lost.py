@@ -181,8 +181,9 @@ def test_nothing_is_lost_when_a_replica_is_killed_and_redis_restarts(twin, repor
         )
         assert len(done()) == N
         assert retries > 0 and deferrals > 0, (retries, deferrals)
-        # Requeued once the lock expired, not before, and at the survivor's next heartbeat.
-        assert LOCK_TIMEOUT <= silence <= LOCK_TIMEOUT * 1.5 + 1, silence
+        # Requeued once the lock expired, not before, and at the survivor's next heartbeat
+        # (every LOCK_TIMEOUT / 2), give or take a busy machine.
+        assert LOCK_TIMEOUT <= silence <= LOCK_TIMEOUT * 1.5 + 2, silence
         # Every job the killed replica held ran again after that (it never acked them).
         assert min(last_completion[m] for m in held) >= requeued_ms - 100
     finally:
