@@ -10,6 +10,8 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import Middleware
 
+from worker.backoff import capped_backoff
+
 log = logging.getLogger(__name__)
 
 
@@ -58,11 +60,10 @@ class JobLog(Middleware):
         # record off and saves its Redis round trip per job.
         if exception is None and self.completed_bounds[1] > 0:
             text = json.dumps(result, default=str)[: self.result_max_chars]
-            hold = 0.5
-            while not self._append(self.completed_key, self.completed_bounds, message,
-                                   result=text):  # fmt: skip
+            for hold in capped_backoff(cap=self.max_hold_seconds):
+                if self._append(self.completed_key, self.completed_bounds, message, result=text):
+                    break
                 time.sleep(hold)
-                hold = min(hold * 2, self.max_hold_seconds)
 
     def after_nack(self, broker, message) -> None:
         reason = message.options.get("dead_letter_reason") or "rejected by the broker"

@@ -37,6 +37,7 @@ import redis
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Middleware, SkipMessage
 
+from worker.backoff import capped_backoff
 from worker.ratelimit import RateLimiter, RateLimiterUnavailable
 
 log = logging.getLogger(__name__)
@@ -89,8 +90,7 @@ class RateLimit(Middleware):
             log.warning("rate-limited message %s has no org_id", message.message_id)
             return
 
-        hold = 0.5
-        while True:
+        for hold in capped_backoff(cap=self.max_hold_seconds):
             try:
                 decision = self.limiter.try_acquire(str(org_id))
             except RateLimiterUnavailable as exc:
@@ -116,7 +116,6 @@ class RateLimit(Middleware):
                     hold,
                 )
                 time.sleep(hold)
-                hold = min(hold * 2, self.max_hold_seconds)
                 continue
             raise SkipMessage(f"rate limited, deferred by {wait:.3f}s")
 

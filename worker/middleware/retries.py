@@ -11,6 +11,7 @@ import redis
 from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Middleware
 
+from worker.backoff import capped_backoff
 from worker.errors import PermanentError, TransientError
 from worker.jobs import job_class_of
 
@@ -93,8 +94,7 @@ class ClassRetries(Middleware):
             max_attempts,
             delay,
         )
-        hold = 0.5
-        while True:
+        for hold in capped_backoff(cap=self.max_hold_seconds):
             try:
                 broker.enqueue(message, delay=int(delay * 1000))
                 return
@@ -109,7 +109,6 @@ class ClassRetries(Middleware):
                     hold,
                 )
                 time.sleep(hold)
-                hold = min(hold * 2, self.max_hold_seconds)
 
     @staticmethod
     def dead_letter(message, reason: str) -> None:
