@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import dramatiq
@@ -57,29 +58,29 @@ class _SafeConsumer(_RedisConsumer):
     (``RedisHealth`` paces and counts the reconnects).
     """
 
+    @contextlib.contextmanager
+    def _reporting_lost_connection(self):
+        try:
+            yield
+        except ConnectionClosed as exc:
+            notify(self.broker, "after_connection_error", self.queue_name, exc)
+            raise
+
     def __next__(self):
         try:
-            return super().__next__()
+            with self._reporting_lost_connection():
+                return super().__next__()
         except DecodeError as exc:
             self._dead_letter_raw(exc.data, f"undecodable message: {type(exc.error).__name__}")
             return None
-        except ConnectionClosed as exc:
-            notify(self.broker, "after_connection_error", self.queue_name, exc)
-            raise
 
     def ack(self, message):
-        try:
+        with self._reporting_lost_connection():
             return super().ack(message)
-        except ConnectionClosed as exc:
-            notify(self.broker, "after_connection_error", self.queue_name, exc)
-            raise
 
     def nack(self, message):
-        try:
+        with self._reporting_lost_connection():
             return super().nack(message)
-        except ConnectionClosed as exc:
-            notify(self.broker, "after_connection_error", self.queue_name, exc)
-            raise
 
     def requeue(self, messages):
         # Dramatiq's consumer thread requeues its delayed messages when it closes after an
