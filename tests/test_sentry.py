@@ -160,6 +160,9 @@ def test_planted_secrets_never_reach_sentry(redis_url, sentry_server):
 
         @job("test.leaky", "critical")
         def leaky(**kwargs):
+            # Long enough for the profiler (101 Hz) to sample: it drops a profile of fewer
+            # than two samples, which a busy machine gave this job when it took 5 ms.
+            time.sleep(0.25)
             api_key, _ = services().llm.credentials(kwargs["org_id"])  # decrypts org_key
             headers = {"Authorization": plain[4], "apikey": plain[1]}  # noqa: F841
             copied = f"{api_key}|{plain[0]}"  # noqa: F841  (a local under a plain name)
