@@ -6,8 +6,10 @@ import logging
 import threading
 
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import current_millis, dq_name
+from dramatiq.common import dq_name
 from dramatiq.middleware import Middleware
+
+from worker.redis_dispatch import dispatch_args
 
 log = logging.getLogger(__name__)
 
@@ -62,14 +64,5 @@ class BrokerHeartbeat(Middleware):
             # maintenance flag set, requeues the jobs of workers whose heartbeat expired.
             dispatch(
                 keys=[broker.namespace],
-                args=[
-                    "qsize",
-                    current_millis(),
-                    queue,
-                    broker.broker_id,
-                    broker.heartbeat_timeout,
-                    broker.dead_message_ttl,
-                    1,
-                    broker._max_unpack_size(),
-                ],
+                args=dispatch_args(broker, "qsize", queue, maintenance=True),
             )

@@ -26,10 +26,13 @@ class JobLog(Middleware):
     with the age bound, then ``XTRIM MAXLEN`` with the count), so neither record grows
     without bound.
 
-    A job that completes while Redis is unreachable keeps its worker thread until its
-    record is written (capped backoff, ``max_hold_seconds``): the result is the product,
-    and the message is acknowledged only after this hook, so a process that dies
-    meanwhile has its job redelivered rather than its result lost. A dead-letter record
+    A completion is recorded before its message is acknowledged, so a process that dies
+    in between has its job redelivered rather than its result lost. On the broker's own
+    Redis the record is sent in the ack's round trip (``WorkerRedisBroker.write_with_ack``:
+    a synchronous write of its own cost a third of the throughput of short jobs), and
+    an outage holds both until Redis is back, as Dramatiq holds any ack. Elsewhere
+    (RabbitMQ, or a broker on another Redis) it is written here, holding the worker thread
+    through an outage (capped backoff up to ``max_hold_seconds``). A dead-letter record
     that cannot be written is logged and dropped (the dead message itself stays in the
     broker's dead-letter queue).
     """
@@ -56,12 +59,21 @@ class JobLog(Middleware):
 
     def after_process_message(self, broker, message, *, result=None, exception=None):
         # Written before the ack, so a job acked as done is always in the record (a crash
-        # in between records it twice, never zero times). COMPLETED_JOBS_MAX=0 turns the
-        # record off and saves its Redis round trip per job.
+        # in between records it twice, never zero times): in the ack's own round trip when
+        # the broker can (``WorkerRedisBroker.write_with_ack``), else here, holding the
+        # thread through an outage. COMPLETED_JOBS_MAX=0 turns the record off.
         if exception is None and self.completed_bounds[1] > 0:
             text = json.dumps(result, default=str)[: self.result_max_chars]
+            fields = self._fields(message, result=text)
+
+            def write(pipe) -> None:
+                self._add(pipe, self.completed_key, self.completed_bounds, fields)
+
+            write_with_ack = getattr(broker, "write_with_ack", None)
+            if write_with_ack is not None and write_with_ack(message, self.client, write):
+                return
             for hold in capped_backoff(cap=self.max_hold_seconds):
-                if self._append(self.completed_key, self.completed_bounds, message, result=text):
+                if self._append(self.completed_key, self.completed_bounds, fields):
                     break
                 time.sleep(hold)
 
@@ -100,31 +112,39 @@ class JobLog(Middleware):
         self._append(
             self.dead_key,
             self.dead_bounds,
-            None,
-            message_id=message_id,
-            queue=queue,
-            job_type=actor,
-            reason=reason,
-            attempts=str(attempts),
+            {
+                "message_id": message_id,
+                "queue": queue,
+                "job_type": actor,
+                "reason": reason,
+                "attempts": str(attempts),
+            },
         )
 
-    def _append(self, key: str, bounds: tuple[float, int], message, **fields: str) -> bool:
-        """Append one record; False (logged) when Redis cannot take it."""
+    @staticmethod
+    def _fields(message, **fields: str) -> dict[str, str]:
+        return {
+            "message_id": message.message_id,
+            "queue": message.queue_name,
+            "job_type": message.actor_name,
+            **fields,
+        }
+
+    @staticmethod
+    def _add(pipe, key: str, bounds: tuple[float, int], fields: dict[str, str]) -> None:
+        """Queue on ``pipe`` the append of one record and the trim to ``bounds``."""
         ttl, max_len = bounds
-        if message is not None:
-            fields = {
-                "message_id": message.message_id,
-                "queue": message.queue_name,
-                "job_type": message.actor_name,
-                **fields,
-            }
         oldest_ms = int((time.time() - ttl) * 1000)
+        pipe.xadd(key, fields, minid=oldest_ms, approximate=False)
+        pipe.xtrim(key, maxlen=max_len, approximate=False)
+
+    def _append(self, key: str, bounds: tuple[float, int], fields: dict[str, str]) -> bool:
+        """Append one record; False (logged) when Redis cannot take it."""
         try:
             with self.client.pipeline(transaction=False) as pipe:
-                pipe.xadd(key, fields, minid=oldest_ms, approximate=False)
-                pipe.xtrim(key, maxlen=max_len, approximate=False)
+                self._add(pipe, key, bounds, fields)
                 pipe.execute()
         except redis.RedisError as exc:
-            log.warning("could not record job %s in %s: %s", fields.get("message_id"), key, exc)
+            log.warning("could not record job %s in %s: %s", fields["message_id"], key, exc)
             return False
         return True
