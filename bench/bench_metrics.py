@@ -3,11 +3,15 @@
   python bench/bench_metrics.py            (or: make bench)
 
 1. Throughput of no-op jobs, one worker process of 8 threads on one private Redis, in
-   four variants measured in alternation (median of the rounds): bare Dramatiq (no
-   middleware), the worker's whole middleware stack with multiprocess metrics, and the
-   same stack without JobMetrics (what the metrics alone cost), the same stack without
-   JobLog (its Redis write per job is the stack's largest cost); and the CPU time of
-   JobMetrics' hooks per attempt, measured alone (steady even on a busy machine).
+   five variants measured in alternation (median of the rounds): bare Dramatiq (no
+   middleware), Dramatiq with its own default middleware, the worker's whole middleware
+   stack with multiprocess metrics, the same stack without JobMetrics (what the metrics
+   alone cost) and without JobLog (the record of each completion, sent with the ack);
+   and the CPU time of JobMetrics' hooks per attempt, measured alone (steady even on a
+   busy machine). Two regimes: Dramatiq's default prefetch (2 x threads), as the worker
+   runs, where no-op jobs are bounded by the consumer's fetch polling; and a prefetch of
+   256, where the worker process's CPU is the limit, so every microsecond of middleware
+   shows.
 2. Scrape time of a live replica (``python -m worker``) with 2 and with 16 worker
    processes, after jobs of every actor ran in every process.
 3. Scrape time as processes come and go: 100 exited processes' files, first scrape (which
@@ -36,7 +40,8 @@ sys.path.insert(0, str(ROOT))
 from tests.servers import free_port, redis_server, running  # noqa: E402
 from tests.workers import Replica, replica_env, scrape, wait_until  # noqa: E402
 
-VARIANTS = ("bare", "stack", "stack-no-metrics", "stack-no-joblog")
+VARIANTS = ("bare", "dramatiq-defaults", "stack", "stack-no-metrics", "stack-no-joblog")
+PREFETCH = {"default prefetch (2 x threads)": None, "prefetch 256 (CPU-bound)": 256}
 
 
 # --- 1. throughput (each variant runs in a fresh process: metrics files, clean state) --------
@@ -54,6 +59,8 @@ def throughput_child(variant: str, redis_url: str, jobs: int, threads: int) -> N
     client.delete(*client.keys(f"{namespace}:*") or ["-"])
     if variant == "bare":
         broker = RedisBroker(client=client, namespace=namespace, middleware=[])
+    elif variant == "dramatiq-defaults":
+        broker = RedisBroker(client=client, namespace=namespace)
     else:
         from worker.broker import build_broker
         from worker.config import Settings
@@ -89,10 +96,13 @@ def throughput_child(variant: str, redis_url: str, jobs: int, threads: int) -> N
     print(f"{jobs / elapsed:.1f} {cpu / jobs * 1e6:.1f}")
 
 
-def throughput(redis_url: str, jobs: int, threads: int, rounds: int) -> dict[str, tuple]:
+def throughput(
+    redis_url: str, jobs: int, threads: int, rounds: int, prefetch: int | None
+) -> dict[str, tuple]:
     """variant -> (median jobs/s, median CPU microseconds per job in the worker process).
     CPU per job is the steadier figure on a shared machine: others' load changes the
     wall clock, not the work this process does per job."""
+    env = {**os.environ, "dramatiq_queue_prefetch": str(prefetch or 0)}
     results: dict[str, list[tuple[float, float]]] = {v: [] for v in VARIANTS}
     for _ in range(rounds):
         for variant in VARIANTS:
@@ -102,6 +112,7 @@ def throughput(redis_url: str, jobs: int, threads: int, rounds: int) -> dict[str
                 text=True,
                 check=True,
                 cwd=ROOT,
+                env=env,
                 timeout=600,
             )
             rate, cpu = out.stdout.strip().splitlines()[-1].split()
@@ -290,23 +301,25 @@ def main() -> None:
         return
 
     with tempfile.TemporaryDirectory() as tmp, running(redis_server(Path(tmp) / "redis")) as srv:
-        tput = throughput(srv.url, args.jobs, args.threads, args.rounds)
         print(
             f"\n1. throughput, no-op jobs, 1 process x {args.threads} threads, "
             f"{args.jobs} jobs, median of {args.rounds} rounds"
         )
-        bare_rate, bare_cpu = tput["bare"]
-        for variant in VARIANTS:
-            rate, cpu = tput[variant]
+        for regime, prefetch in PREFETCH.items():
+            tput = throughput(srv.url, args.jobs, args.threads, args.rounds, prefetch)
+            print(f"   {regime}:")
+            bare_rate, bare_cpu = tput["bare"]
+            for variant in VARIANTS:
+                rate, cpu = tput[variant]
+                print(
+                    f"     {variant:18} {rate:8.0f} jobs/s  {rate / bare_rate:5.2f} x bare   "
+                    f"{cpu:6.0f} us CPU/job  (bare/this {bare_cpu / cpu:4.2f})"
+                )
+            (full, full_cpu), (no_m, no_m_cpu) = tput["stack"], tput["stack-no-metrics"]
             print(
-                f"   {variant:18} {rate:8.0f} jobs/s  {rate / bare_rate:5.2f} x bare   "
-                f"{cpu:6.0f} us CPU/job  (bare/this {bare_cpu / cpu:4.2f})"
+                f"     metrics alone: stack / stack-no-metrics = {full / no_m:.2f} (jobs/s), "
+                f"{full_cpu - no_m_cpu:.0f} us CPU per job"
             )
-        (full, full_cpu), (no_m, no_m_cpu) = tput["stack"], tput["stack-no-metrics"]
-        print(
-            f"   metrics alone: stack / stack-no-metrics = {full / no_m:.2f} (jobs/s), "
-            f"{full_cpu - no_m_cpu:.0f} us CPU per job"
-        )
         hooks = [
             float(
                 subprocess.run(
