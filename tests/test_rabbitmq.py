@@ -9,6 +9,7 @@ from tests.servers import rabbitmq_server, running
 from tests.workers import Replica, completed_ids, dead_letters, replica_env, wait_until
 from worker.app import setup
 from worker.config import Settings
+from worker.exposition import rabbitmq_backlog
 
 pytestmark = pytest.mark.rabbitmq
 
@@ -42,3 +43,21 @@ def test_round_trip_with_retries_and_dead_letters(redis_url, tmp_path):
     assert sorted(completed_ids(client)) == sorted(ids)
     [dead] = dead_letters(client)
     assert dead["message_id"] == bad and dead["reason"].startswith("permanent error: invalid")
+
+
+def test_backlog_reads_ready_delayed_and_dead_from_rabbitmq(redis_url, tmp_path):
+    with running(rabbitmq_server(tmp_path / "rabbitmq")) as rabbit:
+        broker = setup(Settings(_env_file=None, REDIS_URL=redis_url, BROKER_URL=rabbit.url))
+        read = rabbitmq_backlog(rabbit.url, ["default", "critical", "fast"])
+        assert read() == {"default": (0, 0, 0), "critical": (0, 0, 0), "fast": (0, 0, 0)}
+        from worker import actors
+
+        for i in range(5):
+            actors.agent_run.send(job_id=f"j{i}", org_id="o", prompt="p")
+        for i in range(2):
+            actors.crm_sync.send_with_options(
+                kwargs={"job_id": f"c{i}", "org_id": "o", "record": {}}, delay=60_000
+            )
+        broker.channel.basic_publish(exchange="", routing_key="fast.XQ", body=b"dead")
+        expected = {"default": (5, 0, 0), "critical": (0, 2, 0), "fast": (0, 0, 1)}
+        wait_until(lambda: read() == expected, timeout=10)
