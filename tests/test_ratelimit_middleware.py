@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 import time
 import uuid
@@ -116,7 +117,8 @@ def decisions(window: str, decision: str) -> float:
     return REGISTRY.get_sample_value("worker_rate_limit_decisions_total", labels) or 0.0
 
 
-def test_throttled_jobs_wait_for_their_window_without_spending_attempts(redis_url):
+def test_throttled_jobs_wait_for_their_window_without_spending_attempts(redis_url, caplog):
+    caplog.set_level(logging.DEBUG)
     throttled_before = decisions("burst", "throttled")
     with worker_stack(redis_url, redis_url, {"burst": (3, 2)}, max_jitter_seconds=0.2) as stack:
         hot = stack.send("org-hot", 7)
@@ -132,6 +134,11 @@ def test_throttled_jobs_wait_for_their_window_without_spending_attempts(redis_ur
         assert stack.dead_letters() == 0  # max_retries=0: a counted attempt would dead-letter
         assert sum(run.deferrals > 0 for run in stack.runs if run.org_id == "org-hot") == 4
         assert stack.outcomes.skipped >= 4
+        # one DEBUG line per deferral, not Dramatiq's WARNING "was skipped" (a flood at a limit)
+        logged = [r for r in caplog.records if r.name == "dramatiq.worker.WorkerThread"]
+        assert not [r for r in logged if "was skipped" in r.getMessage()]
+        deferred = [r for r in caplog.records if r.getMessage().startswith("deferred message")]
+        assert len(deferred) == stack.outcomes.skipped
         assert decisions("burst", "throttled") - throttled_before >= 4
 
         hot_runs = sorted(int(run.at * 1e6) for run in stack.runs if run.org_id == "org-hot")

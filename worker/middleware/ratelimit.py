@@ -23,7 +23,10 @@ the same Redis counters):
   process dies meanwhile, Redis redelivers the unacked message: no job is lost.
 
 The decision and deferral counts go to ``worker_rate_limit_decisions_total``; a deferred
-message carries ``options["rate_limit_deferrals"]`` (how many times it waited).
+message carries ``options["rate_limit_deferrals"]`` (how many times it waited). Each
+deferral is logged at DEBUG; Dramatiq's own WARNING "Message ... was skipped" for it is
+dropped: at an organization's limit it would come hundreds of times a second and bury
+the warnings that matter.
 """
 
 from __future__ import annotations
@@ -41,6 +44,19 @@ from worker.backoff import capped_backoff
 from worker.ratelimit import RateLimiter, RateLimiterUnavailable
 
 log = logging.getLogger(__name__)
+
+
+class _DropDeferralSkips(logging.Filter):
+    """Drops Dramatiq's "was skipped" warning for messages this middleware deferred."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        return not (
+            "was skipped" in str(record.msg) and getattr(args[0] if args else None, "deferred", 0)
+        )
+
+
+_deferral_skips = _DropDeferralSkips()
 
 
 class RateLimit(Middleware):
@@ -73,6 +89,7 @@ class RateLimit(Middleware):
         self.max_spread_seconds = max(max_spread_seconds, max_jitter_seconds)
         self.unavailable_delay_seconds = unavailable_delay_seconds
         self.max_hold_seconds = max_hold_seconds
+        logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_deferral_skips)
 
     @property
     def actor_options(self) -> set[str]:
@@ -117,6 +134,8 @@ class RateLimit(Middleware):
                 )
                 time.sleep(hold)
                 continue
+            message.deferred = wait
+            log.debug("deferred message %s of %s by %.3fs", message.message_id, org_id, wait)
             raise SkipMessage(f"rate limited, deferred by {wait:.3f}s")
 
     def _defer(self, broker: dramatiq.Broker, message: dramatiq.MessageProxy, wait: float) -> None:
