@@ -718,6 +718,24 @@ def _scope_note(scope: Scope) -> str:
     )
 
 
+def alert_timeseries(
+    scope: Scope, name: str, title: str, description: str, targets, unit: str, **options
+) -> G.TimeSeries:
+    """The panel an alert's ``dashboard_url`` points to: the alert's panel id, its runbook
+    link, and 0 as the floor of the axis."""
+    a = scope.alerts
+    return timeseries(
+        a.panel_id(name),
+        title,
+        description,
+        targets,
+        unit,
+        links=[runbook_link(a, name)],
+        min=0,
+        **options,
+    )
+
+
 def replica_drilldown(scope: Scope) -> list[dict]:
     """On the fleet dashboard, a click on a replica's line opens its replica dashboard."""
     if scope.replica:
@@ -739,8 +757,9 @@ def replicas_up(scope: Scope) -> G.TimeSeries:
     else:
         up = scope.up()
         targets = queries((f"sum({up})", "replicas up"), (f"count({up})", "scrape targets"))
-    return timeseries(
-        a.panel_id(name),
+    return alert_timeseries(
+        scope,
+        name,
         "Replicas up",
         "Prometheus' own `up` for each worker scrape target: 1 when the last scrape "
         "succeeded. Good: `replicas up` equals `scrape targets`, and neither is 0. "
@@ -749,8 +768,6 @@ def replicas_up(scope: Scope) -> G.TimeSeries:
         targets,
         "short",
         thresholds=below(1),
-        links=[runbook_link(a, name)],
-        min=0,
         step=True,
     )
 
@@ -758,8 +775,9 @@ def replicas_up(scope: Scope) -> G.TimeSeries:
 def redis_status(scope: Scope) -> G.TimeSeries:
     a = scope.alerts
     name = "RedisDisconnected"
-    return timeseries(
-        a.panel_id(name),
+    return alert_timeseries(
+        scope,
+        name,
         "Redis connection per replica",
         "worker_redis_connection_status of each replica: 1 when its last Redis health "
         "probe succeeded, 0 when it failed. Good: every line at 1 (connected). "
@@ -768,9 +786,7 @@ def redis_status(scope: Scope) -> G.TimeSeries:
         queries((scope.redis_status(), "{{instance}}")),
         "short",
         thresholds=below(1),
-        links=[runbook_link(a, name)],
         field_links=replica_drilldown(scope),
-        min=0,
         max=1,
         step=True,
         mappings=[
@@ -789,8 +805,9 @@ def redis_reconnects(scope: Scope) -> G.TimeSeries:
     a = scope.alerts
     name = "HighRedisReconnectAttempts"
     rule = a.alert(name)
-    return timeseries(
-        a.panel_id(name),
+    return alert_timeseries(
+        scope,
+        name,
         f"Redis reconnect attempts per replica ({rule['window']})",
         f"Attempts each replica made to reconnect to Redis over the last {rule['window']} "
         f"(recording rule {a.records['reconnects']}). Good: 0. {name} fires above "
@@ -798,9 +815,7 @@ def redis_reconnects(scope: Scope) -> G.TimeSeries:
         queries((scope.reconnects(), "{{instance}}")),
         "short",
         thresholds=above(rule["threshold"]),
-        links=[runbook_link(a, name)],
         field_links=replica_drilldown(scope),
-        min=0,
     )
 
 
@@ -865,8 +880,9 @@ def failure_ratio(scope: Scope) -> G.TimeSeries:
     a = scope.alerts
     name = "HighJobFailureRate"
     rule = a.alert(name)
-    return timeseries(
-        a.panel_id(name),
+    return alert_timeseries(
+        scope,
+        name,
         f"Failure ratio per job type ({rule['window']})",
         f"Failed / started attempts of each (queue, job type) over {rule['window']}. "
         f"Good: under {rule['threshold']:.0%} (dashed line); {name} fires above it for "
@@ -876,8 +892,6 @@ def failure_ratio(scope: Scope) -> G.TimeSeries:
         queries((scope.failure_ratio(), "{{queue}} {{job_type}}")),
         "percentunit",
         thresholds=above(rule["threshold"]),
-        links=[runbook_link(a, name)],
-        min=0,
     )
 
 
@@ -910,8 +924,9 @@ def durations(scope: Scope) -> G.TimeSeries:
     targets.append(
         (scope.worst_duration_quantile(q), f"worst p{q * 100:g} of one job type (alerted)")
     )
-    return timeseries(
-        a.panel_id(name),
+    return alert_timeseries(
+        scope,
+        name,
         "Attempt duration p50 / p95 / p99 (" + rule["window"] + ")",
         "Quantiles of attempt wall time over the selected queues and job types, from the "
         f"duration histogram over {rule['window']}. Good: p{q * 100:g} well under "
@@ -922,8 +937,6 @@ def durations(scope: Scope) -> G.TimeSeries:
         queries(*targets),
         "s",
         thresholds=above(rule["thresholdSeconds"]),
-        links=[runbook_link(a, name)],
-        min=0,
     )
 
 
@@ -972,8 +985,9 @@ def backlog(scope: Scope) -> G.TimeSeries:
     a = scope.alerts
     name = "HighJobProcessingQueue"
     rule = a.alert(name)
-    return timeseries(
-        a.panel_id(name),
+    return alert_timeseries(
+        scope,
+        name,
         "Backlog per queue and state",
         "Messages the broker holds per queue: ready (waiting for a slot), delayed (retries "
         "and rate-limit deferrals waiting for their time) and dead (dead letters, kept 7 "
@@ -983,8 +997,6 @@ def backlog(scope: Scope) -> G.TimeSeries:
         queries((scope.backlog(), "{{queue}} {{state}}")),
         "short",
         thresholds=above(rule["threshold"]),
-        links=[runbook_link(a, name)],
-        min=0,
     )
 
 
@@ -992,8 +1004,9 @@ def queue_completions(scope: Scope) -> G.TimeSeries:
     a = scope.alerts
     name = "LowWorkerThroughput"
     rule = a.alert(name)
-    return timeseries(
-        a.panel_id(name),
+    return alert_timeseries(
+        scope,
+        name,
         f"Completions per queue ({rule['window']}) vs. the throughput floor",
         f"Jobs completed per second and queue over {rule['window']}. {name} fires when a "
         f"queue completes under {rule['minCompletedPerSecond']:g}/s (dashed line) while it "
@@ -1003,8 +1016,6 @@ def queue_completions(scope: Scope) -> G.TimeSeries:
         queries((scope.queue_completions(), "{{queue}}")),
         "ops",
         thresholds=below(rule["minCompletedPerSecond"]),
-        links=[runbook_link(a, name)],
-        min=0,
     )
 
 
