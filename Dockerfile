@@ -10,11 +10,14 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PIP_PREFER_BINARY=1
 RUN python -m venv /opt/venv
 WORKDIR /src
-# Dependencies first, so that a change in worker/ does not reinstall them.
+# Dependencies first, so that a change in worker/ does not reinstall them. The placeholder
+# package and setuptools' build/ are removed afterwards: build/ keeps a copy of the empty
+# __init__.py newer than the real one copied below, and would be installed instead of it.
 COPY pyproject.toml README.md ./
 RUN mkdir worker && touch worker/__init__.py \
     && /opt/venv/bin/pip install --no-compile . \
-    && /opt/venv/bin/pip uninstall -y worker-monitoring
+    && /opt/venv/bin/pip uninstall -y worker-monitoring \
+    && rm -rf build worker *.egg-info
 COPY worker ./worker
 RUN /opt/venv/bin/pip install --no-compile --no-deps . \
     && /opt/venv/bin/python -m compileall -q /opt/venv/lib
