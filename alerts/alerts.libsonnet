@@ -31,6 +31,25 @@
     },
   },
 
+  // `expr` dropped while one of `names` fired (for the same `on` labels) within `window`.
+  // An outage that paged leaves its trace in counters and rates for a whole window after it
+  // ends, when the inhibition that muted its symptoms has ended too: without this guard
+  // those symptoms reach the chat as echoes of an incident already handled. ALERTS is
+  // Prometheus' own record of what fired, as in the kubernetes-mixin's InfoInhibitor.
+  local unlessFired(expr, names, on, window) =
+    if std.length(names) == 0 then expr
+    else |||
+      %(expr)s
+      unless on (%(on)s)
+      max_over_time(ALERTS{alertname=~"%(names)s", alertstate="firing", %(sel)s}[%(window)s])
+    ||| % {
+      expr: std.rstripChars(expr, '\n'),
+      on: std.join(', ', on),
+      names: std.join('|', names),
+      sel: sel,
+      window: window,
+    },
+
   prometheusAlerts+:: {
     groups+: [
       {
@@ -132,7 +151,12 @@
           ),
           alert(
             'HighRedisReconnectAttempts',
-            '%s > %s' % [r.reconnects, num(a.HighRedisReconnectAttempts.threshold)],
+            unlessFired(
+              '%s > %s' % [r.reconnects, num(a.HighRedisReconnectAttempts.threshold)],
+              a.HighRedisReconnectAttempts.explainedBy,
+              ['job', 'instance'],
+              a.HighRedisReconnectAttempts.window,
+            ),
             'Worker replica {{ $labels.instance }} made more than %s Redis reconnect attempts in %s'
             % [num(a.HighRedisReconnectAttempts.threshold), a.HighRedisReconnectAttempts.window],
             'Worker replica {{ $labels.instance }} (job {{ $labels.job }}) made '
@@ -149,20 +173,25 @@
           // is taken as 0 from the backlog series instead of silently missing.
           alert(
             'LowWorkerThroughput',
-            |||
-              (
-                %(completed)s
-                or on (queue)
-                0 * max without (state) (%(messages)s{state="ready"})
-              ) < %(minCompleted)s
-              and on (queue)
-              %(messages)s{state="ready"} >= %(minReady)s
-            ||| % {
-              completed: r.queueCompleted,
-              messages: r.queueMessages,
-              minCompleted: num(a.LowWorkerThroughput.minCompletedPerSecond),
-              minReady: num(a.LowWorkerThroughput.minReadyMessages),
-            },
+            unlessFired(
+              |||
+                (
+                  %(completed)s
+                  or on (queue)
+                  0 * max without (state) (%(messages)s{state="ready"})
+                ) < %(minCompleted)s
+                and on (queue)
+                %(messages)s{state="ready"} >= %(minReady)s
+              ||| % {
+                completed: r.queueCompleted,
+                messages: r.queueMessages,
+                minCompleted: num(a.LowWorkerThroughput.minCompletedPerSecond),
+                minReady: num(a.LowWorkerThroughput.minReadyMessages),
+              },
+              a.LowWorkerThroughput.explainedBy,
+              [],
+              a.LowWorkerThroughput.window,
+            ),
             'Queue {{ $labels.queue }} completes fewer than %s jobs/s while work is waiting'
             % num(a.LowWorkerThroughput.minCompletedPerSecond),
             'Queue {{ $labels.queue }} completed {{ $value | printf "%.2f" }} jobs/s over '

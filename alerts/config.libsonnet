@@ -75,24 +75,84 @@
       },
       // HighRedisReconnectAttempts: a replica made more than `threshold` reconnect attempts
       // in `window`. Fires at once: a reconnect storm is already the sustained symptom.
+      // Not while one of `explainedBy` fired for the same replica within `window`: an
+      // outage already paged for must not echo as a storm once it ends. Short drops that
+      // never last RedisDisconnected's `for` still count.
       HighRedisReconnectAttempts: {
         severity: 'warning',
         'for': '0m',
         window: '10m',
         threshold: 5,
+        explainedBy: ['RedisDisconnected'],
         panelId: 6,
       },
       // LowWorkerThroughput: a queue completes fewer than `minCompletedPerSecond` jobs/s
       // over `window` while it holds at least `minReadyMessages` ready messages (an idle
-      // queue with nothing to do is not slow).
+      // queue with nothing to do is not slow). Not judged over a window in which one of
+      // `explainedBy` fired: the outage that paged is what lowered it.
       LowWorkerThroughput: {
         severity: 'warning',
         'for': '15m',
         window: '10m',
         minCompletedPerSecond: 0.5,
         minReadyMessages: 100,
+        explainedBy: ['WorkerDown', 'RedisDisconnected'],
         panelId: 7,
       },
+    },
+  },
+}
+
+// The alerting pipeline's own alerts (alerts/pipeline.libsonnet), named as in the upstream
+// prometheus and alertmanager mixins, and WorkerReplicasMissing. Override like the others:
+//   { _config+:: { pipelineAlerts+: { WorkerReplicasMissing+: { minReplicas: 4 } } } }
++ {
+  _config+:: {
+    // Prometheus' scrape of itself and of every Alertmanager (prometheus/prometheus.yml).
+    prometheusSelector: 'job="prometheus"',
+    alertmanagerSelector: 'job="alertmanager"',
+    // Where these alerts' dashboard_url points: the page of the component at fault.
+    prometheusUrlBase: 'http://localhost:9090',
+    alertmanagerUrlBase: 'http://localhost:9093',
+
+    pipelineAlerts: {
+      // Watchdog: always firing, routed only to the receiver `deadman`, an external dead
+      // man's switch that raises the alarm when it stops arriving (docs/running.md).
+      Watchdog: { severity: 'none' },
+      // WorkerReplicasMissing: fewer than `minReplicas` (the deployment's replica count)
+      // worker targets up, but at least one: none up is WorkerDown's page, which inhibits
+      // this one. With dns_sd_configs a cleanly removed replica leaves DNS and `up`
+      // forgets it, so WorkerDown cannot see it.
+      WorkerReplicasMissing: { severity: 'warning', 'for': '5m', minReplicas: 2 },
+      // PrometheusRuleFailures: rule evaluations failed within `window`: some alert or
+      // record is not computed, so an alert may stay silent.
+      PrometheusRuleFailures: { severity: 'critical', 'for': '5m', window: '5m' },
+      // PrometheusErrorSendingAlertsToAnyAlertmanager: more than `threshold` of the alerts
+      // sent over `window` failed, on every Alertmanager (the lowest ratio among them). The
+      // Watchdog keeps alerts flowing, so there is always a send to fail.
+      PrometheusErrorSendingAlertsToAnyAlertmanager: {
+        severity: 'critical',
+        'for': '5m',
+        window: '5m',
+        threshold: 0.03,
+      },
+      // PrometheusNotConnectedToAlertmanagers: no Alertmanager discovered during `window`.
+      PrometheusNotConnectedToAlertmanagers: { severity: 'warning', 'for': '10m', window: '5m' },
+      // PrometheusBadConfig: the last configuration reload failed (throughout `window`).
+      PrometheusBadConfig: { severity: 'critical', 'for': '10m', window: '5m' },
+      // AlertmanagerFailedToSendAlerts: more than `threshold` of one integration's
+      // notifications failed over `window`.
+      AlertmanagerFailedToSendAlerts: {
+        severity: 'warning',
+        'for': '5m',
+        window: '5m',
+        threshold: 0.01,
+      },
+      // AlertmanagerFailedReload: the last configuration reload failed (throughout `window`).
+      AlertmanagerFailedReload: { severity: 'critical', 'for': '10m', window: '5m' },
+      // AlertmanagerClusterDown: at least `threshold` of the cluster's members were up less
+      // than half of `window` (with two members: one missing).
+      AlertmanagerClusterDown: { severity: 'critical', 'for': '5m', window: '5m', threshold: 0.5 },
     },
   },
 }

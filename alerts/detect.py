@@ -1,9 +1,11 @@
 """Worst-case time from a fault to its notification, computed from the configuration.
 
-For each alert: the scrape that first sees the fault, the rule evaluations that turn the
-sample into a firing alert, the alert's `for`, and the group_wait of the Alertmanager route
-it reaches. Inputs: the alerts' config (alerts/config.libsonnet), prometheus/prometheus.yml
-and alertmanager/alertmanager.yml, so the README's table cannot drift from them.
+For each alert: the scrape that first sees the fault, the part of a range the fault must
+fill before the condition holds (``max_over_time(x[5m]) == 0`` only once the whole 5m is
+bad), the rule evaluations that turn the sample into a firing alert, the alert's `for`, and
+the group_wait of the Alertmanager route it reaches. Inputs: the alerts' config
+(alerts/config.libsonnet), prometheus/prometheus.yml and alertmanager/alertmanager.yml, so
+the README's table cannot drift from them.
 """
 
 from __future__ import annotations
@@ -72,6 +74,19 @@ def route_for(labels: dict[str, str], route: dict, inherited: dict | None = None
     return settings
 
 
+# Conditions on a gauge over a range: true only once the fault fills the whole range
+# (max_over_time(x[w]) == 0, or < 1), or half of it (avg_over_time(up[w]) < 0.5).
+_WHOLE_RANGE = re.compile(r"max_over_time\([^\[\]]*\[(\w+)\]\)\s*(?:==\s*0|<\s*1)\b")
+_HALF_RANGE = re.compile(r"avg_over_time\([^\[\]]*\[(\w+)\]\)\s*<\s*0\.5\b")
+
+
+def range_to_fill(expr: str) -> float:
+    """Seconds a fault must last within a range before ``expr``'s condition can hold."""
+    whole = [parse_duration(m) for m in _WHOLE_RANGE.findall(expr)]
+    half = [parse_duration(m) / 2 for m in _HALF_RANGE.findall(expr)]
+    return max([0.0, *whole, *half])
+
+
 @dataclass(frozen=True)
 class Detection:
     alert: str
@@ -81,10 +96,11 @@ class Detection:
     evaluation: float  # until a rule evaluation sees that sample (+1 per recording rule hop)
     for_: float
     group_wait: float
+    window: float = 0.0  # until the fault fills the range the condition reads
 
     @property
     def total(self) -> float:
-        return self.scrape + self.evaluation + self.for_ + self.group_wait
+        return self.scrape + self.window + self.evaluation + self.for_ + self.group_wait
 
 
 def time_to_detect(
@@ -130,21 +146,23 @@ def time_to_detect(
                     evaluation=hops * evaluation_interval,
                     for_=parse_duration(rule.get("for", "0s")),
                     group_wait=parse_duration(route.get("group_wait", "30s")),
+                    window=range_to_fill(rule["expr"]),
                 )
     return list(rows.values())
 
 
 def markdown_table(overrides: dict | None = None, config_files: Sequence[Path | str] = ()) -> str:
     lines = [
-        "| alert | severity | receiver | scrape | evaluation | for | group_wait | worst case |",
-        "|---|---|---|---|---|---|---|---|",
+        "| alert | severity | receiver | scrape | range | evaluation | for | group_wait "
+        "| worst case |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for d in time_to_detect(overrides=overrides, config_files=config_files):
         cells = [
             d.alert,
             d.severity,
             d.receiver,
-            *map(format_duration, (d.scrape, d.evaluation, d.for_, d.group_wait)),
+            *map(format_duration, (d.scrape, d.window, d.evaluation, d.for_, d.group_wait)),
             f"**{format_duration(d.total)}**",
         ]
         lines.append("| " + " | ".join(cells) + " |")

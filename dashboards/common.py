@@ -824,7 +824,11 @@ def alert_list(scope: Scope) -> AlertList:
     lines = []
     for name, rule in sorted(a.config["alerts"].items(), key=lambda kv: kv[1]["panelId"]):
         settings = ", ".join(
-            f"{k} {v:g}" if isinstance(v, float | int) else f"{k} {v}"
+            f"{k} {v:g}"
+            if isinstance(v, float | int)
+            else f"{k} {' or '.join(v)}"
+            if isinstance(v, list)
+            else f"{k} {v}"
             for k, v in sorted(rule.items())
             if k not in {"panelId", "severity"}
         )

@@ -124,7 +124,8 @@ def test_users_own_file_overrides_config_with_config_plus(tmp_path):
 def test_promtool_check_rules():
     result = promtool("check", "rules", *(str(RULES_DIR / n) for n in (ALERTS_FILE, RECORDS_FILE)))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 7 rules found" in result.stdout
+    alerts = sum(len(g["rules"]) for g in yaml.safe_load(rendered()[ALERTS_FILE])["groups"])
+    assert f"SUCCESS: {alerts} rules found" in result.stdout
 
 
 def test_promtool_check_config():
@@ -139,7 +140,7 @@ def test_prometheus_scrapes_every_replica_every_15s_and_alerts_alertmanager():
     assert config["global"]["evaluation_interval"] == "15s"
     assert config["rule_files"] == ["rules/*.yml"]
     targets = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
-    assert targets == ["alertmanager:9093"]
+    assert targets == ["alertmanager:9093", "alertmanager-2:9093"]  # the gossiping pair
     jobs = {j["job_name"]: j for j in config["scrape_configs"]}
     assert set(jobs) == {"worker", "prometheus", "alertmanager"}
     # Each replica is its own target: DNS service discovery, not one static name.
@@ -193,6 +194,9 @@ MUTATIONS = [
     ("LowWorkerThroughput", {"for": "915s"}),
     ("LowWorkerThroughput", {"minCompletedPerSecond": 0.55}),
     ("LowWorkerThroughput", {"minReadyMessages": 99}),
+    # Without the echo guards, a Redis outage that paged echoes in the chat once it ends.
+    ("HighRedisReconnectAttempts", {"explainedBy": []}),
+    ("LowWorkerThroughput", {"explainedBy": []}),
 ]
 
 
@@ -237,10 +241,12 @@ def test_every_alert_has_a_runbook(name):
 
 def test_critical_alerts_notify_within_three_minutes():
     rows = {d.alert: d for d in time_to_detect()}
-    assert set(rows) == set(DESIGN)
+    assert set(DESIGN) <= set(rows)
     for d in rows.values():
-        assert d.receiver == {"critical": "pager", "warning": "chat"}[d.severity]
-        if d.severity == "critical":
+        assert d.receiver == {"critical": "pager", "warning": "chat", "none": "deadman"}[d.severity]
+        # The worker's faults; the pipeline's own alerts keep the upstream mixins' longer
+        # durations (tests/test_pipeline_alerts.py).
+        if d.severity == "critical" and d.alert in DESIGN:
             assert d.total <= CRITICAL_BUDGET_SECONDS, (d.alert, d.total)
     # WorkerDown: 15s scrape + 10s timeout + 15s evaluation + 1m + 15s group_wait.
     assert rows["WorkerDown"].total == 115

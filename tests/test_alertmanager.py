@@ -36,7 +36,7 @@ def test_amtool_accepts_the_config():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "3 inhibit rules" in result.stdout
+    assert "4 inhibit rules" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -48,12 +48,17 @@ def test_amtool_routes_alert_to_its_receiver(case):
 
 
 def test_route_cases_cover_every_alert_with_its_rendered_labels():
-    alerts = yaml.safe_load(rendered()["worker-alerts.yml"])["groups"][0]["rules"]
+    groups = yaml.safe_load(rendered()["worker-alerts.yml"])["groups"]
     cases = {c["labels"]["alertname"]: c for c in route_cases()}
-    for rule in alerts:
+    receivers = {**RECEIVER_OF_SEVERITY, "none": "deadman"}
+    for rule in (rule for group in groups for rule in group["rules"]):
         case = cases[rule["alert"]]
         assert case["labels"]["severity"] == rule["labels"]["severity"], rule["alert"]
-        assert case["receiver"] == RECEIVER_OF_SEVERITY[rule["labels"]["severity"]], rule["alert"]
+        assert case["receiver"] == receivers[rule["labels"]["severity"]], rule["alert"]
+    # The dead man's switch hears the Watchdog and nothing else.
+    assert [c["labels"]["alertname"] for c in route_cases() if c["receiver"] == "deadman"] == [
+        "Watchdog"
+    ]
 
 
 def test_webhook_urls_come_from_files_not_the_config():
@@ -336,3 +341,41 @@ def test_worker_down_inhibits_low_throughput(alertmanager, webhook):
     assert not any("LowWorkerThroughput" in t for t in webhook.texts("/chat"))
     muted = alertmanager.state(alertname="LowWorkerThroughput")
     assert muted["state"] == "suppressed" and muted["inhibitedBy"], muted
+
+
+def watchdog() -> dict:
+    return alert(
+        "Watchdog", "none", "The alerting pipeline delivers: this alert always fires",
+        "always firing",
+    )  # fmt: skip
+
+
+def replicas_missing() -> dict:
+    return alert(
+        "WorkerReplicasMissing", "warning", "Only 1 of 2 worker replicas up for more than 5m",
+        "1 of 2 up", job="worker",
+    )  # fmt: skip
+
+
+def test_watchdog_reaches_only_the_dead_mans_switch(alertmanager, webhook):
+    alertmanager.post(watchdog(), backlog("default"))
+    beat = webhook.wait_for("/deadman", "Watchdog")
+    assert beat.startswith("[FIRING:1] Watchdog (none)\n")
+    webhook.wait_for("/chat", "HighJobProcessingQueue")
+    time.sleep(QUIET_SECONDS)
+    assert not any("Watchdog" in t for p in ("/pager", "/chat") for t in webhook.texts(p))
+    assert all("Watchdog" in t for t in webhook.texts("/deadman"))
+
+
+def test_worker_down_inhibits_replicas_missing_of_its_job(alertmanager, webhook):
+    alertmanager.post(worker_down("w3:9191"))
+    webhook.wait_for("/pager", "WorkerDown")
+    alertmanager.post(replicas_missing())
+    time.sleep(QUIET_SECONDS)
+    assert not any("WorkerReplicasMissing" in t for t in webhook.texts("/chat"))
+    muted = alertmanager.state(alertname="WorkerReplicasMissing")
+    assert muted["state"] == "suppressed" and muted["inhibitedBy"], muted
+
+    # The replica is back but one stays missing (removed from DNS): now it is news.
+    alertmanager.post(worker_down("w3:9191") | {"endsAt": datetime.now(UTC).isoformat()})
+    webhook.wait_for("/chat", "WorkerReplicasMissing")

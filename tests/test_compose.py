@@ -81,7 +81,8 @@ def test_grafana_admin_password_has_no_default():
 def test_the_topology_is_the_one_documented():
     services = resolved()["services"]
     assert set(services) == {
-        "redis", "worker", "prometheus", "alertmanager", "grafana", "alert-receiver", "loadgen",
+        "redis", "worker", "prometheus", "alertmanager", "alertmanager-2", "grafana",
+        "alert-receiver", "loadgen",
     }  # fmt: skip
     worker = services["worker"]
     assert worker["deploy"]["replicas"] == 2
@@ -133,7 +134,36 @@ def test_prometheus_finds_every_replica_through_dns():
     ]
     assert "9191" in resolved()["services"]["worker"]["expose"]
     targets = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
-    assert targets == ["alertmanager:9093"]
+    assert targets == ["alertmanager:9093", "alertmanager-2:9093"]
+
+
+def test_the_alertmanager_pair_gossips_and_prometheus_sends_to_and_scrapes_both():
+    services = resolved()["services"]
+    pair = {"alertmanager": "alertmanager-2", "alertmanager-2": "alertmanager"}
+    for name, peer in pair.items():
+        command = services[name]["command"]
+        assert "--cluster.listen-address=0.0.0.0:9094" in command, name
+        assert f"--cluster.peer={peer}:9094" in command, name
+        assert "--config.file=/etc/alertmanager/alertmanager.yml" in command
+        # Same config, templates and receivers' URLs; each its own state.
+        assert host_path(name, "/etc/alertmanager/alertmanager.yml") == host_path(
+            peer, "/etc/alertmanager/alertmanager.yml"
+        )
+        assert host_path(name, "/etc/alertmanager/secrets") == host_path(
+            peer, "/etc/alertmanager/secrets"
+        )
+    volumes = {
+        name: {m["source"] for m in services[name]["volumes"] if m["type"] == "volume"}
+        for name in pair
+    }
+    assert volumes["alertmanager"].isdisjoint(volumes["alertmanager-2"]), volumes
+    assert set(services["prometheus"]["depends_on"]) >= set(pair)
+    config = yaml.safe_load(host_path("prometheus", "/etc/prometheus/prometheus.yml").read_text())
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    assert jobs["alertmanager"]["static_configs"] == [
+        {"targets": ["alertmanager:9093", "alertmanager-2:9093"]}
+    ]
+    assert jobs["prometheus"]["static_configs"] == [{"targets": ["localhost:9090"]}]
 
 
 def test_every_mounted_file_exists():

@@ -1,0 +1,153 @@
+"""The alerting pipeline's own alerts (alerts/pipeline.libsonnet): DESIGN.md's names and
+severities, a runbook each, promtool tests that expect each to fire and to stay silent and
+that fail when a rule is one evaluation or one step off, and the config reaching PromQL."""
+
+from __future__ import annotations
+
+import re
+import shutil
+
+import pytest
+import yaml
+
+from alerts.detect import time_to_detect
+from alerts.render import ALERTS_FILE, load_config, render_rules, rendered
+from tests.test_alert_rules import PROMETHEUS_DIR, RUNBOOK_SECTIONS, RUNBOOKS, UNIT_TESTS, promtool
+
+# DESIGN.md, "The alerting pipeline's own alerts": severity of each.
+PIPELINE = {
+    "Watchdog": "none",
+    "WorkerReplicasMissing": "warning",
+    "PrometheusRuleFailures": "critical",
+    "PrometheusErrorSendingAlertsToAnyAlertmanager": "critical",
+    "PrometheusNotConnectedToAlertmanagers": "warning",
+    "PrometheusBadConfig": "critical",
+    "AlertmanagerFailedToSendAlerts": "warning",
+    "AlertmanagerFailedReload": "critical",
+    "AlertmanagerClusterDown": "critical",
+}
+
+
+def pipeline_rules(overrides: dict | None = None) -> list[dict]:
+    groups = yaml.safe_load(rendered(overrides)[ALERTS_FILE])["groups"]
+    (group,) = [g for g in groups if g["name"] == "alerting-pipeline"]
+    return group["rules"]
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def test_the_pipeline_alerts_have_designs_names_and_severities():
+    rules = pipeline_rules()
+    assert {r["alert"]: r["labels"]["severity"] for r in rules} == PIPELINE
+    config = load_config()["pipelineAlerts"]
+    for rule in rules:
+        name = rule["alert"]
+        assert set(rule["annotations"]) == {
+            "summary", "description", "value", "runbook_url", "dashboard_url",
+        }  # fmt: skip
+        assert rule["annotations"]["runbook_url"].endswith(f"/docs/runbooks/{name}.md")
+        assert rule.get("for", "0s") == config[name].get("for", "0s")
+        if name != "Watchdog":
+            assert "$value" in rule["annotations"]["description"], name
+
+
+def test_watchdog_always_fires_and_nothing_else_does_at_once():
+    rules = {r["alert"]: r for r in pipeline_rules()}
+    assert rules["Watchdog"]["expr"] == "vector(1)" and "for" not in rules["Watchdog"]
+    assert all("for" in rule for name, rule in rules.items() if name != "Watchdog")
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINE))
+def test_every_pipeline_alert_has_a_runbook(name):
+    text = (RUNBOOKS / f"{name}.md").read_text()
+    assert text.startswith(f"# {name}\n")
+    positions = [text.find(section) for section in RUNBOOK_SECTIONS]
+    assert -1 not in positions and positions == sorted(positions), RUNBOOK_SECTIONS
+    first_checks = text.split("## First checks")[1].split("## Mitigation")[0]
+    assert len(re.findall(r"^\d+\. ", first_checks, re.M)) >= 3
+    assert "```" in first_checks, "first checks give the query or command to run"
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINE))
+def test_every_pipeline_alert_has_unit_tests_that_expect_it_to_fire_and_not_fire(name):
+    test_file = PROMETHEUS_DIR / "tests" / f"{_snake(name)}_test.yml"
+    assert test_file in UNIT_TESTS
+    expectations = [
+        t
+        for test in yaml.safe_load(test_file.read_text())["tests"]
+        for t in test.get("alert_rule_test", [])
+        if t["alertname"] == name
+    ]
+    assert any(t["exp_alerts"] for t in expectations), f"{name} never expected to fire"
+    if name != "Watchdog":
+        assert any(not t["exp_alerts"] for t in expectations), f"{name} never expected silent"
+
+
+# Each must make the alert's own promtool test fail: one evaluation early or late, or one
+# step past a threshold.
+MUTATIONS = [
+    ("WorkerReplicasMissing", {"for": "285s"}),
+    ("WorkerReplicasMissing", {"for": "315s"}),
+    ("WorkerReplicasMissing", {"minReplicas": 1}),
+    ("WorkerReplicasMissing", {"minReplicas": 3}),
+    ("PrometheusRuleFailures", {"for": "285s"}),
+    ("PrometheusRuleFailures", {"for": "315s"}),
+    ("PrometheusRuleFailures", {"window": "6m"}),
+    ("PrometheusErrorSendingAlertsToAnyAlertmanager", {"for": "285s"}),
+    ("PrometheusErrorSendingAlertsToAnyAlertmanager", {"for": "315s"}),
+    ("PrometheusNotConnectedToAlertmanagers", {"for": "585s"}),
+    ("PrometheusNotConnectedToAlertmanagers", {"for": "615s"}),
+    ("PrometheusNotConnectedToAlertmanagers", {"window": "3m"}),
+    ("PrometheusBadConfig", {"for": "585s"}),
+    ("PrometheusBadConfig", {"for": "615s"}),
+    ("PrometheusBadConfig", {"window": "3m"}),
+    ("AlertmanagerFailedToSendAlerts", {"for": "285s"}),
+    ("AlertmanagerFailedToSendAlerts", {"for": "315s"}),
+    ("AlertmanagerFailedToSendAlerts", {"threshold": 0.002}),
+    ("AlertmanagerFailedReload", {"for": "585s"}),
+    ("AlertmanagerFailedReload", {"for": "615s"}),
+    ("AlertmanagerFailedReload", {"window": "3m"}),
+    ("AlertmanagerClusterDown", {"for": "285s"}),
+    ("AlertmanagerClusterDown", {"for": "315s"}),
+    ("AlertmanagerClusterDown", {"threshold": 0.3}),
+]
+
+
+@pytest.mark.parametrize(
+    ("alert", "change"), MUTATIONS, ids=[f"{a}-{next(iter(c.items()))}" for a, c in MUTATIONS]
+)
+def test_unit_tests_catch_a_pipeline_rule_off_by_one_step(tmp_path, alert, change):
+    render_rules({"pipelineAlerts": {alert: change}}, tmp_path / "rules")
+    test_file = PROMETHEUS_DIR / "tests" / f"{_snake(alert)}_test.yml"
+    (tmp_path / "tests").mkdir()
+    shutil.copy(test_file, tmp_path / "tests")
+    result = promtool("test", "rules", f"tests/{test_file.name}", cwd=tmp_path)
+    assert result.returncode != 0, f"{test_file.name} passes with {alert} {change}"
+    assert "FAILED" in result.stdout + result.stderr
+
+
+def test_config_reaches_promql_and_selectors():
+    rules = {
+        r["alert"]: r
+        for r in pipeline_rules(
+            {
+                "pipelineAlerts": {"WorkerReplicasMissing": {"minReplicas": 4}},
+                "prometheusSelector": 'job="prom"',
+                "alertmanagerSelector": 'job="am"',
+            }
+        )
+    }
+    assert rules["WorkerReplicasMissing"]["expr"] == 'count by (job) (up{job="worker"} == 1) < 4'
+    assert "of 4 worker replicas" in rules["WorkerReplicasMissing"]["annotations"]["summary"]
+    assert '{job="prom"}' in rules["PrometheusBadConfig"]["expr"]
+    assert 'up{job="am"}' in rules["AlertmanagerClusterDown"]["expr"]
+
+
+def test_time_to_detect_covers_the_pipeline_alerts_and_the_watchdog_goes_to_deadman():
+    rows = {d.alert: d for d in time_to_detect()}
+    assert set(PIPELINE) <= set(rows)
+    assert rows["Watchdog"].receiver == "deadman" and rows["Watchdog"].for_ == 0
+    assert rows["AlertmanagerClusterDown"].receiver == "pager"
+    assert rows["WorkerReplicasMissing"].receiver == "chat"
