@@ -7,7 +7,9 @@ the receiver logs one line and appends one JSON line to its store. It understand
 formats Alertmanager sends: its own webhook payload (``webhook_configs``) and a Slack
 incoming-webhook message (``slack_configs``, which alertmanager/alertmanager.yml uses).
 ``GET /alerts`` returns what it kept (filter with ``?receiver=``, ``?alertname=``,
-``?status=``), ``GET /healthz`` answers 200.
+``?status=``), ``GET /healthz`` answers 200. It is the demo's dead man's switch too
+(``worker.deadman``): ``GET /status`` says whether the always-firing Watchdog still
+arrives on ``/deadman`` (``pipeline``: ``ok``, ``silent`` or ``waiting``).
 
     worker alert-receiver --host 0.0.0.0 --port 9095 --store /data/alerts.jsonl
 """
@@ -27,6 +29,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from worker.deadman import DEFAULT_TIMEOUT_SECONDS, DeadmanSwitch
 
 log = logging.getLogger("alert_receiver")
 
@@ -174,12 +178,14 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         if url.path == "/healthz":
             self._reply(HTTPStatus.OK, {"status": "ok"})
+        elif url.path == "/status":
+            self._reply(HTTPStatus.OK, self.server.deadman.status())
         elif url.path == "/alerts":
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             filters = {k: query.get(k, "") for k in ("receiver", "alertname", "status")}
             self._reply(HTTPStatus.OK, self.server.store.read(**filters))
         else:
-            self._reply(HTTPStatus.NOT_FOUND, {"error": "GET /alerts or /healthz"})
+            self._reply(HTTPStatus.NOT_FOUND, {"error": "GET /alerts, /status or /healthz"})
 
     def do_POST(self) -> None:
         match = _RECEIVER_PATH.match(urlsplit(self.path).path)
@@ -199,8 +205,9 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, AttributeError) as exc:
             self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)[:200]})
             return
-        self.server.store.append(records)
-        for record in records:
+        kept = self.server.deadman.heard(records)
+        self.server.store.append(kept)
+        for record in kept:
             log.info("%s", log_line(record))
         # Slack's answer: Alertmanager's Slack notifier checks for "ok".
         self._reply(HTTPStatus.OK, {"ok": True, "received": len(records)})
@@ -209,8 +216,11 @@ class _Handler(BaseHTTPRequestHandler):
 class ReceiverServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], store: AlertStore) -> None:
+    def __init__(
+        self, address: tuple[str, int], store: AlertStore, deadman: DeadmanSwitch | None = None
+    ) -> None:
         self.store = store
+        self.deadman = deadman or DeadmanSwitch(record=store.append)
         super().__init__(address, _Handler)
 
 
@@ -226,23 +236,38 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("alerts.jsonl"),
         help="JSON lines file the received alerts are appended to (default %(default)s)",
     )
+    parser.add_argument(
+        "--deadman-timeout",
+        type=float,
+        default=DEFAULT_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help="report the alerting pipeline silent when no Watchdog arrived on /deadman for "
+        "this long (default %(default)g)",
+    )
     args = parser.parse_args(argv)
+    if args.deadman_timeout <= 0:
+        parser.error("--deadman-timeout must be positive")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout, force=True
     )
+    store = AlertStore(args.store)
+    deadman = DeadmanSwitch(timeout=args.deadman_timeout, record=store.append)
     try:
-        server = ReceiverServer((args.host, args.port), AlertStore(args.store))
+        server = ReceiverServer((args.host, args.port), store, deadman)
     except OSError as exc:
         print(f"alert-receiver: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
     log.info("alert receiver on http://%s:%d, keeping alerts in %s", *server.server_address[:2],
              args.store)  # fmt: skip
+    stop_watching = threading.Event()
+    deadman.watch(stop_watching)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
+        stop_watching.set()
         server.server_close()
     return 0
 
