@@ -70,8 +70,20 @@ def test_twin_scrapes_both_replicas_runs_load_and_stops_cleanly(tmp_path):
         for rule_file in (ROOT / "prometheus" / "rules").glob("*.yml"):
             committed |= {g["name"] for g in yaml.safe_load(rule_file.read_text())["groups"]}
         assert groups == committed and groups
+        # ...to both members of the Alertmanager pair, which gossip with each other.
         active = prometheus_api(stack, "alertmanagers")["activeAlertmanagers"]
-        assert [a["url"] for a in active] == [f"{stack.alertmanager.url}/api/v2/alerts"]
+        assert sorted(a["url"] for a in active) == sorted(
+            f"{member.url}/api/v2/alerts" for member in stack.alertmanagers
+        )
+        assert len(stack.alertmanagers) == 2
+        for member in stack.alertmanagers:
+            with urllib.request.urlopen(f"{member.url}/api/v2/status", timeout=5) as r:
+                cluster = json.load(r)["cluster"]
+            assert cluster["status"] == "ready" and len(cluster["peers"]) == 2, cluster
+        # It scrapes itself and every Alertmanager (jobs prometheus and alertmanager).
+        pipeline = 'up{job=~"prometheus|alertmanager"}'
+        wait_until(lambda: len([r for r in stack.query(pipeline) if r["value"][1] == "1"]) == 3,
+                   timeout=30)  # fmt: skip
         # The load generator's jobs are processed by both replicas, in every queue.
         completed = 'sum by (instance, queue) (worker_jobs_completed_total{job="worker"})'
 
@@ -184,6 +196,7 @@ def test_derived_prometheus_config_keeps_everything_but_the_addresses(tmp_path):
         {
             "worker:9191": ["127.0.0.1:1001", "127.0.0.1:1002"],
             "alertmanager:9093": ["127.0.0.1:2000"],
+            "alertmanager-2:9093": ["127.0.0.1:2001"],
             "localhost:9090": ["127.0.0.1:3000"],
         },
         config_dir=PROMETHEUS_CONFIG.parent,
@@ -199,7 +212,10 @@ def test_derived_prometheus_config_keeps_everything_but_the_addresses(tmp_path):
     assert jobs["worker"]["static_configs"] == [{"targets": ["127.0.0.1:1001", "127.0.0.1:1002"]}]
     assert "dns_sd_configs" not in jobs["worker"]
     assert derived["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
-        "127.0.0.1:2000"
+        "127.0.0.1:2000", "127.0.0.1:2001",
+    ]  # fmt: skip
+    assert jobs["alertmanager"]["static_configs"] == [
+        {"targets": ["127.0.0.1:2000", "127.0.0.1:2001"]}
     ]
     # Faster intervals for tests shorten a timeout that would exceed them.
     fast = twin_prometheus_config(committed, {}, config_dir=Path("."), scrape_interval="1s",

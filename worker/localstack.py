@@ -4,8 +4,9 @@
     python -m worker.localstack --replicas 3 --rate 5 --scrape-interval 5s
 
 starts, on free loopback ports and from the same committed config files as the compose
-stack: redis-server (AOF on), N worker replicas (``python -m worker``), prometheus,
-prometheus-alertmanager, the alert receiver and the load generator. It prints the URLs,
+stack: redis-server (AOF on), N worker replicas (``python -m worker``), prometheus, a
+gossiping pair of prometheus-alertmanager (cluster on loopback ports), the alert receiver
+and the load generator. It prints the URLs,
 shows the alerts as they arrive, and Ctrl-C (or SIGTERM) stops everything it started.
 
 The configs are the committed ones with the compose addresses swapped for loopback:
@@ -67,7 +68,8 @@ ALERTMANAGER_CONFIG = REPO / "alertmanager" / "alertmanager.yml"
 #: docker-compose.yml's service addresses as the committed configs name them.
 WORKER_SERVICE = "worker:9191"
 PROMETHEUS_SERVICES = ("localhost:9090", "prometheus:9090")
-ALERTMANAGER_SERVICE = "alertmanager:9093"
+#: The Alertmanager pair, in the order the twin starts them.
+ALERTMANAGER_SERVICES = ("alertmanager:9093", "alertmanager-2:9093")
 RECEIVER_SERVICE = "alert-receiver:9095"
 
 #: Environment a replica must not inherit from whoever starts the twin.
@@ -294,6 +296,12 @@ class LocalStack:
       loadgen_args         more arguments for it (e.g. ["--seed", "1"])
       replica_ready_path   the replica endpoint that says it is up
       redis_password       start Redis with requirepass, and give replicas the password
+      alertmanagers        members of the gossiping Alertmanager cluster (compose: 2); the
+                           first is ``alertmanager``, all are in ``alertmanagers``
+      alertmanager_args    more flags for every Alertmanager (e.g. --cluster.peer-timeout=2s)
+      prometheus_args      more flags for Prometheus (e.g. --rules.alert.resend-delay=1s)
+      deadman_timeout      the alert receiver's --deadman-timeout (seconds without a
+                           Watchdog before it reports the pipeline silent); None: its default
     """
 
     def __init__(
@@ -315,9 +323,15 @@ class LocalStack:
         replica_ready_path: str = "/metrics",
         redis_password: str | None = None,
         keep_data: bool = False,
+        alertmanagers: int = 2,
+        alertmanager_args: Sequence[str] = (),
+        prometheus_args: Sequence[str] = (),
+        deadman_timeout: float | None = None,
     ) -> None:
         if replicas < 1:
             raise ValueError("at least one replica")
+        if not 1 <= alertmanagers <= len(ALERTMANAGER_SERVICES):
+            raise ValueError(f"1 to {len(ALERTMANAGER_SERVICES)} Alertmanagers")
         self.run_dir = Path(run_dir).resolve()
         self.replica_count = replicas
         self.replica_env = {k: str(v) for k, v in (replica_env or {}).items()}
@@ -332,9 +346,15 @@ class LocalStack:
         self.replica_ready_path = replica_ready_path
         self.redis_password = redis_password
         self.keep_data = keep_data
+        self.alertmanager_count = alertmanagers
+        self.alertmanager_args, self.prometheus_args = (
+            list(alertmanager_args),
+            list(prometheus_args),
+        )
+        self.deadman_timeout = deadman_timeout
         self.redis: RedisServer | None = None
         self.receiver: HttpServer | None = None
-        self.alertmanager: HttpServer | None = None
+        self.alertmanagers: list[HttpServer] = []
         self.prometheus: HttpServer | None = None
         self.replicas: list[WorkerReplica] = []
         self.loadgen: Process | None = None
@@ -379,9 +399,12 @@ class LocalStack:
         self.redis.start(timeout)
 
         receiver_port, store = port(), self.run_dir / "receiver" / "alerts.jsonl"
+        deadman = (
+            [] if self.deadman_timeout is None else ["--deadman-timeout", str(self.deadman_timeout)]
+        )
         self.receiver = HttpServer(
             [sys.executable, "-m", "worker.alert_receiver", "--host", "127.0.0.1",
-             "--port", str(receiver_port), "--store", str(store)],
+             "--port", str(receiver_port), "--store", str(store), *deadman],
             receiver_port, self.run_dir / "receiver", name="alert-receiver",
             env=_python_env(), ready_path="/healthz",
         )  # fmt: skip
@@ -402,10 +425,23 @@ class LocalStack:
             self.alertmanager_overrides or {},
         )
         (am_dir / "alertmanager.yml").write_text(yaml.safe_dump(am_config, sort_keys=False))
-        self.alertmanager = alertmanager_server(am_dir, am_dir / "alertmanager.yml", port())
-        self.alertmanager.name = "alertmanager"
-        self.alertmanager.log = am_dir / "alertmanager.log"
-        self.alertmanager.start(timeout)
+        # One config for the cluster, each member its own state; gossip on loopback ports.
+        cluster = (
+            [port() for _ in range(self.alertmanager_count)] if self.alertmanager_count > 1 else []
+        )
+        for i in range(self.alertmanager_count):
+            workdir = am_dir if i == 0 else am_dir / f"alertmanager-{i + 1}"
+            member = alertmanager_server(
+                workdir, am_dir / "alertmanager.yml", port(), *self.alertmanager_args,
+                cluster_port=cluster[i] if cluster else None,
+                peers=[f"127.0.0.1:{p}" for j, p in enumerate(cluster) if j != i],
+            )  # fmt: skip
+            member.name = "alertmanager" if i == 0 else f"alertmanager-{i + 1}"
+            member.log = workdir / "alertmanager.log"
+            self.alertmanagers.append(member)
+        for member in self.alertmanagers:
+            member.start(timeout)
+        self.wait_alertmanagers_settled(timeout)
 
         self.replicas = [self._replica(i, port()) for i in range(self.replica_count)]
         for replica in self.replicas:
@@ -415,7 +451,10 @@ class LocalStack:
         prometheus_url = f"127.0.0.1:{prometheus_port}"
         addresses = {
             WORKER_SERVICE: [r.target for r in self.replicas],
-            ALERTMANAGER_SERVICE: [f"127.0.0.1:{self.alertmanager.port}"],
+            **{
+                service: [f"127.0.0.1:{member.port}"]
+                for service, member in zip(ALERTMANAGER_SERVICES, self.alertmanagers, strict=False)
+            },
             RECEIVER_SERVICE: [f"127.0.0.1:{self.receiver.port}"],
             **{name: [prometheus_url] for name in PROMETHEUS_SERVICES},
         }
@@ -432,6 +471,7 @@ class LocalStack:
             yaml.safe_dump(prom_config, sort_keys=False),
             prometheus_port,
             "--web.enable-lifecycle",
+            *self.prometheus_args,
         )
         self.prometheus.name = "prometheus"
         self.prometheus.log = self.prometheus.workdir / "prometheus.log"
@@ -482,7 +522,7 @@ class LocalStack:
                     replica.proc.wait(max(0.0, deadline - time.monotonic()))
         for replica in self.replicas:
             replica.kill()  # only what outlived its grace, and stray children
-        for process in (self.alertmanager, self.receiver, self.redis):
+        for process in (*self.alertmanagers, self.receiver, self.redis):
             if process is not None:
                 process.stop()
 
@@ -495,10 +535,52 @@ class LocalStack:
     @property
     def processes(self) -> list[Process]:
         """Every process this stack owns (running or not)."""
-        named = [self.redis, self.receiver, self.alertmanager, self.prometheus, self.loadgen]
+        named = [self.redis, self.receiver, *self.alertmanagers, self.prometheus, self.loadgen]
         return [p for p in (*named, *self.replicas) if p is not None]
 
+    @property
+    def alertmanager(self) -> HttpServer | None:
+        """The first member of the Alertmanager cluster (compose: ``alertmanager``)."""
+        return self.alertmanagers[0] if self.alertmanagers else None
+
+    def wait_alertmanagers_settled(self, timeout: float = 30.0) -> None:
+        """Until every running member sees its peers and has settled: a member holds its
+        notifications while the cluster settles, so a test that starts earlier measures
+        the settling, not the alert."""
+        running = [m for m in self.alertmanagers if m.running]
+        deadline = time.monotonic() + timeout
+        for member in running if len(self.alertmanagers) > 1 else []:
+            while True:
+                with contextlib.suppress(OSError, ValueError):
+                    with urllib.request.urlopen(f"{member.url}/api/v2/status", timeout=2) as r:
+                        cluster = json.load(r)["cluster"]
+                    if cluster["status"] == "ready" and len(cluster["peers"]) >= len(running):
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{member.name}: cluster not settled after {timeout}s")
+                time.sleep(0.2)
+
     # -- faults --
+
+    def stop_prometheus(self) -> None:
+        self.prometheus.stop()
+
+    def start_prometheus(self, timeout: float = 30.0) -> None:
+        """Start Prometheus again: same port, config and data (its alerts' state is kept)."""
+        self.prometheus.start(timeout)
+
+    def stop_alertmanager(self, index: int = 0) -> None:
+        """Stop member ``index`` of the Alertmanager cluster (SIGTERM: it leaves the gossip)."""
+        self.alertmanagers[index].stop()
+
+    def kill_alertmanager(self, index: int = 0) -> None:
+        """SIGKILL member ``index``: it vanishes without a word to its peer."""
+        self.alertmanagers[index].kill()
+
+    def start_alertmanager(self, index: int = 0, timeout: float = 30.0) -> None:
+        """Start member ``index`` again, on its ports: it rejoins its peers."""
+        self.alertmanagers[index].start(timeout)
+        self.wait_alertmanagers_settled(timeout)
 
     def kill_replica(self, index: int) -> None:
         """SIGKILL replica ``index`` and its processes, as an operator's kill or an OOM
@@ -575,6 +657,7 @@ class LocalStack:
         return {
             "prometheus": url(self.prometheus),
             "alertmanager": url(self.alertmanager),
+            "alertmanagers": [url(member) for member in self.alertmanagers],
             "alert_receiver": url(self.receiver),
             "redis": self.redis.url if self.redis else None,
             "replicas": [f"{r.url}/metrics" for r in self.replicas],
@@ -613,8 +696,9 @@ class LocalStack:
         urls = self.urls
         lines = [
             f"Prometheus     {urls['prometheus']}   (alerts: {urls['prometheus']}/alerts)",
-            f"Alertmanager   {urls['alertmanager']}",
-            f"Alert receiver {urls['alert_receiver']}/alerts",
+            *(f"Alertmanager   {u}" for u in urls["alertmanagers"]),
+            f"Alert receiver {urls['alert_receiver']}/alerts   (pipeline: "
+            f"{urls['alert_receiver']}/status)",
             f"Redis          {urls['redis']}",
         ]
         for i, replica in enumerate(self.replicas):
@@ -730,7 +814,7 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"[{prefix}] {line}", flush=True)
             for i in stack.supervise():
                 print(f"[localstack] worker {i + 1} exited with an error: restarted", flush=True)
-            for process in (stack.redis, stack.prometheus, stack.alertmanager, stack.receiver):
+            for process in (stack.redis, stack.prometheus, *stack.alertmanagers, stack.receiver):
                 if not process.running and process is not stack.redis:
                     raise RuntimeError(f"{process.name} exited: {process.log_tail(500)}")
             time.sleep(1)

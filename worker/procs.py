@@ -18,7 +18,7 @@ import socket
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -312,18 +312,30 @@ def prometheus_server(
 
 
 def alertmanager_server(
-    workdir: Path, config_file: Path, port: int | None = None, *extra: str
+    workdir: Path,
+    config_file: Path,
+    port: int | None = None,
+    *extra: str,
+    cluster_port: int | None = None,
+    peers: Sequence[str] = (),
 ) -> AlertmanagerServer:
-    """A prometheus-alertmanager on loopback, its state in ``workdir/data``; gossip off, so
-    nothing binds 0.0.0.0:9094."""
+    """A prometheus-alertmanager on loopback, its state in ``workdir/data``. Gossip is off
+    (nothing binds 0.0.0.0:9094) unless ``cluster_port`` is given: then it gossips on
+    127.0.0.1:<cluster_port> with ``peers`` (``host:port`` of the others' cluster ports)."""
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
+    cluster = (
+        [f"--cluster.listen-address=127.0.0.1:{cluster_port}"]
+        if cluster_port
+        else ["--cluster.listen-address="]
+    )
     argv = [
         require_binary("prometheus-alertmanager"),
         f"--config.file={config_file}",
         f"--storage.path={workdir / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
-        "--cluster.listen-address=",
+        *cluster,
+        *(f"--cluster.peer={peer}" for peer in peers),
         *extra,
     ]
     return AlertmanagerServer(argv, port, workdir)
