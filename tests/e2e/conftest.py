@@ -17,7 +17,7 @@ REPORT = Report()
 @pytest.fixture(scope="session")
 def report(tmp_path_factory) -> Report:
     yield REPORT
-    if REPORT.notify or REPORT.chaos or REPORT.notes:
+    if REPORT.notify or REPORT.silence or REPORT.chaos or REPORT.notes:
         path = tmp_path_factory.getbasetemp() / "e2e-report.md"
         path.write_text(render(REPORT))
         REPORT.path = path
@@ -47,6 +47,9 @@ def render(report: Report) -> str:
     out = []
     if report.notify:
         out += ["Time to notify (twin, test config):", "", report.table()]
+    if report.silence:
+        out += ["Dead man's switch: pipeline reported silent (twin, test config):", ""]
+        out += [report.silence_table()]
     if report.chaos:
         out += ["Nothing lost (chaos run):", ""]
         out += [f"- {key}: {value}" for key, value in report.chaos.items()]
@@ -57,7 +60,7 @@ def render(report: Report) -> str:
 
 
 def pytest_terminal_summary(terminalreporter) -> None:
-    if not (REPORT.notify or REPORT.chaos or REPORT.notes):
+    if not (REPORT.notify or REPORT.silence or REPORT.chaos or REPORT.notes):
         return
     terminalreporter.write_sep("=", "end-to-end proof")
     terminalreporter.write_line(render(REPORT))

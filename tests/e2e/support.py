@@ -107,7 +107,8 @@ class Inbox:
         self.start = len(stack.alerts())
 
     def records(self) -> list[dict[str, Any]]:
-        return self.stack.alerts()[self.start :]
+        """Notifications to people (pager, chat): not the dead man's switch's records."""
+        return [r for r in self.stack.alerts()[self.start :] if r["receiver"] != "deadman"]
 
     def matching(self, alertname: str, status: str = "firing", where: str = "") -> list[dict]:
         return [
@@ -186,14 +187,28 @@ def assert_notification(
     return alert
 
 
+#: Fires always, by design (the dead man's switch's heartbeat): never part of a fault.
+WATCHDOG = "Watchdog"
+
+
+def rule_alerts(stack: LocalStack) -> list[dict[str, Any]]:
+    """Prometheus' pending and firing alerts but the Watchdog."""
+    return [a for a in stack.rule_alerts() if a["labels"]["alertname"] != WATCHDOG]
+
+
+def active_alerts(stack: LocalStack) -> list[dict[str, Any]]:
+    """Alertmanager's alerts but the Watchdog."""
+    return [a for a in stack.alertmanager_alerts() if a["labels"]["alertname"] != WATCHDOG]
+
+
 def quiet(stack: LocalStack) -> bool:
-    """No alert pending or firing in Prometheus, none active in Alertmanager."""
-    return not stack.rule_alerts() and not stack.alertmanager_alerts()
+    """No alert but the Watchdog pending or firing in Prometheus or active in Alertmanager."""
+    return not rule_alerts(stack) and not active_alerts(stack)
 
 
 def describe_active(stack: LocalStack) -> str:
-    rules = [(a["labels"]["alertname"], a["state"]) for a in stack.rule_alerts()]
-    am = [(a["labels"]["alertname"], a["status"]["state"]) for a in stack.alertmanager_alerts()]
+    rules = [(a["labels"]["alertname"], a["state"]) for a in rule_alerts(stack)]
+    am = [(a["labels"]["alertname"], a["status"]["state"]) for a in active_alerts(stack)]
     return f"Prometheus {rules}, Alertmanager {am}"
 
 
@@ -210,10 +225,22 @@ class NotifyTime:
 
 
 @dataclass
+class SilenceTime:
+    """How long the dead man's switch took to report a stopped pipeline, and to clear."""
+
+    fault: str
+    measured: float
+    bound: float
+    parts: str  # how the bound is made, for the table
+    cleared: float | None = None
+
+
+@dataclass
 class Report:
     """What the end-to-end run measured, printed at its end and written to a file."""
 
     notify: list[NotifyTime] = field(default_factory=list)
+    silence: list[SilenceTime] = field(default_factory=list)
     chaos: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     path: Path | None = None
@@ -221,12 +248,14 @@ class Report:
     def table(self) -> str:
         lines = [
             "| alert | fault injected | receiver | computed worst case "
-            "(scrape + evaluation + for + group_wait) | measured fault to notification |",
+            "(scrape + range + evaluation + for + group_wait) | measured fault to notification |",
             "|---|---|---|---|---|",
         ]
         for row in self.notify:
             d = row.computed
-            parts = f"{d.scrape:g} + {d.evaluation:g} + {d.for_:g} + {d.group_wait:g}"
+            parts = (
+                f"{d.scrape:g} + {d.window:g} + {d.evaluation:g} + {d.for_:g} + {d.group_wait:g}"
+            )
             note = f" ({row.note})" if row.note else ""
             lines.append(
                 f"| {row.alert} | {row.fault} | {d.receiver} | {d.total:g} s = {parts} "
@@ -234,13 +263,28 @@ class Report:
             )
         return "\n".join(lines) + "\n"
 
+    def silence_table(self) -> str:
+        lines = [
+            "| fault injected | computed bound | measured fault to `silent` | cleared after "
+            "restart in |",
+            "|---|---|---|---|",
+        ]
+        for row in self.silence:
+            cleared = f"{row.cleared:.1f} s" if row.cleared is not None else "-"
+            bound = f"{row.bound:g} s = {row.parts}"
+            lines.append(f"| {row.fault} | {bound} | {row.measured:.1f} s | {cleared} |")
+        return "\n".join(lines) + "\n"
 
-def computed_times(stack: LocalStack) -> dict[str, Detection]:
+
+def computed_times(
+    stack: LocalStack, overrides: dict[str, Any] | None = None
+) -> dict[str, Detection]:
     """alerts/detect.py's worst case for the configs the twin really runs: its derived
-    prometheus.yml and alertmanager.yml, and the rules rendered with ALERT_OVERRIDES."""
+    prometheus.yml and alertmanager.yml, and the rules rendered with ``overrides``
+    (ALERT_OVERRIDES by default)."""
     rows = time_to_detect(
         Path(stack.run_dir) / "prometheus" / "prometheus.yml",
         Path(stack.run_dir) / "alertmanager" / "alertmanager.yml",
-        overrides=ALERT_OVERRIDES,
+        overrides=ALERT_OVERRIDES if overrides is None else overrides,
     )
     return {row.alert: row for row in rows}

@@ -20,14 +20,17 @@ from collections import Counter
 
 import pytest
 
-from alerts.render import record_names, render_rules
+from alerts.detect import parse_duration
+from alerts.render import load_config, record_names, render_rules
 from tests.e2e.support import (
     ALERT_OVERRIDES,
     ALERTMANAGER_OVERRIDES,
     ALERTMANAGER_TIMING,
     NAMESPACE,
+    WATCHDOG,
     Inbox,
     NotifyTime,
+    active_alerts,
     assert_notification,
     client,
     computed_times,
@@ -52,6 +55,9 @@ REPLICA_ENV = {
 }
 HEALTHY_SECONDS = 30
 RECORDS = record_names(ALERT_OVERRIDES)
+RECONNECT_THRESHOLD = load_config(ALERT_OVERRIDES)["alerts"]["HighRedisReconnectAttempts"][
+    "threshold"
+]
 
 
 @pytest.fixture(scope="module")
@@ -136,9 +142,12 @@ def firing_in_prometheus(stack, alertname: str) -> list[dict]:
 def test_a_healthy_fleet_under_the_demo_load_raises_no_alert(stack):
     inbox = Inbox(stack)
     time.sleep(HEALTHY_SECONDS)
-    # Not even pending: Prometheus' ALERTS series has no sample over the whole run.
-    assert stack.query(f"count_over_time(ALERTS[{HEALTHY_SECONDS}s])") == []
-    assert stack.alertmanager_alerts() == []
+    # Not even pending: Prometheus' ALERTS series has no sample over the whole run but the
+    # Watchdog's, which always fires by design (it is the dead man's switch's heartbeat).
+    assert (
+        stack.query(f'count_over_time(ALERTS{{alertname!="{WATCHDOG}"}}[{HEALTHY_SECONDS}s])') == []
+    )
+    assert active_alerts(stack) == []
     assert inbox.records() == []
     # ...while the load really ran: both replicas completed jobs, every queue moved.
     completed = f"increase(worker_jobs_completed_total[{HEALTHY_SECONDS}s])"
@@ -285,10 +294,14 @@ def test_low_worker_throughput_on_a_backlog_with_stalled_workers(stack, measured
 # --- Redis -----------------------------------------------------------------------------
 
 
-def test_redis_down_pages_and_mutes_the_alerts_it_explains(stack, report, measured):
-    """Redis stops while a backlog waits: RedisDisconnected pages for each replica;
-    HighRedisReconnectAttempts and LowWorkerThroughput fire too, but Alertmanager
-    inhibits them (suppressed, inhibitedBy the page) and the chat never gets them."""
+def test_redis_down_pages_and_nothing_it_explains_reaches_the_chat_during_or_after(
+    stack, report, measured
+):
+    """Redis stops while a backlog waits: RedisDisconnected pages for each replica. The
+    reconnect storm and the stalled queue it causes are real (their conditions hold), but
+    they are the same incident: nothing reaches the chat while the page fires, nor after it
+    resolves, when the windows of HighRedisReconnectAttempts and LowWorkerThroughput still
+    hold the outage (the rules leave out a window in which RedisDisconnected fired)."""
     stack.loadgen.stop()
     stack.stall_workers()
     send_jobs(stack, "crm_sync", 15)
@@ -305,45 +318,41 @@ def test_redis_down_pages_and_mutes_the_alerts_it_explains(stack, report, measur
             measured("RedisDisconnected", "stop Redis", time.monotonic() - fault)
         pages[target] = assert_notification(stack, fired, {"instance": target, "job": "worker"})
 
-    explained = ("HighRedisReconnectAttempts", "LowWorkerThroughput")
-
-    def muted() -> list[dict]:
-        held = [a for name in explained for a in stack.alertmanager_alerts(alertname=name)]
-        names = {a["labels"]["alertname"] for a in held}
-        if names == set(explained) and all(a["status"]["state"] == "suppressed" for a in held):
-            return held
-        return []
-
-    held = wait_for(muted, 30, lambda: f"both explained alerts muted: {describe_active(stack)}")
-    sources = {a["fingerprint"]: a for a in pages.values()}
-    for alert in held:
-        by = alert["status"]["inhibitedBy"]
-        assert by and set(by) <= set(sources), alert
-        if alert["labels"]["alertname"] == "HighRedisReconnectAttempts":  # equal: instance
-            assert {sources[f]["labels"]["instance"] for f in by} == {alert["labels"]["instance"]}
-    for name in explained:  # they did fire: muted by Alertmanager, not silent in Prometheus
-        assert firing_in_prometheus(stack, name), name
-    # Well past the warnings' group_wait, the chat still has not heard of them.
+    # The symptoms are there: a reconnect storm on each replica, a stalled backlog...
+    storm = f"{RECORDS['reconnects']} > {RECONNECT_THRESHOLD:g}"
+    wait_for(lambda: stack.query(storm), 30, "more reconnect attempts than the threshold")
+    assert ready(stack, "critical") >= 10
+    # ...but explained by the page: neither alert fires, and the chat hears nothing, well
+    # past the warnings' group_wait.
     time.sleep(8 + 3)
+    for name in ("HighRedisReconnectAttempts", "LowWorkerThroughput"):
+        assert not firing_in_prometheus(stack, name), describe_active(stack)
+        assert all(a["status"]["state"] == "suppressed" for a in stack.alertmanager_alerts(
+            alertname=name
+        )), describe_active(stack)  # fmt: skip
     assert inbox.names() == {"RedisDisconnected"}, inbox.brief()
-    assert all(a["status"]["state"] == "suppressed" for a in muted())
 
     stack.start_redis()
     for target in targets(stack):
         inbox.wait("RedisDisconnected", "resolved", where=target, timeout=30)
     stack.loadgen.start(timeout=0.5)
-    # What arrives after the outage, once the page that explained it has resolved.
-    wait_for(lambda: quiet(stack), 90, lambda: f"a quiet stack: {describe_active(stack)}")
+    # The echoes came in this span on main (HighRedisReconnectAttempts 3 times firing and
+    # twice resolved, LowWorkerThroughput once): the longest window, then `for`, then the
+    # warnings' group_wait, with a margin.
+    alerts = ALERT_OVERRIDES["alerts"]
+    span = max(parse_duration(alerts[n]["window"]) for n in alerts if "window" in alerts[n])
+    time.sleep(span + parse_duration(alerts["LowWorkerThroughput"]["for"]) + 8 + 5)
+    wait_for(lambda: quiet(stack), 60, lambda: f"a quiet stack: {describe_active(stack)}")
     after = Counter(
         f"{r['alertname']} {r['status']}"
         for r in inbox.records()
         if r["alertname"] != "RedisDisconnected"
     )
     report.notes.append(
-        "Redis down: the chat got nothing while RedisDisconnected was firing; once it "
-        "resolved, the alerts it had muted that were still firing were sent: "
-        + (", ".join(f"{n} x{c}" for n, c in sorted(after.items())) or "none")
+        "Redis down: the chat got nothing while RedisDisconnected was firing, and nothing "
+        "after it resolved: " + (", ".join(f"{n} x{c}" for n, c in sorted(after.items())) or "none")
     )
+    assert not after, inbox.brief()
 
 
 def test_high_redis_reconnect_attempts_when_redis_flaps(stack, measured):

@@ -1,0 +1,393 @@
+"""Who watches the watchmen: the alerting pipeline's own faults, proven on the local twin.
+
+One twin serves the module: two worker replicas, Prometheus, the gossiping Alertmanager
+pair and the alert receiver (also the demo's dead man's switch), from the committed
+configs with seconds instead of minutes (rules: ``PIPELINE_OVERRIDES``; Prometheus resends
+firing alerts every second; the Watchdog's route repeats every 2s; the receiver reports
+the pipeline silent after 8s without a Watchdog). Each test injects a real fault: stop
+Prometheus, stop every Alertmanager, load a rule that fails, make a receiver answer 500,
+kill a member of the pair. A fixture undoes it and waits for a quiet, delivering pipeline.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alerts.render import render_rules
+from tests.e2e.support import (
+    ALERT_OVERRIDES,
+    ALERTMANAGER_OVERRIDES,
+    ALERTMANAGER_TIMING,
+    Inbox,
+    NotifyTime,
+    SilenceTime,
+    assert_notification,
+    computed_times,
+    describe_active,
+    quiet,
+    rule_alerts,
+    wait_for,
+)
+from worker.localstack import ALERTMANAGER_CONFIG, deep_merge
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+PIPELINE_OVERRIDES = deep_merge(
+    ALERT_OVERRIDES,
+    {
+        "pipelineAlerts": {
+            name: {"for": "3s", "window": "10s"}
+            for name in (
+                "PrometheusRuleFailures",
+                "PrometheusErrorSendingAlertsToAnyAlertmanager",
+                "AlertmanagerFailedToSendAlerts",
+                "AlertmanagerClusterDown",
+            )
+        }
+    },
+)
+EVALUATION = 1.0  # scrape and evaluation interval
+RESEND_DELAY = 1.0  # Prometheus --rules.alert.resend-delay
+PEER_TIMEOUT = 3.0  # Alertmanager --cluster.peer-timeout: the second member's wait
+DEADMAN_TIMEOUT = 8.0  # the receiver's --deadman-timeout
+DEADMAN_ROUTE = {"group_wait": "0s", "group_interval": "1s", "repeat_interval": "2s"}
+CHECK_STEP = min(1.0, DEADMAN_TIMEOUT / 10)  # how often the receiver looks (worker.deadman)
+# Room for a loaded machine (2 cores, shared) in the measured bounds.
+SLACK = 5.0
+
+# A recording rule that fails at every evaluation, injected as a user would add rules:
+# through an override file mixed into the mixin. Its labels make every `up` series collide.
+FAILING_RULE = """{
+  prometheusRules+:: { groups+: [ { name: 'injected-fault', rules: [
+    { record: 'injected:up:one_instance', expr: 'up', labels: { instance: 'one' } },
+  ] } ] },
+}
+"""
+
+
+def alertmanager_config(directory: Path) -> Path:
+    """The committed alertmanager.yml with the Watchdog's route in seconds."""
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    config["templates"] = [str(ALERTMANAGER_CONFIG.parent / t) for t in config["templates"]]
+    (deadman,) = [r for r in config["route"]["routes"] if r["receiver"] == "deadman"]
+    deadman.update(DEADMAN_ROUTE)
+    path = directory / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def rules_dir(tmp_path_factory) -> Path:
+    rules = tmp_path_factory.mktemp("pipeline-rules")
+    render_rules(PIPELINE_OVERRIDES, rules)
+    return rules
+
+
+@pytest.fixture(scope="module")
+def stack(twin, tmp_path_factory, rules_dir):
+    stack = twin(
+        "pipeline",
+        scrape_interval="1s",
+        evaluation_interval="1s",
+        rules_dir=rules_dir,
+        alertmanager_config=alertmanager_config(tmp_path_factory.mktemp("pipeline-am")),
+        alertmanager_timing=ALERTMANAGER_TIMING,
+        alertmanager_overrides=ALERTMANAGER_OVERRIDES,
+        replica_env={"SIM_LATENCY_SECONDS": "0.05-0.2", "SHUTDOWN_GRACE_SECONDS": "3"},
+        prometheus_args=[f"--rules.alert.resend-delay={RESEND_DELAY:g}s"],
+        alertmanager_args=[f"--cluster.peer-timeout={PEER_TIMEOUT:g}s"],
+        deadman_timeout=DEADMAN_TIMEOUT,
+    )
+    try:
+        up = 'up{job=~"worker|prometheus|alertmanager"}'
+        wait_for(
+            lambda: [r["value"][1] for r in stack.query(up)] == ["1"] * 5,
+            30,
+            "Prometheus scrapes both replicas, itself and both Alertmanagers",
+        )
+        yield stack
+    finally:
+        stack.stop()
+
+
+@pytest.fixture(scope="module")
+def computed(stack):
+    return computed_times(stack, PIPELINE_OVERRIDES)
+
+
+@pytest.fixture
+def measured(report, computed):
+    def record(alert: str, fault: str, seconds: float, note: str = "") -> None:
+        report.notify.append(NotifyTime(alert, fault, seconds, computed[alert], note))
+
+    return record
+
+
+def pipeline(stack) -> dict:
+    """The receiver's status page: is the Watchdog still arriving?"""
+    with urllib.request.urlopen(f"{stack.receiver.url}/status", timeout=5) as r:
+        return json.load(r)
+
+
+def url_file(stack, receiver: str) -> Path:
+    return Path(stack.run_dir) / "alertmanager" / "secrets" / f"{receiver}-url"
+
+
+@pytest.fixture(autouse=True)
+def healthy(stack, rules_dir):
+    """Start from a quiet, delivering pipeline; undo whatever fault the test left."""
+    wait_for(lambda: quiet(stack), 90, lambda: f"a quiet stack: {describe_active(stack)}")
+    wait_for(lambda: pipeline(stack)["pipeline"] == "ok", 30, "the Watchdog arriving")
+    yield
+    if not stack.prometheus.running:
+        stack.start_prometheus()
+    for i, member in enumerate(stack.alertmanagers):
+        if not member.running:
+            stack.start_alertmanager(i)
+    for i, replica in enumerate(stack.replicas):
+        if not replica.running:
+            stack.start_replica(i)
+    url_file(stack, "deadman").write_text(f"{stack.receiver.url}/deadman")
+    render_rules(PIPELINE_OVERRIDES, rules_dir)
+    reload_prometheus(stack)
+
+
+def reload_prometheus(stack) -> None:
+    request = urllib.request.Request(f"{stack.prometheus.url}/-/reload", method="POST")
+    with urllib.request.urlopen(request, timeout=10) as r:
+        assert r.status == 200
+
+
+def firing_in_prometheus(stack, alertname: str) -> list[dict]:
+    return [
+        a
+        for a in rule_alerts(stack)
+        if a["labels"]["alertname"] == alertname and a["state"] == "firing"
+    ]
+
+
+def deliveries(inbox: Inbox, alertname: str, status: str, where: str) -> int:
+    return len(inbox.matching(alertname, status, where))
+
+
+# --- the dead man's switch ---------------------------------------------------------------
+
+
+def test_the_watchdog_reaches_only_the_deadman_and_stopping_prometheus_is_reported(stack, report):
+    inbox = Inbox(stack)
+    before = pipeline(stack)["watchdog_deliveries"]
+    wait_for(
+        lambda: pipeline(stack)["watchdog_deliveries"] >= before + 2, 15, "Watchdog heartbeats"
+    )
+    stack.stop_prometheus()
+    fault = time.monotonic()
+    # Alertmanager keeps the Watchdog until it expires (Prometheus sets its end 4 resend
+    # delays ahead), notifies it at most a group_interval later, then the receiver waits
+    # its timeout and looks every CHECK_STEP.
+    expiry = 4 * max(EVALUATION, RESEND_DELAY)
+    bound = expiry + 1 + DEADMAN_TIMEOUT + CHECK_STEP
+    parts = (
+        f"{expiry:g} (alert expiry) + 1 (group_interval) + {DEADMAN_TIMEOUT:g} (timeout) "
+        f"+ {CHECK_STEP:g} (check)"
+    )
+    wait_for(lambda: pipeline(stack)["pipeline"] == "silent", bound + 30, "the pipeline silent")
+    silent = time.monotonic() - fault
+    assert DEADMAN_TIMEOUT - 3 <= silent <= bound + SLACK, (silent, bound)
+    records = stack.alerts(receiver="deadman", alertname="PipelineSilent", status="firing")
+    assert records and "the alerting pipeline is silent" in records[-1]["summary"]
+    assert "PIPELINE SILENT" in stack.receiver.log.read_text()
+
+    stack.start_prometheus()
+    restart = time.monotonic()
+    wait_for(lambda: pipeline(stack)["pipeline"] == "ok", 30, "the Watchdog again")
+    report.silence.append(
+        SilenceTime("stop Prometheus", silent, bound, parts, time.monotonic() - restart)
+    )
+    assert stack.alerts(receiver="deadman", alertname="PipelineSilent", status="resolved")
+    # The heartbeat never bothered a person.
+    assert "Watchdog" not in inbox.names() and "PipelineSilent" not in inbox.names()
+
+
+def test_every_alertmanager_stopped_fires_error_sending_and_the_deadman_reports_it(
+    stack, report, measured
+):
+    for i in range(len(stack.alertmanagers)):
+        stack.stop_alertmanager(i)
+    fault = time.monotonic()
+    # The alert cannot be delivered (no Alertmanager): it fires in Prometheus.
+    name = "PrometheusErrorSendingAlertsToAnyAlertmanager"
+    fired = wait_for(lambda: firing_in_prometheus(stack, name), 60, f"{name} firing")
+    measured(
+        name,
+        "stop both Alertmanagers",
+        time.monotonic() - fault,
+        note="to firing in Prometheus' /api/v1/alerts: with no Alertmanager it cannot be "
+        "delivered; + up to 1 resend delay until the first failed send",
+    )
+    assert fired[0]["labels"]["severity"] == "critical"
+    assert float(fired[0]["value"]) == 1.0  # every send failed
+    # The last Watchdog went out before the stop: silent after the timeout.
+    bound = DEADMAN_TIMEOUT + CHECK_STEP
+    wait_for(lambda: pipeline(stack)["pipeline"] == "silent", bound + 30, "the pipeline silent")
+    silent = time.monotonic() - fault
+    assert DEADMAN_TIMEOUT - 3 <= silent <= bound + SLACK, (silent, bound)
+
+    for i in range(len(stack.alertmanagers)):
+        stack.start_alertmanager(i)
+    restart = time.monotonic()
+    wait_for(lambda: pipeline(stack)["pipeline"] == "ok", 30, "the Watchdog again")
+    report.silence.append(
+        SilenceTime(
+            "stop both Alertmanagers",
+            silent,
+            bound,
+            f"{DEADMAN_TIMEOUT:g} (timeout) + {CHECK_STEP:g} (check)",
+            time.monotonic() - restart,
+        )
+    )
+
+
+# --- faults of the pipeline, delivered ---------------------------------------------------
+
+
+def test_a_rule_that_fails_pages_prometheus_rule_failures(stack, rules_dir, tmp_path, measured):
+    inbox = Inbox(stack)
+    override = tmp_path / "failing-rule.libsonnet"
+    override.write_text(FAILING_RULE)
+    render_rules(PIPELINE_OVERRIDES, rules_dir, config_files=[override])
+    reload_prometheus(stack)
+    fault = time.monotonic()
+    fired = inbox.wait("PrometheusRuleFailures", timeout=60)
+    measured(
+        "PrometheusRuleFailures",
+        "load a rule that fails at each evaluation",
+        time.monotonic() - fault,
+    )
+    alert = assert_notification(stack, fired, {"job": "prometheus"})
+    assert alert["labels"]["rule_group"].endswith(";injected-fault"), alert["labels"]
+
+    render_rules(PIPELINE_OVERRIDES, rules_dir)
+    reload_prometheus(stack)
+    inbox.wait_resolved("PrometheusRuleFailures", timeout=60)
+    assert inbox.names() == {"PrometheusRuleFailures"}, inbox.brief()
+
+
+class Failing(ThreadingHTTPServer):
+    """A webhook that answers 500 to everything, counting the attempts."""
+
+    daemon_threads = True
+
+    def __init__(self) -> None:
+        self.posts = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                server.posts += 1
+                self.send_response(500)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args) -> None:
+                pass
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def failing() -> Iterator[Failing]:
+    server = Failing()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_receiver_answering_500_raises_alertmanager_failed_to_send_alerts(
+    stack, failing, measured
+):
+    inbox = Inbox(stack)
+    # The dead man's switch's URL (Alertmanager reads it at each notification) now leads
+    # to a server that answers 500: the Watchdog's notifications fail.
+    url_file(stack, "deadman").write_text(f"{failing.url}/deadman")
+    fault = time.monotonic()
+    fired = inbox.wait("AlertmanagerFailedToSendAlerts", timeout=60)
+    measured(
+        "AlertmanagerFailedToSendAlerts",
+        "the deadman webhook answers 500",
+        time.monotonic() - fault,
+        note="+ up to 1 Watchdog repeat (2 s) until the first failed notification",
+    )
+    alert = assert_notification(stack, fired, {"job": "alertmanager", "integration": "slack"})
+    assert alert["labels"]["instance"] in {f"127.0.0.1:{m.port}" for m in stack.alertmanagers}
+    assert failing.posts > 0
+
+    url_file(stack, "deadman").write_text(f"{stack.receiver.url}/deadman")
+    inbox.wait_resolved("AlertmanagerFailedToSendAlerts", timeout=60)
+    assert inbox.names() == {"AlertmanagerFailedToSendAlerts"}, inbox.brief()
+
+
+# --- the Alertmanager pair ---------------------------------------------------------------
+
+
+def test_the_pair_notifies_once_and_keeps_notifying_when_a_member_dies(stack, measured):
+    first, second = (r.target for r in stack.replicas)
+    inbox = Inbox(stack)
+    # Both members up: both hold the alert (Prometheus sends to both), one notification.
+    stack.kill_replica(0)
+    inbox.wait("WorkerDown", where=first, timeout=30)
+    for member in stack.alertmanagers:
+        with urllib.request.urlopen(
+            f"{member.url}/api/v2/alerts?filter=alertname%3D%22WorkerDown%22", timeout=5
+        ) as r:
+            assert [a["labels"]["instance"] for a in json.load(r)] == [first], member.name
+    time.sleep(2 * PEER_TIMEOUT + 2)  # the second member's turn has passed
+    assert deliveries(inbox, "WorkerDown", "firing", first) == 1, inbox.brief()
+    stack.start_replica(0)
+    inbox.wait("WorkerDown", "resolved", where=first, timeout=30)
+    time.sleep(2 * PEER_TIMEOUT + 2)
+    assert deliveries(inbox, "WorkerDown", "resolved", first) == 1, inbox.brief()
+
+    # One member killed: the next alert is still delivered, once; the cluster is down.
+    stack.kill_alertmanager(0)
+    member_lost = time.monotonic()
+    stack.kill_replica(1)
+    fault = time.monotonic()
+    inbox.wait("WorkerDown", where=second, timeout=45)
+    measured(
+        "WorkerDown",
+        "kill -9 one replica, one Alertmanager of two killed",
+        time.monotonic() - fault,
+        note=f"+ up to {PEER_TIMEOUT:g} s: the surviving member may wait its turn",
+    )
+    down = inbox.wait("AlertmanagerClusterDown", timeout=60)
+    measured(
+        "AlertmanagerClusterDown", "kill -9 one Alertmanager of two", time.monotonic() - member_lost
+    )
+    assert down["receiver"] == "pager" and down["severity"] == "critical"
+    lost = f"127.0.0.1:{stack.alertmanagers[0].port}"
+    missing = stack.query('up{job="alertmanager"} == 0')
+    assert [r["metric"]["instance"] for r in missing] == [lost]
+    time.sleep(2 * PEER_TIMEOUT + 2)
+    assert deliveries(inbox, "WorkerDown", "firing", second) == 1, inbox.brief()
+    assert deliveries(inbox, "AlertmanagerClusterDown", "firing", "") == 1, inbox.brief()
+
+    stack.start_alertmanager(0)
+    inbox.wait_resolved("AlertmanagerClusterDown", timeout=60)
+    stack.start_replica(1)
+    inbox.wait("WorkerDown", "resolved", where=second, timeout=30)
+    assert inbox.names() == {"WorkerDown", "AlertmanagerClusterDown"}, inbox.brief()
