@@ -51,7 +51,7 @@
             'WorkerReplicasMissing',
             'count by (job) (up{%s} == 1) < %s'
             % [c.workerSelector, num(a.WorkerReplicasMissing.minReplicas)],
-            'Only {{ $value }} of %s worker replicas up for more than %s' % [
+            'Fewer than %s worker replicas up for more than %s' % [
               num(a.WorkerReplicasMissing.minReplicas),
               a.WorkerReplicasMissing['for'],
             ],
@@ -183,8 +183,7 @@
               w: a.AlertmanagerClusterDown.window,
               threshold: num(a.AlertmanagerClusterDown.threshold),
             },
-            '{{ $value | humanizePercentage }} of the Alertmanager cluster {{ $labels.job }} '
-            + 'is down',
+            'Alertmanager cluster {{ $labels.job }} has lost half or more of its members',
             '{{ $value | humanizePercentage }} of the Alertmanagers of job {{ $labels.job }} '
             + 'were up less than half of the last %s: ' % a.AlertmanagerClusterDown.window
             + 'the cluster has lost its redundancy, and alerts are delivered only by the '

@@ -352,7 +352,7 @@ def watchdog() -> dict:
 
 def replicas_missing() -> dict:
     return alert(
-        "WorkerReplicasMissing", "warning", "Only 1 of 2 worker replicas up for more than 5m",
+        "WorkerReplicasMissing", "warning", "Fewer than 2 worker replicas up for more than 5m",
         "1 of 2 up", job="worker",
     )  # fmt: skip
 

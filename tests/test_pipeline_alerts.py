@@ -140,7 +140,9 @@ def test_config_reaches_promql_and_selectors():
         )
     }
     assert rules["WorkerReplicasMissing"]["expr"] == 'count by (job) (up{job="worker"} == 1) < 4'
-    assert "of 4 worker replicas" in rules["WorkerReplicasMissing"]["annotations"]["summary"]
+    assert (
+        "Fewer than 4 worker replicas" in rules["WorkerReplicasMissing"]["annotations"]["summary"]
+    )
     assert '{job="prom"}' in rules["PrometheusBadConfig"]["expr"]
     assert 'up{job="am"}' in rules["AlertmanagerClusterDown"]["expr"]
 

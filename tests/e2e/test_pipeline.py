@@ -44,6 +44,9 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 PIPELINE_OVERRIDES = deep_merge(
     ALERT_OVERRIDES,
     {
+        # Prometheus hands its first targets to the scrapers up to 5s after it starts (and
+        # restarts, here): a shorter `for` pages "no worker replica found" at each start.
+        "alerts": {"WorkerDown": {"for": "8s"}},
         "pipelineAlerts": {
             name: {"for": "3s", "window": "10s"}
             for name in (
@@ -52,14 +55,19 @@ PIPELINE_OVERRIDES = deep_merge(
                 "AlertmanagerFailedToSendAlerts",
                 "AlertmanagerClusterDown",
             )
-        }
+        },
     },
 )
 EVALUATION = 1.0  # scrape and evaluation interval
 RESEND_DELAY = 1.0  # Prometheus --rules.alert.resend-delay
 PEER_TIMEOUT = 3.0  # Alertmanager --cluster.peer-timeout: the second member's wait
-DEADMAN_TIMEOUT = 8.0  # the receiver's --deadman-timeout
-DEADMAN_ROUTE = {"group_wait": "0s", "group_interval": "1s", "repeat_interval": "2s"}
+DEADMAN_TIMEOUT = 12.0  # the receiver's --deadman-timeout: twice the Watchdog's period
+# Every route flushes every 5s, longer than the second member's wait, as in production (1m
+# or 5m against 15s): a member whose flush outlasts group_interval flushes off the other's
+# rhythm, decides from an older view of the group, and sends what the first already did.
+GROUP_INTERVAL = 5.0
+TIMING = {**ALERTMANAGER_TIMING, "group_interval": f"{GROUP_INTERVAL:g}s"}
+DEADMAN_ROUTE = {"repeat_interval": "2s"}  # so: a Watchdog every group_interval
 CHECK_STEP = min(1.0, DEADMAN_TIMEOUT / 10)  # how often the receiver looks (worker.deadman)
 # Room for a loaded machine (2 cores, shared) in the measured bounds.
 SLACK = 5.0
@@ -100,7 +108,7 @@ def stack(twin, tmp_path_factory, rules_dir):
         evaluation_interval="1s",
         rules_dir=rules_dir,
         alertmanager_config=alertmanager_config(tmp_path_factory.mktemp("pipeline-am")),
-        alertmanager_timing=ALERTMANAGER_TIMING,
+        alertmanager_timing=TIMING,
         alertmanager_overrides=ALERTMANAGER_OVERRIDES,
         replica_env={"SIM_LATENCY_SECONDS": "0.05-0.2", "SHUTDOWN_GRACE_SECONDS": "3"},
         prometheus_args=[f"--rules.alert.resend-delay={RESEND_DELAY:g}s"],
@@ -194,10 +202,10 @@ def test_the_watchdog_reaches_only_the_deadman_and_stopping_prometheus_is_report
     # delays ahead), notifies it at most a group_interval later, then the receiver waits
     # its timeout and looks every CHECK_STEP.
     expiry = 4 * max(EVALUATION, RESEND_DELAY)
-    bound = expiry + 1 + DEADMAN_TIMEOUT + CHECK_STEP
+    bound = expiry + GROUP_INTERVAL + DEADMAN_TIMEOUT + CHECK_STEP
     parts = (
-        f"{expiry:g} (alert expiry) + 1 (group_interval) + {DEADMAN_TIMEOUT:g} (timeout) "
-        f"+ {CHECK_STEP:g} (check)"
+        f"{expiry:g} (alert expiry) + {GROUP_INTERVAL:g} (group_interval) + "
+        f"{DEADMAN_TIMEOUT:g} (timeout) + {CHECK_STEP:g} (check)"
     )
     wait_for(lambda: pipeline(stack)["pipeline"] == "silent", bound + 30, "the pipeline silent")
     silent = time.monotonic() - fault
@@ -220,6 +228,7 @@ def test_the_watchdog_reaches_only_the_deadman_and_stopping_prometheus_is_report
 def test_every_alertmanager_stopped_fires_error_sending_and_the_deadman_reports_it(
     stack, report, measured
 ):
+    inbox = Inbox(stack)
     for i in range(len(stack.alertmanagers)):
         stack.stop_alertmanager(i)
     fault = time.monotonic()
@@ -234,16 +243,16 @@ def test_every_alertmanager_stopped_fires_error_sending_and_the_deadman_reports_
         "delivered; + up to 1 resend delay until the first failed send",
     )
     assert fired[0]["labels"]["severity"] == "critical"
-    assert float(fired[0]["value"]) == 1.0  # every send failed
+    assert float(fired[0]["value"]) > 0.5  # of the sends in the window, all since the stop
     # The last Watchdog went out before the stop: silent after the timeout.
     bound = DEADMAN_TIMEOUT + CHECK_STEP
     wait_for(lambda: pipeline(stack)["pipeline"] == "silent", bound + 30, "the pipeline silent")
     silent = time.monotonic() - fault
     assert DEADMAN_TIMEOUT - 3 <= silent <= bound + SLACK, (silent, bound)
 
+    restart = time.monotonic()
     for i in range(len(stack.alertmanagers)):
         stack.start_alertmanager(i)
-    restart = time.monotonic()
     wait_for(lambda: pipeline(stack)["pipeline"] == "ok", 30, "the Watchdog again")
     report.silence.append(
         SilenceTime(
@@ -253,6 +262,18 @@ def test_every_alertmanager_stopped_fires_error_sending_and_the_deadman_reports_
             f"{DEADMAN_TIMEOUT:g} (timeout) + {CHECK_STEP:g} (check)",
             time.monotonic() - restart,
         )
+    )
+    # Back, the pair gets what Prometheus still fires and pages it late, then resolved:
+    # the outage, told once delivery is possible again. Let that finish here.
+    wait_for(lambda: quiet(stack), 60, lambda: f"a quiet stack: {describe_active(stack)}")
+    time.sleep(8 + PEER_TIMEOUT + 2)  # the warnings' group_wait, the second member's turn
+    for late in inbox.names():
+        inbox.wait_resolved(late, timeout=30)
+    assert inbox.names() <= {name, "AlertmanagerClusterDown"}, inbox.brief()
+    report.notes.append(
+        "Both Alertmanagers stopped: once they were back, the pager got "
+        + (", ".join(sorted(inbox.names())) or "nothing")
+        + " (firing, then resolved): the outage reported once delivery was possible again."
     )
 
 
@@ -330,10 +351,14 @@ def test_a_receiver_answering_500_raises_alertmanager_failed_to_send_alerts(
         "AlertmanagerFailedToSendAlerts",
         "the deadman webhook answers 500",
         time.monotonic() - fault,
-        note="+ up to 1 Watchdog repeat (2 s) until the first failed notification",
+        note="+ up to 1 Watchdog repeat (2 s), and Alertmanager counts a failure only once "
+        "its retries of that notification give up",
     )
     alert = assert_notification(stack, fired, {"job": "alertmanager", "integration": "slack"})
-    assert alert["labels"]["instance"] in {f"127.0.0.1:{m.port}" for m in stack.alertmanagers}
+    members = {f"127.0.0.1:{m.port}" for m in stack.alertmanagers}
+    assert alert["labels"]["instance"] in members
+    for member in members:  # both fail on the same Watchdog: wait for both, then repair
+        inbox.wait("AlertmanagerFailedToSendAlerts", where=member, timeout=60)
     assert failing.posts > 0
 
     url_file(stack, "deadman").write_text(f"{stack.receiver.url}/deadman")
@@ -344,23 +369,23 @@ def test_a_receiver_answering_500_raises_alertmanager_failed_to_send_alerts(
 # --- the Alertmanager pair ---------------------------------------------------------------
 
 
-def test_the_pair_notifies_once_and_keeps_notifying_when_a_member_dies(stack, measured):
+def test_the_pair_notifies_once_and_keeps_notifying_when_a_member_dies(stack, report, measured):
     first, second = (r.target for r in stack.replicas)
     inbox = Inbox(stack)
-    # Both members up: both hold the alert (Prometheus sends to both), one notification.
+    # Both members up: both hold the alert (Prometheus sends to both); one notification.
     stack.kill_replica(0)
-    inbox.wait("WorkerDown", where=first, timeout=30)
+    inbox.wait("WorkerDown", where=first, timeout=45)
     for member in stack.alertmanagers:
         with urllib.request.urlopen(
             f"{member.url}/api/v2/alerts?filter=alertname%3D%22WorkerDown%22", timeout=5
         ) as r:
             assert [a["labels"]["instance"] for a in json.load(r)] == [first], member.name
     time.sleep(2 * PEER_TIMEOUT + 2)  # the second member's turn has passed
-    assert deliveries(inbox, "WorkerDown", "firing", first) == 1, inbox.brief()
+    assert deliveries(inbox, "WorkerDown", "firing", first) == 1, listing(inbox)
     stack.start_replica(0)
     inbox.wait("WorkerDown", "resolved", where=first, timeout=30)
     time.sleep(2 * PEER_TIMEOUT + 2)
-    assert deliveries(inbox, "WorkerDown", "resolved", first) == 1, inbox.brief()
+    resolved_first = deliveries(inbox, "WorkerDown", "resolved", first)
 
     # One member killed: the next alert is still delivered, once; the cluster is down.
     stack.kill_alertmanager(0)
@@ -383,11 +408,22 @@ def test_the_pair_notifies_once_and_keeps_notifying_when_a_member_dies(stack, me
     missing = stack.query('up{job="alertmanager"} == 0')
     assert [r["metric"]["instance"] for r in missing] == [lost]
     time.sleep(2 * PEER_TIMEOUT + 2)
-    assert deliveries(inbox, "WorkerDown", "firing", second) == 1, inbox.brief()
-    assert deliveries(inbox, "AlertmanagerClusterDown", "firing", "") == 1, inbox.brief()
+    assert deliveries(inbox, "WorkerDown", "firing", second) == 1, listing(inbox)
+    assert deliveries(inbox, "AlertmanagerClusterDown", "firing", "") == 1, listing(inbox)
 
     stack.start_alertmanager(0)
     inbox.wait_resolved("AlertmanagerClusterDown", timeout=60)
     stack.start_replica(1)
     inbox.wait("WorkerDown", "resolved", where=second, timeout=30)
-    assert inbox.names() == {"WorkerDown", "AlertmanagerClusterDown"}, inbox.brief()
+    assert inbox.names() == {"WorkerDown", "AlertmanagerClusterDown"}, listing(inbox)
+    report.notes.append(
+        "Alertmanager pair: a new alert group was notified once with both members up and "
+        "once with one killed; its resolution reached the receiver "
+        f"{resolved_first} time(s) with both up (each member decides from its own last "
+        "flush, so a change that lands between the two flushes can be sent twice: "
+        "Alertmanager's clustering promises at least once, not exactly once)."
+    )
+
+
+def listing(inbox: Inbox) -> str:
+    return "\n".join(map(str, inbox.brief()))
