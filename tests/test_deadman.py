@@ -12,10 +12,10 @@ import urllib.request
 
 import pytest
 
-from tests.servers import HttpServer, free_port
-from worker.alert_receiver import records_of
-from worker.deadman import DeadmanSwitch
-from worker.localstack import _python_env
+from stack.alert_receiver import records_of
+from stack.deadman import DeadmanSwitch
+from stack.servers import HttpServer, free_port
+from stack.twin import _python_env
 
 # The Watchdog as alertmanager/alertmanager.yml's deadman receiver sends it (Slack format,
 # alertmanager/templates/worker.tmpl).
@@ -102,7 +102,7 @@ def test_a_timeout_must_be_positive():
     with pytest.raises(ValueError, match="positive"):
         DeadmanSwitch(timeout=0)
     result = subprocess.run(
-        [sys.executable, "-m", "worker", "alert-receiver", "--deadman-timeout", "0"],
+        [sys.executable, "-m", "stack", "alert-receiver", "--deadman-timeout", "0"],
         capture_output=True, text=True, env=_python_env(), timeout=30,
     )  # fmt: skip
     assert result.returncode == 2 and "--deadman-timeout must be positive" in result.stderr
@@ -133,7 +133,7 @@ def wait_status(server: HttpServer, state: str, timeout: float = 15.0) -> dict:
 def test_the_receiver_reports_the_pipeline_silent_and_clears(tmp_path):
     port = free_port()
     server = HttpServer(
-        [sys.executable, "-m", "worker", "alert-receiver", "--port", str(port),
+        [sys.executable, "-m", "stack", "alert-receiver", "--port", str(port),
          "--store", str(tmp_path / "alerts.jsonl"), "--deadman-timeout", "1.5"],
         port, tmp_path, name="receiver", env=_python_env(), ready_path="/healthz",
     )  # fmt: skip

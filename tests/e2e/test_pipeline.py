@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from alerts.render import render_rules
+from stack.twin import ALERTMANAGER_CONFIG, deep_merge
 from tests.e2e.support import (
     ALERT_OVERRIDES,
     ALERTMANAGER_OVERRIDES,
@@ -37,7 +38,6 @@ from tests.e2e.support import (
     rule_alerts,
     wait_for,
 )
-from worker.localstack import ALERTMANAGER_CONFIG, deep_merge
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -68,7 +68,7 @@ DEADMAN_TIMEOUT = 12.0  # the receiver's --deadman-timeout: twice the Watchdog's
 GROUP_INTERVAL = 5.0
 TIMING = {**ALERTMANAGER_TIMING, "group_interval": f"{GROUP_INTERVAL:g}s"}
 DEADMAN_ROUTE = {"repeat_interval": "2s"}  # so: a Watchdog every group_interval
-CHECK_STEP = min(1.0, DEADMAN_TIMEOUT / 10)  # how often the receiver looks (worker.deadman)
+CHECK_STEP = min(1.0, DEADMAN_TIMEOUT / 10)  # how often the receiver looks (stack.deadman)
 # Room for a loaded machine (2 cores, shared) in the measured bounds.
 SLACK = 5.0
 
@@ -157,7 +157,7 @@ def healthy(stack, rules_dir):
     wait_for(lambda: pipeline(stack)["pipeline"] == "ok", 30, "the Watchdog arriving")
     yield
     if not stack.prometheus.running:
-        stack.start_prometheus()
+        stack.prometheus.start(30)
     for i, member in enumerate(stack.alertmanagers):
         if not member.running:
             stack.start_alertmanager(i)
@@ -196,7 +196,7 @@ def test_the_watchdog_reaches_only_the_deadman_and_stopping_prometheus_is_report
     wait_for(
         lambda: pipeline(stack)["watchdog_deliveries"] >= before + 2, 15, "Watchdog heartbeats"
     )
-    stack.stop_prometheus()
+    stack.prometheus.stop()
     fault = time.monotonic()
     # Alertmanager keeps the Watchdog until it expires (Prometheus sets its end 4 resend
     # delays ahead), notifies it at most a group_interval later, then the receiver waits
@@ -214,7 +214,7 @@ def test_the_watchdog_reaches_only_the_deadman_and_stopping_prometheus_is_report
     assert records and "the alerting pipeline is silent" in records[-1]["summary"]
     assert "PIPELINE SILENT" in stack.receiver.log.read_text()
 
-    stack.start_prometheus()
+    stack.prometheus.start(30)
     restart = time.monotonic()
     wait_for(lambda: pipeline(stack)["pipeline"] == "ok", 30, "the Watchdog again")
     report.silence.append(
@@ -230,7 +230,7 @@ def test_every_alertmanager_stopped_fires_error_sending_and_the_deadman_reports_
 ):
     inbox = Inbox(stack)
     for i in range(len(stack.alertmanagers)):
-        stack.stop_alertmanager(i)
+        stack.alertmanagers[i].stop()
     fault = time.monotonic()
     # The alert cannot be delivered (no Alertmanager): it fires in Prometheus.
     name = "PrometheusErrorSendingAlertsToAnyAlertmanager"
@@ -388,7 +388,7 @@ def test_the_pair_notifies_once_and_keeps_notifying_when_a_member_dies(stack, re
     resolved_first = deliveries(inbox, "WorkerDown", "resolved", first)
 
     # One member killed: the next alert is still delivered, once; the cluster is down.
-    stack.kill_alertmanager(0)
+    stack.alertmanagers[0].kill()
     member_lost = time.monotonic()
     stack.kill_replica(1)
     fault = time.monotonic()

@@ -1,7 +1,7 @@
 """The stack as local processes: docker-compose.yml's topology where Docker is absent.
 
-    make up-local                       # or: worker up-local, python -m worker.localstack
-    python -m worker.localstack --replicas 3 --rate 5 --scrape-interval 5s
+    make up-local                       # or: stack up-local, python -m stack up-local
+    python -m stack.twin --replicas 3 --rate 5 --scrape-interval 5s
 
 starts, on free loopback ports and from the same committed config files as the compose
 stack: redis-server (AOF on), N worker replicas (``python -m worker``), prometheus, a
@@ -30,10 +30,8 @@ an interrupted, crashed or even SIGKILLed owner leaves nothing running.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
-import copy
 import json
 import os
 import shutil
@@ -43,199 +41,40 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from worker.procs import (
+from stack.servers import (
     HttpServer,
     Process,
     RedisServer,
-    alertmanager_server,
     free_port,
     group_pids,
     listening_pids,
     prometheus_server,
     redis_server,
 )
+from stack.twin_alertmanagers import alertmanager_cluster, wait_settled
+from stack.twin_config import (
+    ALERTMANAGER_SERVICES,
+    PROMETHEUS_SERVICES,
+    RECEIVER_SERVICE,
+    WORKER_SERVICE,
+    deep_merge,
+    twin_alertmanager_config,
+    twin_prometheus_config,
+    with_route_timing,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
 ALERTMANAGER_CONFIG = REPO / "alertmanager" / "alertmanager.yml"
 
-#: docker-compose.yml's service addresses as the committed configs name them.
-WORKER_SERVICE = "worker:9191"
-PROMETHEUS_SERVICES = ("localhost:9090", "prometheus:9090")
-#: The Alertmanager pair, in the order the twin starts them.
-ALERTMANAGER_SERVICES = ("alertmanager:9093", "alertmanager-2:9093")
-RECEIVER_SERVICE = "alert-receiver:9095"
-
 #: Environment a replica must not inherit from whoever starts the twin.
 _NOT_INHERITED = ("REDIS", "BROKER", "METRICS", "SENTRY", "PROMETHEUS_MULTIPROC", "JOB_QUEUE")
-
-
-def _warn(message: str) -> None:
-    print(f"localstack: {message}", file=sys.stderr, flush=True)
-
-
-# --- the derived configs ------------------------------------------------------------------
-
-
-def _duration_seconds(text: str) -> float:
-    """Prometheus durations as the configs use them: 15s, 1m, 500ms, 1h30m."""
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-    total, number = 0.0, ""
-    i = 0
-    while i < len(text):
-        if text[i].isdigit() or text[i] == ".":
-            number += text[i]
-            i += 1
-            continue
-        unit = "ms" if text.startswith("ms", i) else text[i]
-        if unit not in units or not number:
-            raise ValueError(f"not a duration: {text!r}")
-        total += float(number) * units[unit]
-        number, i = "", i + len(unit)
-    if number:
-        raise ValueError(f"not a duration (unit missing): {text!r}")
-    return total
-
-
-def twin_prometheus_config(
-    config: Mapping[str, Any],
-    addresses: Mapping[str, Sequence[str]],
-    *,
-    config_dir: Path,
-    rules_dir: Path | None = None,
-    scrape_interval: str | None = None,
-    evaluation_interval: str | None = None,
-    warn: Callable[[str], None] = _warn,
-) -> dict[str, Any]:
-    """The committed Prometheus config with compose addresses swapped for the twin's.
-
-    ``addresses`` maps a compose ``host:port`` (a static target, or a ``dns_sd_configs``
-    name with its port) to the twin's targets. Rule file paths become absolute (taken from
-    ``rules_dir`` when given: same file names, e.g. rules rendered with short ``for``).
-    A target the twin does not run is dropped, with a warning.
-    """
-    config = copy.deepcopy(dict(config))
-    glob = config.setdefault("global", {})
-    if scrape_interval:
-        glob["scrape_interval"] = scrape_interval
-    if evaluation_interval:
-        glob["evaluation_interval"] = evaluation_interval
-    interval = _duration_seconds(glob.get("scrape_interval", "1m"))
-    # Prometheus refuses a timeout longer than the interval: shorten it with the interval.
-    if _duration_seconds(glob.get("scrape_timeout", "10s")) > interval:
-        glob["scrape_timeout"] = glob["scrape_interval"]
-
-    def rule_path(pattern: str) -> str:
-        if rules_dir is not None:
-            return str(Path(rules_dir).resolve() / Path(pattern).name)
-        return str((config_dir / pattern).resolve())
-
-    config["rule_files"] = [rule_path(p) for p in config.get("rule_files") or []]
-
-    def swap(targets: Sequence[str], where: str) -> list[str]:
-        swapped: list[str] = []
-        for target in targets:
-            if target in addresses:
-                swapped.extend(addresses[target])
-            else:
-                warn(f"{where}: {target} is not part of the local twin; dropped")
-        return swapped
-
-    for am in (config.get("alerting") or {}).get("alertmanagers") or []:
-        for static in am.get("static_configs") or []:
-            static["targets"] = swap(static.get("targets") or [], "alerting")
-
-    for job in config.get("scrape_configs") or []:
-        name = job.get("job_name", "?")
-        statics = job.pop("static_configs", None) or []
-        for static in statics:
-            static["targets"] = swap(static.get("targets") or [], f"job {name}")
-        for sd in job.pop("dns_sd_configs", None) or []:
-            names = [f"{host}:{sd.get('port', 80)}" for host in sd.get("names") or []]
-            statics.append({"targets": swap(names, f"job {name} (dns_sd_configs)")})
-        statics = [s for s in statics if s["targets"]]
-        job["static_configs"] = statics or [{"targets": []}]
-        if "scrape_timeout" in job:
-            job_interval = _duration_seconds(job.get("scrape_interval", glob["scrape_interval"]))
-            if _duration_seconds(job["scrape_timeout"]) > job_interval:
-                job["scrape_timeout"] = job.get("scrape_interval", glob["scrape_interval"])
-    return config
-
-
-def deep_merge(base: Any, override: Any) -> Any:
-    """``override`` merged into ``base``: mappings merge key by key, anything else replaces."""
-    if isinstance(base, Mapping) and isinstance(override, Mapping):
-        merged = dict(base)
-        for key, value in override.items():
-            merged[key] = deep_merge(base.get(key), value) if key in base else value
-        return merged
-    return copy.deepcopy(override)
-
-
-def twin_alertmanager_config(
-    config: Mapping[str, Any],
-    receiver_url: Callable[[str], str],
-    *,
-    config_dir: Path,
-    secrets_dir: Path,
-    overrides: Mapping[str, Any] | None = None,
-    warn: Callable[[str], None] = _warn,
-) -> dict[str, Any]:
-    """The committed Alertmanager config, every receiver delivering to the alert receiver.
-
-    Slack and webhook integrations keep their settings; only where they send changes:
-    ``receiver_url(name)`` written to ``secrets_dir/<name>-url``, the file their
-    ``*_url_file`` option names. Other integrations (e-mail, PagerDuty...) would reach the
-    outside world and are dropped with a warning. ``overrides`` is deep-merged last (e.g.
-    ``{"route": {"group_wait": "1s"}}`` for a test).
-    """
-    config = copy.deepcopy(dict(config))
-    config["templates"] = [str((config_dir / t).resolve()) for t in config.get("templates") or []]
-    secrets_dir.mkdir(parents=True, exist_ok=True)
-    for receiver in config.get("receivers") or []:
-        name = receiver["name"]
-        url_file = secrets_dir / f"{name}-url"
-        url_file.write_text(receiver_url(name))
-        for key in [k for k in receiver if k.endswith("_configs")]:
-            if key == "slack_configs":
-                for slack in receiver[key]:
-                    slack.pop("api_url", None)
-                    slack["api_url_file"] = str(url_file)
-            elif key == "webhook_configs":
-                for hook in receiver[key]:
-                    hook.pop("url", None)
-                    hook["url_file"] = str(url_file)
-            else:
-                warn(f"receiver {name}: {key} would leave this machine; dropped")
-                del receiver[key]
-    return deep_merge(config, overrides or {})
-
-
-def with_route_timing(config: Mapping[str, Any], **timing: str) -> dict[str, Any]:
-    """``config`` with ``group_wait``, ``group_interval`` and/or ``repeat_interval`` set on
-    the root route and on every route below it that sets its own (tests: seconds, not
-    minutes), leaving the tree, matchers and receivers as committed."""
-    config = copy.deepcopy(dict(config))
-
-    def visit(route: dict[str, Any], root: bool) -> None:
-        for key, value in timing.items():
-            if root or key in route:
-                route[key] = value
-        for child in route.get("routes") or []:
-            visit(child, False)
-
-    if "route" in config:
-        visit(config["route"], True)
-    return config
-
-
-# --- the processes ------------------------------------------------------------------------
 
 
 class WorkerReplica(HttpServer):
@@ -403,7 +242,7 @@ class LocalStack:
             [] if self.deadman_timeout is None else ["--deadman-timeout", str(self.deadman_timeout)]
         )
         self.receiver = HttpServer(
-            [sys.executable, "-m", "worker.alert_receiver", "--host", "127.0.0.1",
+            [sys.executable, "-m", "stack.alert_receiver", "--host", "127.0.0.1",
              "--port", str(receiver_port), "--store", str(store), *deadman],
             receiver_port, self.run_dir / "receiver", name="alert-receiver",
             env=_python_env(), ready_path="/healthz",
@@ -426,22 +265,12 @@ class LocalStack:
         )
         (am_dir / "alertmanager.yml").write_text(yaml.safe_dump(am_config, sort_keys=False))
         # One config for the cluster, each member its own state; gossip on loopback ports.
-        cluster = (
-            [port() for _ in range(self.alertmanager_count)] if self.alertmanager_count > 1 else []
+        self.alertmanagers = alertmanager_cluster(
+            am_dir, self.alertmanager_count, port, self.alertmanager_args
         )
-        for i in range(self.alertmanager_count):
-            workdir = am_dir if i == 0 else am_dir / f"alertmanager-{i + 1}"
-            member = alertmanager_server(
-                workdir, am_dir / "alertmanager.yml", port(), *self.alertmanager_args,
-                cluster_port=cluster[i] if cluster else None,
-                peers=[f"127.0.0.1:{p}" for j, p in enumerate(cluster) if j != i],
-            )  # fmt: skip
-            member.name = "alertmanager" if i == 0 else f"alertmanager-{i + 1}"
-            member.log = workdir / "alertmanager.log"
-            self.alertmanagers.append(member)
         for member in self.alertmanagers:
             member.start(timeout)
-        self.wait_alertmanagers_settled(timeout)
+        wait_settled(self.alertmanagers, timeout)
 
         self.replicas = [self._replica(i, port()) for i in range(self.replica_count)]
         for replica in self.replicas:
@@ -479,7 +308,7 @@ class LocalStack:
 
         if self.loadgen_rate is not None:
             self.loadgen = Process(
-                [sys.executable, "-m", "worker.loadgen", "--rate", str(self.loadgen_rate),
+                [sys.executable, "-m", "stack.loadgen", "--rate", str(self.loadgen_rate),
                  *self.loadgen_args],
                 None, self.run_dir / "loadgen", name="loadgen",
                 env=_python_env(REDIS_URL=self.redis.url, JOB_QUEUE_NAME=self.namespace),
@@ -543,44 +372,13 @@ class LocalStack:
         """The first member of the Alertmanager cluster (compose: ``alertmanager``)."""
         return self.alertmanagers[0] if self.alertmanagers else None
 
-    def wait_alertmanagers_settled(self, timeout: float = 30.0) -> None:
-        """Until every running member sees its peers and has settled: a member holds its
-        notifications while the cluster settles, so a test that starts earlier measures
-        the settling, not the alert."""
-        running = [m for m in self.alertmanagers if m.running]
-        deadline = time.monotonic() + timeout
-        for member in running if len(self.alertmanagers) > 1 else []:
-            while True:
-                with contextlib.suppress(OSError, ValueError):
-                    with urllib.request.urlopen(f"{member.url}/api/v2/status", timeout=2) as r:
-                        cluster = json.load(r)["cluster"]
-                    if cluster["status"] == "ready" and len(cluster["peers"]) >= len(running):
-                        break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"{member.name}: cluster not settled after {timeout}s")
-                time.sleep(0.2)
-
     # -- faults --
 
-    def stop_prometheus(self) -> None:
-        self.prometheus.stop()
-
-    def start_prometheus(self, timeout: float = 30.0) -> None:
-        """Start Prometheus again: same port, config and data (its alerts' state is kept)."""
-        self.prometheus.start(timeout)
-
-    def stop_alertmanager(self, index: int = 0) -> None:
-        """Stop member ``index`` of the Alertmanager cluster (SIGTERM: it leaves the gossip)."""
-        self.alertmanagers[index].stop()
-
-    def kill_alertmanager(self, index: int = 0) -> None:
-        """SIGKILL member ``index``: it vanishes without a word to its peer."""
-        self.alertmanagers[index].kill()
-
     def start_alertmanager(self, index: int = 0, timeout: float = 30.0) -> None:
-        """Start member ``index`` again, on its ports: it rejoins its peers."""
+        """Start Alertmanager ``index`` again, on its ports; return once it has rejoined its
+        peers (stop or kill one with ``alertmanagers[index].stop()`` / ``.kill()``)."""
         self.alertmanagers[index].start(timeout)
-        self.wait_alertmanagers_settled(timeout)
+        wait_settled(self.alertmanagers, timeout)
 
     def kill_replica(self, index: int) -> None:
         """SIGKILL replica ``index`` and its processes, as an operator's kill or an OOM
@@ -691,144 +489,3 @@ class LocalStack:
         if body.get("status") != "success":
             raise RuntimeError(f"query {promql!r} failed: {body}")
         return body["data"]["result"]
-
-    def describe(self) -> str:
-        urls = self.urls
-        lines = [
-            f"Prometheus     {urls['prometheus']}   (alerts: {urls['prometheus']}/alerts)",
-            *(f"Alertmanager   {u}" for u in urls["alertmanagers"]),
-            f"Alert receiver {urls['alert_receiver']}/alerts   (pipeline: "
-            f"{urls['alert_receiver']}/status)",
-            f"Redis          {urls['redis']}",
-        ]
-        for i, replica in enumerate(self.replicas):
-            lines.append(
-                f"Worker {i + 1:<7} {replica.url}/metrics   pid {replica.proc.pid}"
-                f"   log {replica.log}"
-            )
-        if self.loadgen is not None:
-            lines.append(f"Load generator {self.loadgen_rate:.2f} jobs/s   log {self.loadgen.log}")
-        lines.append("Grafana        not in the local twin (docker compose only)")
-        lines.append(f"Configs, data and logs: {self.run_dir}")
-        return "\n".join(lines)
-
-
-# --- the command --------------------------------------------------------------------------
-
-
-class _Tail:
-    """New complete lines of a growing file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset = path, 0
-
-    def lines(self) -> list[str]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except OSError:
-            return []
-        end = data.rfind(b"\n") + 1
-        self.offset += end
-        return data[:end].decode(errors="replace").splitlines()
-
-
-class _Stop(Exception):
-    pass
-
-
-def main(argv: list[str] | None = None) -> int:
-    from worker.loadgen import DEFAULT_RATE
-
-    parser = argparse.ArgumentParser(
-        prog="worker up-local",
-        description=__doc__.strip().split("\n\n")[0],
-        epilog="Ctrl-C stops everything it started.",
-    )
-    parser.add_argument("--replicas", type=int, default=2, help="worker replicas (default 2)")
-    parser.add_argument(
-        "--rate", type=float, default=DEFAULT_RATE, help="load generator jobs/s (default 1.56)"
-    )
-    parser.add_argument("--no-loadgen", action="store_true", help="start no load generator")
-    parser.add_argument(
-        "--run-dir", type=Path, default=REPO / ".run" / "localstack", help="default %(default)s"
-    )
-    parser.add_argument("--keep-data", action="store_true", help="keep Redis and Prometheus data")
-    parser.add_argument("--scrape-interval", help="instead of the committed 15s")
-    parser.add_argument("--evaluation-interval", help="instead of the committed 15s")
-    parser.add_argument("--rules-dir", type=Path, help="rule files instead of prometheus/rules")
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="environment for every replica, e.g. --env SIM_LATENCY_SECONDS=2-4",
-    )
-    args = parser.parse_args(argv)
-    if args.replicas < 1 or args.rate <= 0:
-        parser.error("--replicas and --rate must be positive")
-    replica_env = {}
-    for item in args.env:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            parser.error(f"--env {item!r}: expected NAME=VALUE")
-        replica_env[name] = value
-
-    stack = LocalStack(
-        args.run_dir,
-        replicas=args.replicas,
-        replica_env=replica_env,
-        rules_dir=args.rules_dir,
-        scrape_interval=args.scrape_interval,
-        evaluation_interval=args.evaluation_interval,
-        loadgen_rate=None if args.no_loadgen else args.rate,
-        keep_data=args.keep_data,
-    )
-
-    def on_signal(signum: int, _frame: object) -> None:
-        raise _Stop(signal.Signals(signum).name)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-    # Ctrl-C must work even when started from a script in the background, which would
-    # otherwise have it ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        print("Starting the local stack...", flush=True)
-        stack.start()
-        print(stack.describe(), flush=True)
-        print(
-            "\nProvoke an alert: kill one worker (kill -9 <pid>) for WorkerDown, or make calls"
-            f"\nfail: REDIS_URL={stack.redis.url} {sys.executable} -m worker loadgen"
-            " --failure-ratio 0.5 --set-only"
-            "\nAlerts appear below as the receiver gets them. Ctrl-C stops everything.\n",
-            flush=True,
-        )
-        tails = {"alert": _Tail(stack.receiver.log)}
-        if stack.loadgen is not None:
-            tails["loadgen"] = _Tail(stack.loadgen.log)
-        while True:
-            for prefix, tail in tails.items():
-                for line in tail.lines():
-                    print(f"[{prefix}] {line}", flush=True)
-            for i in stack.supervise():
-                print(f"[localstack] worker {i + 1} exited with an error: restarted", flush=True)
-            for process in (stack.redis, stack.prometheus, *stack.alertmanagers, stack.receiver):
-                if not process.running and process is not stack.redis:
-                    raise RuntimeError(f"{process.name} exited: {process.log_tail(500)}")
-            time.sleep(1)
-    except (KeyboardInterrupt, _Stop):
-        print("\nStopping...", flush=True)
-    except RuntimeError as exc:
-        print(f"localstack: {exc}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        stack.stop()
-        left = [p.name for p in stack.processes if p.group_alive]
-        print("Stopped." if not left else f"Still running: {', '.join(left)}", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

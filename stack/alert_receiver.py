@@ -8,10 +8,10 @@ formats Alertmanager sends: its own webhook payload (``webhook_configs``) and a 
 incoming-webhook message (``slack_configs``, which alertmanager/alertmanager.yml uses).
 ``GET /alerts`` returns what it kept (filter with ``?receiver=``, ``?alertname=``,
 ``?status=``), ``GET /healthz`` answers 200. It is the demo's dead man's switch too
-(``worker.deadman``): ``GET /status`` says whether the always-firing Watchdog still
+(``stack.deadman``): ``GET /status`` says whether the always-firing Watchdog still
 arrives on ``/deadman`` (``pipeline``: ``ok``, ``silent`` or ``waiting``).
 
-    worker alert-receiver --host 0.0.0.0 --port 9095 --store /data/alerts.jsonl
+    stack alert-receiver --host 0.0.0.0 --port 9095 --store /data/alerts.jsonl
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from worker.deadman import DEFAULT_TIMEOUT_SECONDS, DeadmanSwitch
+from stack.deadman import DEFAULT_TIMEOUT_SECONDS, DeadmanSwitch
 
 log = logging.getLogger("alert_receiver")
 
@@ -226,7 +226,7 @@ class ReceiverServer(ThreadingHTTPServer):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="worker alert-receiver", description=__doc__.strip().splitlines()[0]
+        prog="stack alert-receiver", description=__doc__.strip().splitlines()[0]
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     parser.add_argument("--port", type=int, default=9095, help="default %(default)s")
