@@ -362,8 +362,8 @@ def test_a_receiver_answering_500_raises_alertmanager_failed_to_send_alerts(
         "AlertmanagerFailedToSendAlerts",
         "the deadman webhook answers 500",
         time.monotonic() - fault,
-        note="+ up to 1 Watchdog repeat (2 s), and Alertmanager counts a failure only once "
-        "its retries of that notification give up",
+        note="+ up to 1 Watchdog repeat (2 s), + at least 10 s: Alertmanager counts a "
+        "notification failed once its retries give up, at its timeout (10 s at least)",
     )
     alert = assert_notification(stack, fired, {"job": "alertmanager", "integration": "slack"})
     members = {f"127.0.0.1:{m.port}" for m in stack.alertmanagers}
