@@ -125,9 +125,9 @@ def render_rules(
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=RULES_DIR)
+def config_parser(description: str) -> argparse.ArgumentParser:
+    """A command line with the mixin's ``--config FILE`` and ``--set JSON`` options."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--config",
         action="append",
@@ -143,6 +143,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="JSON",
         help="JSON deep-merged into _config",
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = config_parser(__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, default=RULES_DIR)
     args = parser.parse_args(argv)
     try:
         for path in render_rules(args.overrides, args.out_dir, args.config):

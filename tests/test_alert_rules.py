@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alerts.detect import CRITICAL_BUDGET_SECONDS, markdown_table, parse_duration, time_to_detect
+from alerts.detect import CRITICAL_BUDGET_SECONDS, markdown_table, time_to_detect
 from alerts.render import ALERTS_FILE, RECORDS_FILE, RULES_DIR, load_config, render_rules, rendered
+from stack.prom import parse_duration
 from stack.servers import require_binary
 
 REPO = RULES_DIR.parent.parent

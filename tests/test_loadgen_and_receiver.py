@@ -13,10 +13,9 @@ from collections import Counter
 import pytest
 import redis
 
-from stack.fleet import settings_for, setup
+from stack.fleet import python_env, settings_for, setup
 from stack.loadgen import DEFAULT_MIX, main, parse_mix, payload, run
 from stack.servers import HttpServer, free_port
-from stack.twin import _python_env
 from worker.backends import Simulation, SimulationKnobs
 
 
@@ -144,7 +143,7 @@ def receiver(tmp_path):
     server = HttpServer(
         [sys.executable, "-m", "stack", "alert-receiver", "--port", str(port),
          "--store", str(tmp_path / "alerts.jsonl")],
-        port, tmp_path, name="receiver", env=_python_env(), ready_path="/healthz",
+        port, tmp_path, name="receiver", env=python_env(), ready_path="/healthz",
     )  # fmt: skip
     server.start()
     yield server

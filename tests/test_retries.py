@@ -10,7 +10,8 @@ import dramatiq
 import pytest
 import redis
 
-from stack.fleet import dead_letters, in_process_worker, settings_for, wait_until
+from stack.fleet import dead_letters, in_process_worker, settings_for
+from stack.poll import wait_until
 from worker.app import setup
 from worker.errors import PermanentError, TransientError
 from worker.jobs import JOB_CLASSES, job

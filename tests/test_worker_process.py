@@ -9,7 +9,8 @@ import time
 
 import redis
 
-from stack.fleet import ROOT, Replica, completed_ids, dead_letters, replica_env, wait_until
+from stack.fleet import ROOT, Replica, completed_ids, dead_letters, replica_env
+from stack.poll import wait_until
 from worker.app import setup
 from worker.config import Settings
 
@@ -40,7 +41,7 @@ def test_processes_jobs_of_all_three_classes(redis_url, tmp_path):
         ids += enqueue(redis_url, 2, "job_status_update", status="running")
         wait_until(lambda: len(completed_ids(client)) >= len(ids), timeout=30)
     finally:
-        assert replica.stop() == 0, replica.log
+        assert replica.stop() == 0, replica.output
     assert sorted(completed_ids(client)) == sorted(ids)
     queues = {f[b"queue"] for _, f in client.xrange("agent-jobs:completed")}
     assert queues == {b"critical", b"default", b"fast"}
@@ -59,7 +60,7 @@ def test_sigterm_finishes_running_jobs_and_loses_nothing(redis_url, tmp_path):
     )
     time.sleep(0.5)  # jobs are mid-flight now
     started = time.monotonic()
-    assert first.stop() == 0, first.log
+    assert first.stop() == 0, first.output
     stop_took = time.monotonic() - started
     done_by_first = completed_ids(client)
     # the in-flight jobs were finished (not abandoned), the rest are still in the broker

@@ -126,7 +126,7 @@ def test_nothing_is_lost_when_a_replica_is_killed_and_redis_restarts(twin, repor
                     last_beat[broker.decode()] = max(at, last_beat[broker.decode()])
             return not any(claims_left(r, b) for b in silent())
 
-        wait_for(requeued, 3 * LOCK_TIMEOUT, "the killed replica's jobs requeued", 0.05)
+        wait_for(requeued, 3 * LOCK_TIMEOUT, "the killed replica's jobs requeued", interval=0.05)
         requeued_ms = time.time() * 1000
         [dead] = silent()
         held = {m: q for q, ids in claimed[dead].items() for m in ids if m in sent}
