@@ -19,7 +19,7 @@ from pathlib import Path
 
 import yaml
 
-from alerts.render import REPO_DIR, config_parser, rendered
+from alerts.render import REPO_DIR, config_parser, exit_code, rendered
 from stack.prom import parse_duration
 
 PROMETHEUS_CONFIG = REPO_DIR / "prometheus" / "prometheus.yml"
@@ -148,12 +148,9 @@ def markdown_table(overrides: dict | None = None, config_files: Sequence[Path | 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = config_parser("Print the worst-case time-to-detect table (markdown).")
     args = parser.parse_args(argv)
-    try:
-        print(markdown_table(args.overrides, args.config), end="")
-    except RuntimeError as exc:  # jsonnet errors: the message names file, line and problem
-        print(f"alerts.detect: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(
+        "alerts.detect", lambda: print(markdown_table(args.overrides, args.config), end="")
+    )
 
 
 if __name__ == "__main__":

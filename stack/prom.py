@@ -22,7 +22,7 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 60480
 
 def parse_duration(text: str) -> float:
     """Seconds in a Prometheus duration such as '15s', '1m30s' or '0m'; ValueError else."""
-    parts = _DURATION.findall(text)
+    parts = _DURATION.findall(text) if isinstance(text, str) else []
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"not a Prometheus duration: {text!r}")
     return sum(int(n) * _UNIT_SECONDS[u] for n, u in parts)

@@ -24,7 +24,7 @@ from stack.poll import wait_until
 from stack.servers import free_port, redis_server, require_binary, running
 from worker import __version__
 from worker.app import setup
-from worker.brokers.redis import redis_backlog
+from worker.brokers.redis import dead_letter_keys, messages_key, redis_backlog
 from worker.exposition import compact_dead_processes, replica_registry
 from worker.metrics import DURATION_BUCKETS
 
@@ -126,7 +126,7 @@ def workload(tmp_path_factory, metrics_env) -> Workload:
             broker.enqueue(dramatiq.Message(queue_name="critical", actor_name="no.such.actor",
                                             args=(), kwargs={"job_id": "x", "org_id": "y"},
                                             options={}))  # fmt: skip
-            client.hset("agent-jobs:fast.msgs", "garbage-1", b"\xff{not json")
+            client.hset(messages_key("agent-jobs", "fast"), "garbage-1", b"\xff{not json")
             client.rpush("agent-jobs:fast", "garbage-1")
 
             def settled() -> Scrape | None:
@@ -328,6 +328,7 @@ def test_metrics_port_in_use_stops_the_replica_at_start(tmp_path):
 _CHILD = """
 import os, sys
 from worker import metrics
+
 metrics.jobs_started.labels("fast", "job.status_update").inc(3)
 metrics.job_duration.labels("fast", "job.status_update").observe(17.0)
 metrics.jobs_processing.labels("fast", "job.status_update").inc()  # dies mid-job
@@ -382,7 +383,7 @@ def test_backlog_reads_ready_delayed_and_dead_from_the_broker(redis_url):
     for i in range(2):
         actors.crm_sync.send_with_options(kwargs={"job_id": f"c{i}", "org_id": "o",
                                                   "record": {}}, delay=60_000)  # fmt: skip
-    client.zadd("agent-jobs:fast.XQ", {"dead-1": time.time() * 1000})
+    client.zadd(dead_letter_keys("agent-jobs", "fast")[0], {"dead-1": time.time() * 1000})
     read = redis_backlog(client, "agent-jobs", ["default", "critical", "fast"])
     assert read() == {"default": (5, 0, 0), "critical": (0, 2, 0), "fast": (0, 0, 1)}
     assert broker is not None

@@ -12,6 +12,7 @@ from stack.fleet import scraped, settings_for
 from stack.poll import wait_until
 from stack.servers import free_port, redis_server
 from worker.app import setup
+from worker.brokers.redis import claimed_keys_pattern
 from worker.middleware.redis_health import RedisWatch, probe_client
 
 
@@ -104,7 +105,12 @@ def test_broker_connection_lost_mid_job_is_counted(redis_srv, tmp_path, metrics_
         wait_until(lambda: scraped(port).value("worker_jobs_completed_total", **labels), 10)
         assert status(port) == 1, "the probe never ran during the outage"
         client = redis.Redis.from_url(redis_srv.url)
-        wait_until(lambda: not any(client.scard(k) for k in client.keys("*__acks__*")), 15)
+        wait_until(
+            lambda: (
+                not any(client.scard(k) for k in client.keys(claimed_keys_pattern("agent-jobs")))
+            ),
+            15,
+        )
         s = scraped(port)
     finally:
         assert replica.stop() == 0, replica.output[-3000:]
