@@ -16,6 +16,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Middleware, SkipMessage
 from prometheus_client import REGISTRY
 
+from stack.poll import wait_until
 from stack.servers import redis_server, running
 from tests.ratelimit_load import max_in_any_interval
 from worker.brokers.redis import dead_letter_keys, delayed_messages_key, queue_key
@@ -63,10 +64,11 @@ class Stack:
         return ids
 
     def wait_for_runs(self, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.runs) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(self.runs) >= count, f"{len(self.runs)} of {count} jobs ran; {self.where()}"
+        wait_until(
+            lambda: len(self.runs) >= count,
+            timeout,
+            lambda: f"{count} jobs run ({len(self.runs)} did); {self.where()}",
+        )
 
     def where(self) -> dict[str, int]:
         """Where the broker holds messages: queue lengths and ack sets (for failures)."""
@@ -162,9 +164,7 @@ def test_actors_without_the_option_are_not_limited(redis_url):
             status_update.send(job_id=f"s{i}", org_id="org-1")
         stack.send("org-1", 2)
         stack.wait_for_runs(1, timeout=10)
-        deadline = time.monotonic() + 10
-        while len(free_runs) < 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(free_runs) >= 5, 10, "the 5 unlimited jobs run")
         assert len(free_runs) == 5
         assert len(stack.runs) == 1  # the second rate-limited job waits a minute
 
