@@ -41,3 +41,17 @@ def test_the_worker_no_longer_runs_the_tooling(capsys):
     out = capsys.readouterr().out
     assert "encrypt-key" in out and "stack" in out
     assert not any(f"  {command}" in out for command in COMMANDS)
+
+
+def test_a_tool_command_without_the_tools_extra_says_what_to_install():
+    """The worker image has no `tools` extra: `stack up-local` there is one clear line."""
+    without_yaml = (
+        "import sys; sys.modules['yaml'] = None; "  # as if pyyaml were not installed
+        "from stack.__main__ import main; sys.exit(main(['up-local', '--help']))"
+    )
+    done = subprocess.run([sys.executable, "-c", without_yaml], capture_output=True, text=True)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr == (
+        "stack up-local: needs yaml, from the tools extra: pip install -e '.[tools]' in a "
+        "checkout\n"
+    )
