@@ -3,13 +3,12 @@ pair does on its network (``--cluster.peer`` each other), and a wait for it to s
 
 from __future__ import annotations
 
-import contextlib
 import json
-import time
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from stack.poll import wait_until
 from stack.servers import AlertmanagerServer, alertmanager_server
 
 
@@ -39,14 +38,14 @@ def wait_settled(members: Sequence[AlertmanagerServer], timeout: float = 30.0) -
     notifications while the cluster settles, so a test that starts earlier measures the
     settling, not the alert."""
     running = [m for m in members if m.running]
-    deadline = time.monotonic() + timeout
+
+    def settled(member: AlertmanagerServer) -> bool:
+        with urllib.request.urlopen(f"{member.url}/api/v2/status", timeout=2) as r:
+            cluster = json.load(r)["cluster"]
+        return cluster["status"] == "ready" and len(cluster["peers"]) >= len(running)
+
     for member in running if len(members) > 1 else []:
-        while True:
-            with contextlib.suppress(OSError, ValueError):
-                with urllib.request.urlopen(f"{member.url}/api/v2/status", timeout=2) as r:
-                    cluster = json.load(r)["cluster"]
-                if cluster["status"] == "ready" and len(cluster["peers"]) >= len(running):
-                    break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"{member.name}: cluster not settled after {timeout}s")
-            time.sleep(0.2)
+        wait_until(
+            lambda m=member: settled(m), timeout, f"{member.name}: the cluster settled",
+            interval=0.2, ignore=(OSError, ValueError),
+        )  # fmt: skip

@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 import urllib.request
 
 import pytest
 
 from stack.alert_receiver import records_of
 from stack.deadman import DeadmanSwitch
+from stack.poll import wait_until
 from stack.servers import HttpServer, free_port
 from stack.twin import _python_env
 
@@ -123,11 +123,10 @@ def post(url: str, body: dict) -> None:
 
 
 def wait_status(server: HttpServer, state: str, timeout: float = 15.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while (status := get(f"{server.url}/status"))["pipeline"] != state:
-        assert time.monotonic() < deadline, f"pipeline never {state}: {status}"
-        time.sleep(0.1)
-    return status
+    return wait_until(
+        lambda: (status := get(f"{server.url}/status"))["pipeline"] == state and status,
+        timeout, f"the pipeline {state}", interval=0.1,
+    )  # fmt: skip
 
 
 def test_the_receiver_reports_the_pipeline_silent_and_clears(tmp_path):
