@@ -13,9 +13,9 @@ import pytest
 
 from stack.alert_receiver import records_of
 from stack.deadman import DeadmanSwitch
+from stack.fleet import python_env
 from stack.poll import wait_until
 from stack.servers import HttpServer, free_port
-from stack.twin import _python_env
 
 # The Watchdog as alertmanager/alertmanager.yml's deadman receiver sends it (Slack format,
 # alertmanager/templates/worker.tmpl).
@@ -103,7 +103,7 @@ def test_a_timeout_must_be_positive():
         DeadmanSwitch(timeout=0)
     result = subprocess.run(
         [sys.executable, "-m", "stack", "alert-receiver", "--deadman-timeout", "0"],
-        capture_output=True, text=True, env=_python_env(), timeout=30,
+        capture_output=True, text=True, env=python_env(), timeout=30,
     )  # fmt: skip
     assert result.returncode == 2 and "--deadman-timeout must be positive" in result.stderr
 
@@ -134,7 +134,7 @@ def test_the_receiver_reports_the_pipeline_silent_and_clears(tmp_path):
     server = HttpServer(
         [sys.executable, "-m", "stack", "alert-receiver", "--port", str(port),
          "--store", str(tmp_path / "alerts.jsonl"), "--deadman-timeout", "1.5"],
-        port, tmp_path, name="receiver", env=_python_env(), ready_path="/healthz",
+        port, tmp_path, name="receiver", env=python_env(), ready_path="/healthz",
     )  # fmt: skip
     server.start()
     try:
