@@ -3,7 +3,7 @@
 For each alert: the scrape that first sees the fault, the rule evaluations that turn the
 sample into a firing alert, the alert's `for`, and the group_wait of the Alertmanager route
 it reaches. Inputs: the alerts' config (alerts/config.libsonnet), prometheus/prometheus.yml
-and alertmanager/alertmanager.yml, so the README's table cannot drift from them.
+and alertmanager/alertmanager.yml, so the table in docs/alerts.md cannot drift from them.
 """
 
 from __future__ import annotations

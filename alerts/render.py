@@ -3,7 +3,7 @@
     python -m alerts.render                      # prometheus/rules/worker-{alerts,records}.yml
     python -m alerts.render --config mine.libsonnet --out-dir /tmp/rules
     python -m alerts.render --set '{"alerts": {"WorkerDown": {"for": "15s"}}}'
-    python -m alerts.render --time-to-detect     # the README's time-to-detect table
+    python -m alerts.render --time-to-detect     # the time-to-detect table of docs/alerts.md
 
 The output is deterministic (sorted keys, fixed header), so the committed files can be
 compared with a fresh render to catch hand edits and forgotten re-renders.
