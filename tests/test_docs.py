@@ -221,3 +221,49 @@ def test_no_file_points_outside_the_repository():
             continue  # images
         found += [f"{name}: {word}" for word in OUTSIDE if word in text]
     assert found == []
+
+
+# --- paths and modules the pages name ---------------------------------------------------
+
+#: Top-level folders of the repository: a code span starting with one names a file of it.
+TOP = {p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith(".")} - {
+    "build",
+}
+_PATH = re.compile(r"[\w.-]+(/[\w.*-]*)+")
+_MODULE = re.compile(r"(?:worker|stack|alerts|dashboards|tests|bench)(\.\w+)+")
+
+
+def _code_words(path: Path) -> list[str]:
+    """Inline code spans whole, and the words of code blocks (commands name files too)."""
+    words = []
+    for token in _MD.parse(path.read_text()):
+        if token.type in ("fence", "code_block"):
+            words += token.content.split()
+        words += [child.content for child in token.children or [] if child.type == "code_inline"]
+    return words
+
+
+def _module_exists(dotted: str) -> bool:
+    """`worker.ratelimit.RateLimiter` exists when worker/ratelimit.py does (the rest may be
+    attributes)."""
+    first, second, *_ = dotted.split(".")
+    package = REPO / first
+    return (package / second).is_dir() or (package / f"{second}.py").is_file()
+
+
+def _ignored(relative: str) -> bool:
+    done = subprocess.run(["git", "check-ignore", "-q", relative], cwd=REPO, check=False)
+    return done.returncode == 0
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_repository_path_and_module_a_page_names_exists(page):
+    missing = []
+    for word in _code_words(page):
+        if _PATH.fullmatch(word) and word.split("/")[0] in TOP:
+            found = any(REPO.glob(word)) if "*" in word else (REPO / word).exists()
+            if not found and not _ignored(word):
+                missing.append(word)
+        elif _MODULE.fullmatch(word) and not _module_exists(word):
+            missing.append(word)
+    assert missing == []
