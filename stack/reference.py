@@ -12,7 +12,7 @@ table ``name`` renders from its source:
     alerts          prometheus/rules/*.yml (severity, for, expression, runbook) and the
                     alert's entry in alerts/config.libsonnet (its defaults)
     time-to-detect  alerts.detect: worst case from a fault to its notification
-    capacity        worker.capacity.plan for today's and the planned load
+    capacity        stack.capacity.plan for today's and the planned load
 
 Text outside the markers is never touched, so a page's prose and its tables live together.
 """
@@ -171,7 +171,7 @@ CAPACITY_LOADS = [(jobs, seconds) for jobs in (135_000, 450_000) for seconds in 
 
 
 def capacity_table() -> str:
-    from worker.capacity import plan
+    from stack.capacity import plan
 
     rows = []
     for jobs, seconds in CAPACITY_LOADS:

@@ -14,7 +14,7 @@ import yaml
 
 from alerts.detect import CRITICAL_BUDGET_SECONDS, markdown_table, parse_duration, time_to_detect
 from alerts.render import ALERTS_FILE, RECORDS_FILE, RULES_DIR, load_config, render_rules, rendered
-from tests.servers import require_binary
+from stack.servers import require_binary
 
 REPO = RULES_DIR.parent.parent
 PROMETHEUS_DIR = REPO / "prometheus"
