@@ -1,4 +1,4 @@
-"""The alerting pipeline's own alerts (alerts/pipeline.libsonnet): DESIGN.md's names and
+"""The alerting pipeline's own alerts (alerts/pipeline.libsonnet): the contract's names and
 severities, a runbook each, promtool tests that expect each to fire and to stay silent and
 that fail when a rule is one evaluation or one step off, and the config reaching PromQL."""
 
@@ -14,7 +14,7 @@ from alerts.detect import time_to_detect
 from alerts.render import ALERTS_FILE, load_config, render_rules, rendered
 from tests.test_alert_rules import PROMETHEUS_DIR, RUNBOOK_SECTIONS, RUNBOOKS, UNIT_TESTS, promtool
 
-# DESIGN.md, "The alerting pipeline's own alerts": severity of each.
+# docs/contract.md and docs/alerts.md, "The alerting pipeline's own alerts": severities.
 PIPELINE = {
     "Watchdog": "none",
     "WorkerReplicasMissing": "warning",
