@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import sys
+
 import pytest
 
 from tests.servers import redis_server, running
@@ -15,3 +17,13 @@ def redis_srv(tmp_path):
 @pytest.fixture
 def redis_url(redis_srv):
     return redis_srv.url
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """What the compose end-to-end run measured (build times, time to healthy, WorkerDown's
+    time to notify against its computed worst case, the counts of the no-loss checks)."""
+    test_compose_e2e = sys.modules.get("tests.test_compose_e2e")
+    if test_compose_e2e is not None and test_compose_e2e.REPORT:
+        terminalreporter.write_sep("=", "compose end-to-end (Podman)")
+        for what, value in test_compose_e2e.REPORT.items():
+            terminalreporter.write_line(f"{what}: {value}")
