@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from tests.servers import redis_server, running
+from stack.servers import redis_server, running
 
 
 @pytest.fixture
