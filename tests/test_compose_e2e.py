@@ -478,8 +478,9 @@ def test_stop_with_jobs_in_flight_loses_nothing(stack):
     REPORT["compose stop worker with jobs in flight"] = f"{time.monotonic() - start:.1f} s"
     completed, queued = completed_ids(r), set(held(r))
     # A replica killed mid-job would leave its messages claimed (redelivered only after the
-    # lock timeout); a graceful stop finishes the running ones and hands the rest back.
-    assert not claimed(r), "a stopped worker still holds messages"
+    # lock timeout, as the one killed above left some of the load generator's); a graceful
+    # stop finishes the running ones and hands the rest back.
+    assert not claimed(r) & sent, "a stopped worker still holds messages"
     done = sent & set(completed)
     assert done - before, "no job finished during the grace period"
     assert done | (sent & queued) == sent, f"lost: {sorted(sent - set(completed) - queued)}"
