@@ -193,7 +193,7 @@ def stack(engine, image, workdir):
     engine.run_health_checks(PROJECT)
     try:
         start = time.monotonic()
-        project.compose("up", "-d", "--wait", *project.services, timeout=300)
+        up(project)
         REPORT["compose up --wait to healthy (cold volumes)"] = f"{time.monotonic() - start:.1f} s"
         yield project
     finally:
@@ -207,6 +207,16 @@ def stack(engine, image, workdir):
                 ids = engine.podman(*listing, "-q", "--filter", label, check=False).split()
                 if ids:
                     engine.podman(kind, "rm", "-f", *ids, check=False)
+
+
+def up(project: Project) -> None:
+    """``up -d --wait``; when it fails, the error says which container and shows its log."""
+    try:
+        project.compose("up", "-d", "--wait", *project.services, timeout=180)
+    except (RuntimeError, subprocess.TimeoutExpired) as error:
+        states = project.compose("ps", "-a", "--format", "{{.Name}}: {{.Status}}", check=False)
+        logs = project.compose("logs", "--tail", "15", check=False)
+        raise AssertionError(f"{error}\n\ncontainers:\n{states}\nlogs:\n{logs}") from None
 
 
 # --- reading the stack as an operator would -------------------------------------------------
@@ -533,7 +543,7 @@ def test_down_keeps_the_volumes_down_v_removes_everything(stack):
     assert not left["containers"] and not left["networks"], left
     assert sorted(left["volumes"]) == sorted(volumes)
     start = time.monotonic()
-    stack.compose("up", "-d", "--wait", *stack.services, timeout=300)
+    up(stack)
     REPORT["compose up --wait to healthy (after down, volumes kept)"] = (
         f"{time.monotonic() - start:.1f} s"
     )
