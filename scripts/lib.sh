@@ -47,6 +47,29 @@ ensure_venv() {
 
 # --- Docker Compose on Docker, or on Podman through its Docker API ----------------------
 
+# ensure_env_passwords: .env from .env.example on the first run, and a generated secret for
+# each required password that is missing or empty (an older .env gains REDIS_PASSWORD).
+ensure_env_passwords() {
+  local name value
+  if [ ! -f .env ]; then
+    step "creating .env from .env.example, with generated passwords"
+    cp .env.example .env
+    chmod 600 .env
+  fi
+  for name in GRAFANA_ADMIN_PASSWORD REDIS_PASSWORD; do
+    if ! grep -q "^$name=." .env; then
+      value=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
+      if grep -q "^$name=" .env; then
+        sed -i "s/^$name=.*/$name=$value/" .env
+      else
+        echo "$name=$value" >>.env
+      fi
+      echo "    $name generated in .env"
+    fi
+  done
+}
+
+
 # compose_engine: sets COMPOSE (the compose command) and ENGINE (docker or podman), and
 # exports DOCKER_HOST when Podman serves the Docker API; returns 1 when neither engine is
 # usable. Podman's socket: systemd's podman.socket, or else `podman system service`

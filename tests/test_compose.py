@@ -333,3 +333,42 @@ def test_worker_healthcheck_exits_0_only_on_200(status, exit_code):
         if status is not None:
             server.shutdown()
             server.server_close()
+
+
+def ensure_env_passwords(directory: Path) -> str:
+    """scripts/lib.sh's ensure_env_passwords (what scripts/up runs first) in ``directory``."""
+    (directory / ".env.example").write_text((ROOT / ".env.example").read_text())
+    done = subprocess.run(
+        ["bash", "-c", f"source {ROOT / 'scripts' / 'lib.sh'} && ensure_env_passwords"],
+        cwd=directory, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout
+
+
+def env_values(path: Path) -> dict[str, str]:
+    return dict(re.findall(r"^([A-Z_]+)=(.*)$", path.read_text(), re.M))
+
+
+def test_scripts_up_generates_every_required_password_into_env(tmp_path):
+    out = ensure_env_passwords(tmp_path)
+    env = tmp_path / ".env"
+    values = env_values(env)
+    for name in ("GRAFANA_ADMIN_PASSWORD", "REDIS_PASSWORD"):
+        assert re.fullmatch(r"[0-9a-f]{32}", values[name]), name
+        assert values[name] not in out  # named, never printed
+    assert values["GRAFANA_ADMIN_PASSWORD"] != values["REDIS_PASSWORD"]
+    assert env.stat().st_mode & 0o077 == 0
+    # The stack starts from that .env alone.
+    result = docker_compose("--env-file", str(env), "config", "--quiet", env={})
+    assert result.returncode == 0, result.stderr
+    # A second run keeps them.
+    ensure_env_passwords(tmp_path)
+    assert env_values(env) == values
+
+
+def test_scripts_up_adds_redis_password_to_an_older_env(tmp_path):
+    (tmp_path / ".env").write_text("GRAFANA_ADMIN_PASSWORD=kept\nPROMETHEUS_PORT=9999\n")
+    ensure_env_passwords(tmp_path)
+    values = env_values(tmp_path / ".env")
+    assert values["GRAFANA_ADMIN_PASSWORD"] == "kept" and values["PROMETHEUS_PORT"] == "9999"
+    assert re.fullmatch(r"[0-9a-f]{32}", values["REDIS_PASSWORD"])
