@@ -33,6 +33,9 @@ import compose
 import redis
 import yaml
 
+from worker.brokers.redis import claimed_keys_pattern, delayed_messages_key, messages_key
+from worker.jobs import QUEUES
+
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_BINARY = Path(compose.__file__).parent / "docker-compose"
 CONTAINERS_CONF = ROOT / "tests" / "podman" / "containers.conf"
@@ -239,7 +242,6 @@ def alertmanager_config(directory: Path) -> Path:
 # --- reading the stack as an operator would (through the ports the test publishes) ------------
 
 NAMESPACE = "agent-jobs"
-QUEUES = ("critical", "default", "fast")
 
 
 def get_json(url: str, timeout: float = 10):
@@ -320,7 +322,7 @@ def held(r: redis.Redis) -> dict[str, str]:
     Dramatiq keeps each body in ``<ns>:<queue>.msgs`` until it is acknowledged."""
     found = {}
     for queue in QUEUES:
-        for key in (f"{NAMESPACE}:{queue}.msgs", f"{NAMESPACE}:{queue}.DQ.msgs"):
+        for key in (messages_key(NAMESPACE, queue), delayed_messages_key(NAMESPACE, queue)):
             for body in r.hvals(key):
                 found[json.loads(body)["message_id"]] = key
     return found
@@ -330,11 +332,12 @@ def claimed(r: redis.Redis) -> set[str]:
     """Ids of the messages a worker holds now (Dramatiq's per-worker ack sets name them by
     their Redis id; the body in ``<queue>.msgs`` has the message id)."""
     ids = set()
-    for key in r.scan_iter(f"{NAMESPACE}:__acks__.*"):
-        _, queue = key.removeprefix(f"{NAMESPACE}:__acks__.").split(".", 1)  # broker id, queue
+    pattern = claimed_keys_pattern(NAMESPACE)
+    for key in r.scan_iter(pattern):
+        _, queue = key.removeprefix(pattern.rstrip("*")).split(".", 1)  # broker id, queue
         redis_ids = list(r.smembers(key))
         if redis_ids:
-            bodies = r.hmget(f"{NAMESPACE}:{queue}.msgs", redis_ids)
+            bodies = r.hmget(messages_key(NAMESPACE, queue), redis_ids)
             ids |= {json.loads(b)["message_id"] for b in bodies if b}
     return ids
 
