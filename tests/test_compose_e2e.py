@@ -319,6 +319,48 @@ def test_a_killed_replica_comes_back_by_its_restart_policy(stack):
     REPORT["kill -9 of a replica to both targets up again"] = f"{time.monotonic() - start:.1f} s"
 
 
+def test_a_replica_that_keeps_crashing_is_given_up_after_ten_restarts(stack):
+    """The restart policy's max_attempts (10): a replica killed again each time it comes
+    back stays down after its tenth restart, until an operator starts it."""
+    victim_id = stack.containers("worker")[0]["Id"]
+
+    def victim() -> dict:
+        return next(c for c in stack.containers("worker", all=True) if c["Id"] == victim_id)
+
+    for _ in range(12):  # bounded: the policy must give up within 10 restarts
+        now = victim()
+        if not now["State"]["Running"]:
+            break
+        os.kill(now["State"]["Pid"], signal.SIGKILL)
+        wait_for(
+            lambda now=now: (
+                victim()["RestartCount"] > now["RestartCount"]
+                or victim()["State"]["Status"] == "exited"
+            ),
+            30,
+            "a restart, or the policy giving up",
+            interval=0.2,
+        )
+        wait_for(
+            lambda: victim()["State"]["Running"] or victim()["State"]["Status"] == "exited",
+            30,
+            "the replica running again, or left exited",
+            interval=0.2,
+        )
+    time.sleep(3)  # still down: nothing restarts it any more
+    given_up = victim()
+    assert given_up["State"]["Status"] == "exited" and given_up["RestartCount"] == 10
+    stack.compose("start", "worker")
+    wait_for(
+        lambda: (
+            worker_targets(stack)
+            == dict.fromkeys(map(replica_address, stack.containers("worker")), "up")
+        ),
+        60,
+        lambda: f"both replicas scraped up again once started: {worker_targets(stack)}",
+    )
+
+
 def test_worker_down_pages_for_a_hung_replica_and_resolves(stack):
     """A replica that stops answering (frozen: ``pause``) is down for Prometheus after its
     scrape times out; WorkerDown reaches the receiver within the computed worst case and
