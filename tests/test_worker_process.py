@@ -151,7 +151,7 @@ def test_bad_configuration_exits_2_with_one_line_and_no_secret():
     secret = "sk-or-v1-very-secret-value"
     cases = {
         "JOB_CONCURRENCY": ("zero", "JOB_CONCURRENCY"),
-        "ENCRYPTION_KEY": (secret, "ENCRYPTION_KEY: must be exactly 32 bytes"),
+        "ENCRYPTION_KEY": (secret, "ENCRYPTION_KEY: must be 32 random bytes"),
         "REDIS_URL": (f"http://user:{secret}@host", "REDIS_URL: must start with"),
         "SIM_LATENCY_SECONDS": ("20-15", "SIM_LATENCY_SECONDS"),
         "RATE_LIMITS": ("minute=100", "RATE_LIMITS: 'minute=100' is not name=count/seconds"),

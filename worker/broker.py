@@ -19,12 +19,15 @@ from dramatiq.middleware import (
 )
 
 from worker.config import Settings
+from worker.envelope import CheckedJSONEncoder, InvalidMessage
 from worker.middleware.heartbeat import BrokerHeartbeat
 from worker.middleware.job_log import JobLog
 from worker.middleware.metrics import JobMetrics
+from worker.middleware.payload import ValidatePayload
 from worker.middleware.ratelimit import RateLimit
 from worker.middleware.redis_health import RedisHealth
 from worker.middleware.retries import ClassRetries
+from worker.payloads import PayloadLimits
 from worker.ratelimit import RateLimiter
 from worker.redis_dispatch import dispatch_args
 
@@ -70,10 +73,33 @@ class _SafeConsumer(_RedisConsumer):
     def __next__(self):
         try:
             with self._reporting_lost_connection():
-                return super().__next__()
+                message = super().__next__()
         except DecodeError as exc:
-            self._dead_letter_raw(exc.data, f"undecodable message: {type(exc.error).__name__}")
+            if isinstance(exc.error, InvalidMessage):
+                reason = f"invalid message: {exc.error}"
+            else:
+                reason = f"undecodable message: {type(exc.error).__name__}"
+            self._dead_letter_raw(exc.data, reason)
             return None
+        if message is None:
+            return None
+        if message.queue_name != self.queue_name:
+            # Dramatiq would settle it through the consumer of the queue its body names,
+            # which may not exist: it would stay claimed forever.
+            return self._reject(message, f"invalid message: names queue {message.queue_name!r}")
+        if message.actor_name not in self.broker.actors:
+            return self._reject(message, f"unknown actor {message.actor_name!r}")
+        return message
+
+    def _reject(self, message, reason: str) -> None:
+        """Dead-letter a decoded message no actor of this worker can run, with ``reason``."""
+        message.options["dead_letter_reason"] = reason
+        message.fail()
+        log.error("dead-lettered %s on queue %s: %s", message.message_id, self.queue_name, reason)
+        self.broker.emit_before("nack", message)
+        self.nack(message)
+        self.broker.emit_after("nack", message)
+        return None
 
     def ack(self, message):
         writes = getattr(message, "writes_with_ack", None)
@@ -209,6 +235,8 @@ def redis_client(url: str) -> redis.Redis:
 def middleware_stack(settings: Settings, client: redis.Redis) -> list:
     """Dramatiq's useful defaults, minus its ``Retries`` (20 retries, 15 s minimum).
 
+    ``ValidatePayload`` comes first: nothing else may touch a message its actor rejects.
+
     ``JobMetrics`` comes after what skips a message before it runs (``AgeLimit``,
     ``RateLimit``: a deferred job is not an attempt) and before ``TimeLimit``.
     ``JobLog`` and ``ClassRetries`` come before ``JobMetrics``: Dramatiq runs the
@@ -218,6 +246,7 @@ def middleware_stack(settings: Settings, client: redis.Redis) -> list:
     ``TimeLimit`` has disarmed, so it cannot interrupt the wait.
     """
     return [
+        ValidatePayload(limits=PayloadLimits.from_settings(settings)),
         AgeLimit(),
         RateLimit(RateLimiter.from_settings(client, settings)),
         JobLog(
@@ -258,6 +287,14 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     client = redis_client(settings.redis_url)
     middleware = middleware_stack(settings, client)
     url = settings.broker_url or settings.redis_url
+    # Every body is checked as it is decoded (worker.envelope); the Redis broker cannot
+    # ack a message without the id it was stored under.
+    dramatiq.set_encoder(
+        CheckedJSONEncoder(
+            max_bytes=settings.message_max_bytes,
+            required_options=() if url.startswith("amqp") else ("redis_message_id",),
+        )
+    )
     if url.startswith("amqp"):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 

@@ -23,6 +23,11 @@ Limits = dict[str, tuple[int, int]]
 
 DEFAULT_RATE_LIMITS = "minute=100/60,hour=5000/3600,day=100000/86400"
 
+#: Largest window (31 days) and count: beyond them Redis' key expiry and the script's
+#: integer arithmetic would overflow.
+MAX_WINDOW_SECONDS = 31 * 86_400
+MAX_WINDOW_COUNT = 10**9
+
 _LIMIT_ITEM = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*=\s*(\d+)\s*/\s*(\d+)\s*$")
 
 
@@ -36,6 +41,10 @@ def parse_limits(text: str) -> Limits:
         name, count, seconds = match.group(1), int(match.group(2)), int(match.group(3))
         if count < 1 or seconds < 1:
             raise ValueError(f"{item!r}: count and seconds must be positive")
+        if count > MAX_WINDOW_COUNT or seconds > MAX_WINDOW_SECONDS:
+            raise ValueError(
+                f"{item!r}: at most {MAX_WINDOW_COUNT} per window and {MAX_WINDOW_SECONDS} s"
+            )
         if name in limits:
             raise ValueError(f"window {name!r} is given twice")
         limits[name] = (count, seconds)
@@ -44,22 +53,76 @@ def parse_limits(text: str) -> Limits:
     return limits
 
 
+#: What ENCRYPTION_KEY must be, said in every error about it.
+ENCRYPTION_KEY_FORM = (
+    "must be 32 random bytes, as base64 (e.g. `openssl rand -base64 32`) or 64 hex digits"
+)
+
+
 def decode_encryption_key(raw: str) -> bytes:
-    """32 bytes given as 64 hex digits, as base64, or as 32 plain characters."""
+    """32 random bytes given as base64 or 64 hex digits (or, for keys made by other tools,
+    32 characters that look random); obvious weak values are refused."""
     raw = raw.strip()
     if re.fullmatch(r"[0-9a-fA-F]{64}", raw):
-        return bytes.fromhex(raw)
-    if len(raw) == 32:
-        return raw.encode()
-    try:
-        key = base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError):
-        key = b""
-    if len(key) == 32:
-        return key
-    raise ValueError(
-        "must be exactly 32 bytes (64 hex digits, base64 of 32 bytes, or 32 characters)"
-    )
+        key = bytes.fromhex(raw)
+    else:
+        try:
+            key = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != 32 and len(raw) == 32:
+            key = raw.encode()
+            if _looks_typed(raw):
+                raise ValueError(f"{ENCRYPTION_KEY_FORM}; this one is a guessable text")
+    if len(key) != 32:
+        raise ValueError(f"{ENCRYPTION_KEY_FORM} (got {len(key)} bytes)")
+    # 32 random bytes hold 32 distinct values but for a couple of repeats: fewer than 16
+    # distinct bytes (all zeros, a repeated short pattern) is not a random key.
+    if len(set(key)) < 16:
+        raise ValueError(f"{ENCRYPTION_KEY_FORM}; this one repeats a few byte values")
+    return key
+
+
+def _looks_typed(text: str) -> bool:
+    """32 characters a person typed rather than drew at random: few distinct characters,
+    one character class only, or a long run like ``abcdefgh`` / ``12345678``."""
+    classes = sum(
+        any(test(c) for c in text) for test in (str.islower, str.isupper, str.isdigit)
+    ) + any(not c.isalnum() for c in text)
+    steps = [ord(b) - ord(a) for a, b in zip(text, text[1:], strict=False)]
+    longest = run = 0
+    for previous, step in zip([None, *steps], steps, strict=False):
+        run = run + 1 if step in (1, -1, 0) and step == previous else 0
+        longest = max(longest, run)
+    return len(set(text)) < 16 or classes < 2 or longest >= 6
+
+
+def _override_limits(org: str, value: Any) -> Limits:
+    """One organization's override: ``"minute=10/60"`` or ``{"minute": [10, 60]}``, checked
+    like RATE_LIMITS (window names, positive counts and seconds)."""
+    if isinstance(value, str):
+        return parse_limits(value)
+    if not isinstance(value, dict):
+        raise ValueError(f'{org!r}: must be a string like "minute=10/60"')
+    text = []
+    for name, pair in value.items():
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            raise ValueError(f"{org!r}: window {name!r} must be [count, seconds]")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+            raise ValueError(f"{org!r}: window {name!r}: count and seconds must be integers")
+        text.append(f"{name}={pair[0]}/{pair[1]}")
+    return parse_limits(",".join(text))
+
+
+def strip_userinfo(url: str) -> str:
+    """``url`` without its ``user:password@`` part (kept as ``***@`` to show it was there)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{path}"
 
 
 class ConfigError(SystemExit):
@@ -70,15 +133,43 @@ class ConfigError(SystemExit):
         super().__init__(2)
 
 
-#: Never echoed in an error: secrets, and URLs that may carry a password.
+#: Never echoed in an error: secrets. URL settings are echoed without their userinfo.
 _SECRETS = {
     "SUPABASE_SERVICE_ROLE_KEY",
     "ENCRYPTION_KEY",
     "OPENROUTER_API_KEY",
     "SENTRY_DSN",
-    "REDIS_URL",
-    "BROKER_URL",
 }
+
+#: Settings holding a URL, whose userinfo (``user:password@``) is a secret.
+URL_FIELDS = (
+    "redis_url",
+    "broker_url",
+    "supabase_url",
+    "openrouter_base_url",
+    "crm_endpoint_url",
+    "message_endpoint_url",
+)
+
+#: Bounds of JOB_CONCURRENCY (see the configuration docs for why).
+MAX_JOB_CONCURRENCY = 512
+MAX_THREADS_PER_PROCESS = 256
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _check_url(value: str, schemes: set[str], what: str) -> str:
+    """``value`` when its scheme is one of ``schemes`` and its port (if any) a number."""
+    parts = urlsplit(value)
+    if parts.scheme not in schemes:
+        raise ValueError(f"must start with {what}")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise ValueError("the port must be a number from 0 to 65535") from None
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("a host is missing")
+    return value
 
 
 class Settings(BaseSettings):
@@ -88,7 +179,9 @@ class Settings(BaseSettings):
     redis_url: str = Field(validation_alias="REDIS_URL")
     broker_url: str | None = Field(None, validation_alias="BROKER_URL")
     job_queue_name: str = Field("agent-jobs", validation_alias="JOB_QUEUE_NAME")
-    job_concurrency: int = Field(25, gt=0, validation_alias="JOB_CONCURRENCY")
+    job_concurrency: int = Field(
+        25, gt=0, le=MAX_JOB_CONCURRENCY, validation_alias="JOB_CONCURRENCY"
+    )
     worker_processes: int = Field(1, gt=0, le=64, validation_alias="WORKER_PROCESSES")
     shutdown_grace_seconds: float = Field(60.0, ge=0, validation_alias="SHUTDOWN_GRACE_SECONDS")
     job_lock_timeout_seconds: float = Field(30.0, gt=1, validation_alias="JOB_LOCK_TIMEOUT_SECONDS")
@@ -103,6 +196,18 @@ class Settings(BaseSettings):
         7 * 86_400, gt=0, le=7 * 86_400, validation_alias="DEAD_LETTERS_TTL_SECONDS"
     )
     retry_time_scale: float = Field(1.0, gt=0, le=1, validation_alias="RETRY_TIME_SCALE")
+
+    # Size limits of a message and of each free-form payload field (worker.payloads)
+    message_max_bytes: int = Field(
+        2 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, validation_alias="MESSAGE_MAX_BYTES"
+    )
+    payload_max_id_chars: int = Field(128, ge=1, validation_alias="PAYLOAD_MAX_ID_CHARS")
+    payload_max_prompt_chars: int = Field(
+        100_000, ge=1, validation_alias="PAYLOAD_MAX_PROMPT_CHARS"
+    )
+    payload_max_record_bytes: int = Field(65_536, ge=2, validation_alias="PAYLOAD_MAX_RECORD_BYTES")
+    payload_max_text_chars: int = Field(10_000, ge=1, validation_alias="PAYLOAD_MAX_TEXT_CHARS")
+    payload_max_name_chars: int = Field(256, ge=1, validation_alias="PAYLOAD_MAX_NAME_CHARS")
 
     # Integrations (all optional)
     supabase_url: str | None = Field(None, validation_alias="SUPABASE_URL")
@@ -163,16 +268,17 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str) -> str:
-        if urlsplit(value).scheme not in {"redis", "rediss", "unix"}:
-            raise ValueError("must start with redis://, rediss:// (TLS) or unix://")
-        return value
+        return _check_url(
+            value, {"redis", "rediss", "unix"}, "redis://, rediss:// (TLS) or unix://"
+        )
 
     @field_validator("broker_url")
     @classmethod
     def _broker_scheme(cls, value: str | None) -> str | None:
-        if value and urlsplit(value).scheme not in {"redis", "rediss", "amqp", "amqps"}:
-            raise ValueError("must start with redis://, rediss://, amqp:// or amqps://")
-        return value or None
+        if not value:
+            return None
+        schemes = {"redis", "rediss", "amqp", "amqps"}
+        return _check_url(value, schemes, "redis://, rediss://, amqp:// or amqps://")
 
     @field_validator("job_queue_name")
     @classmethod
@@ -186,9 +292,16 @@ class Settings(BaseSettings):
     )
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
-        if value and urlsplit(value).scheme not in {"http", "https"}:
-            raise ValueError("must be an http:// or https:// URL")
-        return value or None
+        if not value:
+            return None
+        return _check_url(value, {"http", "https"}, "http:// or https://")
+
+    @field_validator("log_level")
+    @classmethod
+    def _log_level(cls, value: str) -> str:
+        if value.strip().upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.strip().upper()
 
     @field_validator("encryption_key")
     @classmethod
@@ -241,10 +354,7 @@ class Settings(BaseSettings):
                 raise ValueError('must be JSON like {"org-1": "minute=10/60"}') from None
             if not isinstance(value, dict):
                 raise ValueError('must be a JSON object like {"org-1": "minute=10/60"}')
-        return {
-            str(org): parse_limits(lim) if isinstance(lim, str) else lim
-            for org, lim in value.items()
-        }
+        return {str(org): _override_limits(str(org), lim) for org, lim in value.items()}
 
     @property
     def encryption_key_bytes(self) -> bytes | None:
@@ -256,6 +366,11 @@ class Settings(BaseSettings):
     def supabase_enabled(self) -> bool:
         return bool(self.supabase_url)
 
+    def __repr_args__(self):
+        # URL settings may carry a password in their userinfo: never in a repr.
+        for name, value in super().__repr_args__():
+            yield name, strip_userinfo(value) if name in URL_FIELDS and value else value
+
     def check(self) -> Settings:
         if self.supabase_url and self.supabase_service_role_key is None:
             raise ConfigError(
@@ -264,6 +379,12 @@ class Settings(BaseSettings):
         if self.job_concurrency % self.worker_processes:
             raise ConfigError(
                 "configuration error: JOB_CONCURRENCY: must be a multiple of WORKER_PROCESSES "
+                f"({self.job_concurrency} slots over {self.worker_processes} processes)"
+            )
+        if self.threads_per_process > MAX_THREADS_PER_PROCESS:
+            raise ConfigError(
+                "configuration error: JOB_CONCURRENCY: at most "
+                f"{MAX_THREADS_PER_PROCESS} threads per process; raise WORKER_PROCESSES "
                 f"({self.job_concurrency} slots over {self.worker_processes} processes)"
             )
         return self
@@ -283,8 +404,18 @@ def _describe(error: dict[str, Any]) -> str:
     if error["type"] == "missing":
         message = "required, not set"
     elif name not in _SECRETS and "input" in error and isinstance(error["input"], str | int):
-        message = f"{message} (got {error['input']!r})"
-    return f"configuration error: {name}: {message}"
+        shown = error["input"]
+        if name.lower() in URL_FIELDS:
+            shown = strip_userinfo(str(shown))
+        message = f"{message} (got {_bounded(repr(shown))})"
+    return f"configuration error: {name}: {_bounded(message, 300)}"
+
+
+def _bounded(text: str, limit: int = 120) -> str:
+    """``text`` on one line, cut to ``limit`` characters: an error names the problem; a
+    pasted 10 kB value would bury it."""
+    text = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -293,6 +424,10 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides).check()
     except ValidationError as exc:
         raise ConfigError(_describe(exc.errors(include_url=False)[0])) from None
+    except UnicodeError:  # e.g. a variable holding bytes that are not UTF-8
+        raise ConfigError(
+            "configuration error: the environment holds a value that is not UTF-8 text"
+        ) from None
 
 
 def exit_on_config_error(error: ConfigError) -> None:
