@@ -24,6 +24,7 @@ from worker.backends import (
 )
 from worker.broker import build_broker, redis_client
 from worker.config import Settings, load_settings
+from worker.logs import install as install_safe_logs
 from worker.organizations import RedisOrganizations
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
     global _services
     logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_DropResultsAdvice())
     settings = settings or load_settings()
+    install_safe_logs(settings.log_level)
     if settings.sentry_dsn is not None:
         from worker.sentry import add_job_tags, init_sentry
 

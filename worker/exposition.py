@@ -34,6 +34,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from worker import __version__, metrics
 from worker.config import Settings, load_settings
 from worker.jobs import QUEUES
+from worker.logs import install as install_safe_logs
 from worker.middleware.redis_health import RedisWatch, probe_client
 from worker.replica import ENV
 
@@ -246,6 +247,7 @@ def make_http_server(host: str, port: int, app) -> WSGIServer:
 def serve(settings: Settings | None = None) -> int:
     """Run the replica's endpoint, Redis probe and backlog sampler until SIGTERM."""
     settings = settings or load_settings()
+    install_safe_logs(settings.log_level)
     path = os.environ[ENV]
     parent = os.getppid()
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import dramatiq
-from dramatiq.middleware import Middleware, SkipMessage
+from dramatiq.middleware import Middleware
 
-from worker.errors import InvalidPayload
 from worker.payloads import PayloadLimits, validate
 
 
@@ -13,12 +12,12 @@ class ValidatePayload(Middleware):
     """Checks each message of an actor declared with ``payload=<model>`` against its model
     and the size limits (``PayloadLimits``) before any other middleware sees it.
 
-    An invalid payload can never succeed, so it is not an attempt: the message is failed
-    with ``options["dead_letter_reason"]`` naming the fields at fault (never their values)
-    and skipped, the way Dramatiq's ``AgeLimit`` drops an expired message; the broker
-    dead-letters it. Put it first in the stack: the rate limiter must not spend an
-    organization's slot, nor create a Redis key named after a 1 MB ``org_id``, for a job
-    that will be rejected.
+    An invalid payload raises ``InvalidPayload`` (a permanent error) from here: the
+    attempt fails before the rate limiter, the metrics or the actor see it, and the retry
+    middleware dead-letters it at once with the fields at fault (never their values). Put
+    it first in the stack (after Sentry's, which reports it): the rate limiter must not
+    spend an organization's slot, nor create a Redis key named after a 1 MB ``org_id``,
+    for a job that will be rejected.
 
     Parameters:
       limits: the size limit of every free-form field (default ``PayloadLimits()``).
@@ -35,11 +34,5 @@ class ValidatePayload(Middleware):
         self, broker: dramatiq.Broker, message: dramatiq.MessageProxy
     ) -> None:
         model = broker.get_actor(message.actor_name).options.get("payload")
-        if model is None:
-            return
-        try:
+        if model is not None:
             validate(model, message.kwargs, self.limits, args=message.args)
-        except InvalidPayload as exc:
-            message.options["dead_letter_reason"] = f"permanent error: {exc}"
-            message.fail()
-            raise SkipMessage(str(exc)) from None
