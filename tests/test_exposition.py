@@ -365,3 +365,26 @@ def test_backlog_reads_ready_delayed_and_dead_from_the_broker(redis_url):
     read = redis_backlog(client, "agent-jobs", ["default", "critical", "fast"])
     assert read() == {"default": (5, 0, 0), "critical": (0, 2, 0), "fast": (0, 0, 1)}
     assert broker is not None
+
+
+def test_every_rate_limit_window_and_decision_is_exported_at_zero_from_the_start(
+    redis_url, tmp_path
+):
+    port = free_port()
+    env = metrics_env(
+        redis_url,
+        port,
+        RATE_LIMITS="minute=100/60,hour=5000/3600",
+        RATE_LIMIT_OVERRIDES='{"org-vip": "burst=10/1"}',
+    )
+    replica = start_replica(env, tmp_path / "worker.log")
+    try:
+        wait_until(lambda: scraped(port).series("worker_rate_limit_decisions_total"), timeout=15)
+        series = scraped(port).series("worker_rate_limit_decisions_total")
+    finally:
+        replica.stop()
+    assert {tuple(sorted(dict(k).items())): v for k, v in series.items()} == {
+        (("decision", d), ("window", w)): 0.0
+        for w in ("minute", "hour", "burst")
+        for d in ("allowed", "throttled", "unavailable")
+    }
