@@ -173,7 +173,9 @@ def _check_url(value: str, schemes: set[str], what: str) -> str:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", populate_by_name=True)
+    model_config = SettingsConfigDict(
+        case_sensitive=False, extra="ignore", populate_by_name=True, allow_inf_nan=False
+    )
 
     # Broker and Redis
     redis_url: str = Field(validation_alias="REDIS_URL")
@@ -264,6 +266,18 @@ class Settings(BaseSettings):
     rate_limit_overrides: Annotated[dict[str, Limits], NoDecode] = Field(
         default_factory=dict, validation_alias="RATE_LIMIT_OVERRIDES"
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _utf8(cls, value: Any) -> Any:
+        # os.environ keeps bytes that are not UTF-8 as lone surrogates; they would fail
+        # later, far from the variable that holds them.
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("is not UTF-8 text") from None
+        return value
 
     @field_validator("redis_url")
     @classmethod
@@ -424,10 +438,6 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides).check()
     except ValidationError as exc:
         raise ConfigError(_describe(exc.errors(include_url=False)[0])) from None
-    except UnicodeError:  # e.g. a variable holding bytes that are not UTF-8
-        raise ConfigError(
-            "configuration error: the environment holds a value that is not UTF-8 text"
-        ) from None
 
 
 def exit_on_config_error(error: ConfigError) -> None:
