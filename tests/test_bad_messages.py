@@ -18,8 +18,8 @@ import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.servers import redis_server, running
-from tests.workers import in_process_worker, settings_for, wait_until
+from stack.fleet import in_process_worker, settings_for, wait_until
+from stack.servers import redis_server, running
 from worker.app import setup
 from worker.jobs import QUEUES
 from worker.ratelimit import RateLimiter

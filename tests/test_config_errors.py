@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.workers import ROOT, replica_env
+from stack.fleet import ROOT, replica_env
 
 SECRET = "PLANTEDsecret42"
 

@@ -17,11 +17,12 @@ import pytest
 import redis
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
-from tests.servers import free_port, require_binary
-from tests.workers import Replica, Scrape, replica_env, scrape, scraped, settings_for, wait_until
+from stack.fleet import Replica, Scrape, replica_env, scrape, scraped, settings_for, wait_until
+from stack.servers import free_port, require_binary
 from worker import __version__
 from worker.app import setup
-from worker.exposition import compact_dead_processes, redis_backlog, replica_registry
+from worker.brokers.redis import redis_backlog
+from worker.exposition import compact_dead_processes, replica_registry
 from worker.metrics import DURATION_BUCKETS
 
 JOB_METRICS = {

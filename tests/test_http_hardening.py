@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import HttpServer, free_port
-from tests.workers import Replica, replica_env, wait_until
+from stack.fleet import Replica, replica_env, wait_until
+from stack.servers import HttpServer, free_port, group_pids
 from worker.http_pool import PooledMixIn
 
 TALLY: Counter = Counter()
@@ -65,7 +65,7 @@ def receiver(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("receiver")
     port = free_port()
     server = HttpServer(
-        [sys.executable, "-m", "worker", "alert-receiver", "--port", str(port),
+        [sys.executable, "-m", "stack", "alert-receiver", "--port", str(port),
          "--store", str(tmp / "alerts.jsonl"), "--max-records", "20", "--read-timeout", "1"],
         port, tmp, name="receiver", env=dict(os.environ), ready_path="/healthz",
     )  # fmt: skip
@@ -151,7 +151,7 @@ def test_stalled_connections_cost_no_thread_each_and_time_out(receiver):
 
 @pytest.fixture(scope="module")
 def replica(tmp_path_factory):
-    from tests.servers import redis_server, running
+    from stack.servers import redis_server, running
 
     tmp = tmp_path_factory.mktemp("replica")
     with running(redis_server(tmp / "redis")) as redis:
@@ -172,19 +172,6 @@ def _answers(port: int) -> bool:
         return False
 
 
-def children_of(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry))
-    return found
-
-
 def test_the_metrics_endpoint_answers_only_get_and_head(replica):
     _, port = replica
     for method in ("POST", "PUT", "DELETE", "PATCH", "OPTIONS"):
@@ -198,7 +185,7 @@ def test_the_metrics_endpoint_answers_only_get_and_head(replica):
 
 def test_stalled_scrapers_cost_the_replica_no_thread_each(replica):
     proc, port = replica
-    pids = [proc.proc.pid, *children_of(proc.proc.pid)]
+    pids = group_pids(proc.proc.pid)  # the replica runs in a session (group) of its own
     before = threads_of(*pids)
     stalled = stall(port, 120)
     time.sleep(0.5)

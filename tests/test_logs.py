@@ -8,7 +8,7 @@ import re
 
 import redis
 
-from tests.workers import Replica, dead_letters, replica_env, wait_until
+from stack.fleet import Replica, dead_letters, replica_env, wait_until
 from worker.app import setup
 from worker.config import Settings
 from worker.logs import MAX_LINE_CHARS, SafeRecords

@@ -189,7 +189,7 @@ def test_bad_limits_are_refused(client, limits):
 def test_two_deployments_sharing_a_redis_keep_their_own_counters(client, redis_url):
     """Keys live under JOB_QUEUE_NAME, so one deployment's organization at its limit does
     not throttle the same organization id of another; the {org} hash tag stays."""
-    from tests.workers import settings_for
+    from stack.fleet import settings_for
 
     limiters = [
         RateLimiter.from_settings(

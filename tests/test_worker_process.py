@@ -9,7 +9,7 @@ import time
 
 import redis
 
-from tests.workers import ROOT, Replica, completed_ids, dead_letters, replica_env, wait_until
+from stack.fleet import ROOT, Replica, completed_ids, dead_letters, replica_env, wait_until
 from worker.app import setup
 from worker.config import Settings
 
@@ -223,8 +223,8 @@ def test_agent_runs_are_rate_limited_per_organization_without_spending_attempts(
 def test_a_replica_at_the_concurrency_bound_stops_within_the_grace_period(redis_url, tmp_path):
     """JOB_CONCURRENCY at its maximum (512 slots: 2 processes x 256 threads) still stops on
     SIGTERM within SHUTDOWN_GRACE_SECONDS, with its running jobs finished."""
-    from tests.servers import free_port
-    from tests.workers import scraped
+    from stack.fleet import scraped
+    from stack.servers import free_port
     from worker.config import MAX_JOB_CONCURRENCY, MAX_THREADS_PER_PROCESS
 
     client = redis.Redis.from_url(redis_url)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker.app import services
 from worker.jobs import job
 from worker.payloads import AgentRun, CrmSync, MessageSend, StatusUpdate, validate
+from worker.services import services
 
 # The models stay importable from here, where producers look for them.
 __all__ = ["ACTORS", "AgentRun", "CrmSync", "MessageSend", "StatusUpdate"]

@@ -31,6 +31,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.mmap_dict import MmapedDict
 
 from worker import __version__, metrics
+from worker.brokers.redis import Counts, redis_backlog
 from worker.config import Settings, load_settings
 from worker.http_pool import READ_TIMEOUT, PooledMixIn
 from worker.jobs import QUEUES
@@ -116,28 +117,6 @@ def replica_registry(path: str) -> CollectorRegistry:
 
 
 # --- the broker's backlog -------------------------------------------------------------------
-
-#: queue -> (ready, delayed, dead)
-Counts = dict[str, tuple[int, int, int]]
-
-
-def redis_backlog(client, namespace: str, queues: Iterable[str]) -> Callable[[], Counts]:
-    """Counts of Dramatiq's Redis broker: ready = ids waiting in the queue's list (not yet
-    fetched by a worker); delayed = bodies in ``<queue>.DQ.msgs`` (waiting for their
-    time, whether still listed or already held by a worker's delay consumer); dead =
-    the dead-letter sorted set ``<queue>.XQ``."""
-    queues = tuple(queues)
-
-    def read() -> Counts:
-        with client.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                pipe.llen(f"{namespace}:{queue}")
-                pipe.hlen(f"{namespace}:{queue}.DQ.msgs")
-                pipe.zcard(f"{namespace}:{queue}.XQ")
-            values = pipe.execute()
-        return {q: tuple(values[3 * i : 3 * i + 3]) for i, q in enumerate(queues)}
-
-    return read
 
 
 def rabbitmq_backlog(url: str, queues: Iterable[str]) -> Callable[[], Counts]:

@@ -7,13 +7,13 @@ import threading
 import time
 
 from dramatiq.common import q_name
-from dramatiq.middleware import Middleware
 
 from worker import metrics
 from worker.metrics import UNKNOWN
+from worker.middleware.base import WorkerMiddleware
 
 
-class JobMetrics(Middleware):
+class JobMetrics(WorkerMiddleware):
     """Counts every job attempt of this process into the ``worker_jobs*`` metrics.
 
     - started, processing: in ``before_process_message``, so the place in the middleware

@@ -1,49 +1,196 @@
-"""Builds the broker and its middleware stack from the settings."""
+"""Dramatiq's Redis broker as the worker runs it, and every private name of Dramatiq's it uses.
+
+Dramatiq keeps its Redis consumer, its ``dispatch`` Lua script, its key layout and its
+log lines to itself; the worker relies on each of them, here and only here:
+
+- ``WorkerRedisBroker`` and its consumer (a subclass of Dramatiq's private
+  ``_RedisConsumer``): a message that cannot be decoded is dead-lettered instead of
+  stalling its queue; a lost connection is reported to the worker's hooks
+  (``worker.middleware.base``); delayed messages a lost connection orphans are requeued;
+  writes can ride in an ack's round trip.
+- ``dispatch_args`` / ``dispatch``: the ``dispatch`` script's arguments, built as
+  Dramatiq's ``do_<command>`` builds them (``broker_id``, ``_should_do_maintenance``,
+  ``_max_unpack_size``).
+- The key names (``<ns>:<queue>``, ``.msgs``, ``.DQ``, ``.XQ``, ``__acks__``).
+- Recognizers for Dramatiq's log lines that the worker quiets.
+
+``tests/test_dramatiq_pins.py`` checks each of these against the installed Dramatiq and
+names the one that changed.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Callable, Iterable
 
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
+from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import ConnectionClosed, DecodeError
-from dramatiq.middleware import (
-    AgeLimit,
-    Callbacks,
-    CurrentMessage,
-    Pipelines,
-    ShutdownNotifications,
-    TimeLimit,
-)
 
-from worker.config import Settings
-from worker.envelope import CheckedJSONEncoder, InvalidMessage
-from worker.middleware.heartbeat import BrokerHeartbeat
-from worker.middleware.job_log import JobLog
-from worker.middleware.metrics import JobMetrics
-from worker.middleware.payload import ValidatePayload
-from worker.middleware.ratelimit import RateLimit
-from worker.middleware.redis_health import RedisHealth
-from worker.middleware.retries import ClassRetries
-from worker.payloads import PayloadLimits
-from worker.ratelimit import RateLimiter
-from worker.redis_dispatch import dispatch_args
+from worker.envelope import InvalidMessage
+from worker.middleware.base import emit
 
 log = logging.getLogger(__name__)
 
+# --- Dramatiq's Redis key layout --------------------------------------------------------
 
-def notify(broker: dramatiq.Broker, hook: str, *args) -> None:
-    """Call ``hook(broker, *args)`` on every middleware that has it: the worker's own
-    signals, which Dramatiq's ``emit_*`` would report as a failure on the others."""
-    for middleware in broker.middleware:
-        method = getattr(middleware, hook, None)
-        if method is not None:
-            try:
-                method(broker, *args)
-            except Exception:
-                log.exception("%s of %r failed", hook, middleware)
+
+def queue_key(namespace: str, queue: str) -> str:
+    """The list of message ids ready on ``queue`` (a delay queue's: due or not)."""
+    return f"{namespace}:{queue}"
+
+
+def messages_key(namespace: str, queue: str) -> str:
+    """The hash of message bodies of ``queue`` by message id."""
+    return f"{namespace}:{queue}.msgs"
+
+
+def delayed_messages_key(namespace: str, queue: str) -> str:
+    """The bodies of ``queue``'s delayed messages, waiting or held by a delay consumer."""
+    return messages_key(namespace, dq_name(q_name(queue)))
+
+
+def dead_letter_keys(namespace: str, queue: str) -> tuple[str, str]:
+    """The dead-letter sorted set of ``queue`` (or of its delay queue) and its bodies."""
+    dead = f"{namespace}:{xq_name(q_name(queue))}"
+    return dead, f"{dead}.msgs"
+
+
+def claimed_key(namespace: str, broker_id: str, queue: str) -> str:
+    """The set of ``queue``'s message ids that the broker ``broker_id`` has fetched and not
+    yet acked (its "acks" set, requeued by maintenance once its heartbeat expires)."""
+    return f"{namespace}:__acks__.{broker_id}.{queue}"
+
+
+def claimed_keys_pattern(namespace: str) -> str:
+    """A ``SCAN``/``KEYS`` pattern for every broker's claimed set of every queue."""
+    return f"{namespace}:__acks__.*"
+
+
+def is_delay_queue(queue: str) -> bool:
+    return queue == dq_name(q_name(queue))
+
+
+#: queue -> (ready, delayed, dead)
+Counts = dict[str, tuple[int, int, int]]
+
+
+def redis_backlog(client, namespace: str, queues: Iterable[str]) -> Callable[[], Counts]:
+    """Counts of Dramatiq's Redis broker: ready = ids waiting in the queue's list (not yet
+    fetched by a worker); delayed = bodies in ``<queue>.DQ.msgs`` (waiting for their
+    time, whether still listed or already held by a worker's delay consumer); dead =
+    the dead-letter sorted set ``<queue>.XQ``."""
+    queues = tuple(queues)
+
+    def read() -> Counts:
+        with client.pipeline(transaction=False) as pipe:
+            for queue in queues:
+                pipe.llen(queue_key(namespace, queue))
+                pipe.hlen(delayed_messages_key(namespace, queue))
+                pipe.zcard(dead_letter_keys(namespace, queue)[0])
+            values = pipe.execute()
+        return {q: tuple(values[3 * i : 3 * i + 3]) for i, q in enumerate(queues)}
+
+    return read
+
+
+# --- Dramatiq's dispatch script -------------------------------------------------------------
+
+
+def dispatch_args(
+    broker: RedisBroker, command: str, queue: str, *args, maintenance: bool | None = None
+) -> list:
+    """ARGV of Dramatiq's ``dispatch`` script (KEYS is ``[broker.namespace]``), built as
+    ``RedisBroker.do_<command>`` builds it; ``maintenance`` None leaves the broker's random
+    choice, True forces the requeue of dead workers' jobs."""
+    if maintenance is None:
+        maintenance = broker._should_do_maintenance(command)
+    return [
+        command,
+        current_millis(),
+        queue,
+        broker.broker_id,
+        broker.heartbeat_timeout,
+        broker.dead_message_ttl,
+        int(maintenance),
+        broker._max_unpack_size(),
+        *args,
+    ]
+
+
+def dispatch(broker: RedisBroker, command: str, queue: str, *args, maintenance=None):
+    """Run ``command`` of the dispatch script on the broker's connection (what Dramatiq's
+    ``do_<command>`` does, with ``maintenance`` under the caller's control)."""
+    return broker.scripts["dispatch"](
+        keys=[broker.namespace],
+        args=dispatch_args(broker, command, queue, *args, maintenance=maintenance),
+    )
+
+
+def heartbeat(broker: RedisBroker) -> None:
+    """Record the broker's heartbeat and run queue maintenance on every declared queue
+    (``qsize`` only reads; the script beats, and with maintenance requeues the jobs of
+    brokers whose heartbeat expired)."""
+    queues = {q for name in broker.get_declared_queues() for q in (name, dq_name(name))}
+    for queue in sorted(queues):
+        dispatch(broker, "qsize", queue, maintenance=True)
+
+
+# --- Dramatiq's log lines ---------------------------------------------------------------------
+
+#: The logger of Dramatiq's worker threads (and, with a suffix, of its consumer threads).
+WORKER_THREAD_LOGGER = "dramatiq.worker.WorkerThread"
+
+#: Dramatiq's consumer threads log these on every restart after a connection error.
+_CONSUMER_RESTART_LINES = (
+    "Consumer encountered a connection error",
+    "Restarting consumer in",
+    "Failed to post_process_message",
+)
+
+
+def is_consumer_restart_line(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is one of a consumer thread's lines about a lost connection."""
+    return str(record.msg).startswith(_CONSUMER_RESTART_LINES)
+
+
+def is_results_advice(record: logging.LogRecord) -> bool:
+    """Whether ``record`` is Dramatiq's advice to add its Results middleware (logged when
+    an actor returns a value and no result backend is configured)."""
+    return "Results middleware" in str(record.msg)
+
+
+def skipped_message(record: logging.LogRecord) -> dramatiq.MessageProxy | None:
+    """The message of Dramatiq's "Message ... was skipped." warning, else None."""
+    if "was skipped" not in str(record.msg):
+        return None
+    args = record.args if isinstance(record.args, tuple) else ()
+    return args[0] if args else None
+
+
+# --- the worker's notes on a message in flight -----------------------------------------------
+# A MessageProxy carries them for the time of one attempt (Dramatiq's proxy takes any
+# attribute); they never reach Redis.
+
+
+def mark_deferred(message: dramatiq.MessageProxy, seconds: float) -> None:
+    """Note that this attempt did not run: ``message`` waits ``seconds`` in a copy."""
+    message.worker_deferred = seconds
+
+
+def deferred_by(message: object) -> float:
+    """Seconds ``message`` was deferred by (``mark_deferred``); 0 when it was not."""
+    return getattr(message, "worker_deferred", 0)
+
+
+def _writes_with_ack(message: object) -> list:
+    return getattr(message, "worker_writes_with_ack", None) or []
+
+
+# --- the broker ----------------------------------------------------------------------------
 
 
 class _SafeConsumer(_RedisConsumer):
@@ -67,7 +214,7 @@ class _SafeConsumer(_RedisConsumer):
         try:
             yield
         except ConnectionClosed as exc:
-            notify(self.broker, "after_connection_error", self.queue_name, exc)
+            emit(self.broker, "after_connection_error", self.queue_name, exc)
             raise
 
     def __next__(self):
@@ -102,7 +249,7 @@ class _SafeConsumer(_RedisConsumer):
         return None
 
     def ack(self, message):
-        writes = getattr(message, "writes_with_ack", None)
+        writes = _writes_with_ack(message)
         with self._reporting_lost_connection():
             if not writes:
                 return super().ack(message)
@@ -124,21 +271,21 @@ class _SafeConsumer(_RedisConsumer):
         try:
             return super().requeue(messages)
         except redis.ConnectionError as exc:
-            notify(self.broker, "after_connection_error", self.queue_name, exc)
+            emit(self.broker, "after_connection_error", self.queue_name, exc)
             raise ConnectionClosed(exc) from None
 
     def _dead_letter_raw(self, data: bytes, reason: str) -> None:
         broker = self.broker
-        acks = f"{broker.namespace}:__acks__.{broker.broker_id}.{self.queue_name}"
+        acks = claimed_key(broker.namespace, broker.broker_id, self.queue_name)
         claimed = list(broker.client.smembers(acks))
-        bodies = broker.client.hmget(f"{broker.namespace}:{self.queue_name}.msgs", claimed)
+        bodies = broker.client.hmget(messages_key(broker.namespace, self.queue_name), claimed)
         for message_id, body in zip(claimed, bodies, strict=True):
             if body == data:
                 broker.do_nack(self.queue_name, message_id.decode())
                 log.error(
                     "dead-lettered %s on queue %s: %s", message_id.decode(), self.queue_name, reason
                 )
-                notify(
+                emit(
                     broker,
                     "after_undecodable_message",
                     self.queue_name,
@@ -169,7 +316,7 @@ class WorkerRedisBroker(RedisBroker):
         caller writes on its own."""
         if client is not self.client:
             return False
-        message.writes_with_ack = [*getattr(message, "writes_with_ack", ()), write]
+        message.worker_writes_with_ack = [*_writes_with_ack(message), write]
         return True
 
     def ack_with(self, queue_name: str, message, writes) -> None:
@@ -199,13 +346,13 @@ class WorkerRedisBroker(RedisBroker):
             raise acked
 
     def consume(self, queue_name, prefetch=1, timeout=5000):
-        notify(self, "before_consume", queue_name)
-        if queue_name.endswith(".DQ"):
+        emit(self, "before_consume", queue_name)
+        if is_delay_queue(queue_name):
             self._requeue_claimed(queue_name)
         return _SafeConsumer(self, queue_name, prefetch, timeout)
 
     def _requeue_claimed(self, queue_name: str) -> None:
-        acks = f"{self.namespace}:__acks__.{self.broker_id}.{queue_name}"
+        acks = claimed_key(self.namespace, self.broker_id, queue_name)
         try:
             claimed = [m.decode() for m in self.client.smembers(acks)]
             if claimed:
@@ -217,7 +364,7 @@ class WorkerRedisBroker(RedisBroker):
                     queue_name,
                 )
         except redis.ConnectionError as exc:  # the consumer thread restarts and retries
-            notify(self, "after_connection_error", queue_name, exc)
+            emit(self, "after_connection_error", queue_name, exc)
             raise ConnectionClosed(exc) from None
 
 
@@ -229,81 +376,4 @@ def redis_client(url: str) -> redis.Redis:
         socket_keepalive=True,
         socket_connect_timeout=5,
         socket_timeout=30,
-    )
-
-
-def middleware_stack(settings: Settings, client: redis.Redis) -> list:
-    """Dramatiq's useful defaults, minus its ``Retries`` (20 retries, 15 s minimum).
-
-    ``ValidatePayload`` comes first: nothing else may touch a message its actor rejects.
-
-    ``JobMetrics`` comes after what skips a message before it runs (``AgeLimit``,
-    ``RateLimit``: a deferred job is not an attempt) and before ``TimeLimit``.
-    ``JobLog`` and ``ClassRetries`` come before ``JobMetrics``: Dramatiq runs the
-    ``after_*`` hooks in reverse order, and while Redis is unreachable these two may hold the
-    worker thread until the record is written or the retry scheduled; by then the
-    attempt is already counted, timed and out of ``worker_jobs_processing``, and
-    ``TimeLimit`` has disarmed, so it cannot interrupt the wait.
-    """
-    return [
-        ValidatePayload(limits=PayloadLimits.from_settings(settings)),
-        AgeLimit(),
-        RateLimit(RateLimiter.from_settings(client, settings)),
-        JobLog(
-            client,
-            namespace=settings.job_queue_name,
-            completed_ttl=settings.completed_jobs_ttl_seconds,
-            completed_max=settings.completed_jobs_max,
-            dead_ttl=settings.dead_letters_ttl_seconds,
-            dead_max=settings.dead_letters_max,
-        ),
-        ClassRetries(
-            max_delay=settings.retry_max_delay_seconds,
-            jitter=settings.retry_jitter,
-            time_scale=settings.retry_time_scale,
-        ),
-        JobMetrics(),
-        TimeLimit(),
-        ShutdownNotifications(),
-        Callbacks(),
-        Pipelines(),
-        CurrentMessage(),
-        BrokerHeartbeat(interval=settings.job_lock_timeout_seconds / 2),
-        RedisHealth(
-            url=broker_redis_url(settings) or settings.redis_url,
-            max_backoff=settings.redis_health_interval_seconds,
-        ),
-    ]
-
-
-def broker_redis_url(settings: Settings) -> str | None:
-    """The broker's Redis URL, or None when the broker is RabbitMQ."""
-    url = settings.broker_url or settings.redis_url
-    return None if url.startswith("amqp") else url
-
-
-def build_broker(settings: Settings) -> dramatiq.Broker:
-    """The Redis broker from ``REDIS_URL``, or RabbitMQ when ``BROKER_URL`` is amqp://."""
-    client = redis_client(settings.redis_url)
-    middleware = middleware_stack(settings, client)
-    url = settings.broker_url or settings.redis_url
-    # Every body is checked as it is decoded (worker.envelope); the Redis broker cannot
-    # ack a message without the id it was stored under.
-    dramatiq.set_encoder(
-        CheckedJSONEncoder(
-            max_bytes=settings.message_max_bytes,
-            required_options=() if url.startswith("amqp") else ("redis_message_id",),
-        )
-    )
-    if url.startswith("amqp"):
-        from dramatiq.brokers.rabbitmq import RabbitmqBroker
-
-        return RabbitmqBroker(url=url, middleware=middleware, confirm_delivery=True)
-    broker_client = client if url == settings.redis_url else redis_client(url)
-    return WorkerRedisBroker(
-        client=broker_client,
-        namespace=settings.job_queue_name,
-        middleware=middleware,
-        heartbeat_timeout=int(settings.job_lock_timeout_seconds * 1000),
-        dead_message_ttl=int(settings.dead_letters_ttl_seconds * 1000),
     )

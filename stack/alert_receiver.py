@@ -18,7 +18,7 @@ than Python can parse is a 400; connections are served by a fixed pool of thread
 closed after 10 s of silence (``worker.http_pool``). Alert text is logged with control
 characters escaped, so a newline in a summary cannot forge a log line.
 
-    worker alert-receiver --host 0.0.0.0 --port 9095 --store /data/alerts.jsonl
+    stack alert-receiver --host 0.0.0.0 --port 9095 --store /data/alerts.jsonl
 """
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ class ReceiverServer(PooledMixIn, HTTPServer):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="worker alert-receiver", description=__doc__.strip().splitlines()[0]
+        prog="stack alert-receiver", description=__doc__.strip().splitlines()[0]
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     parser.add_argument("--port", type=int, default=9095, help="default %(default)s")
