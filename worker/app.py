@@ -176,14 +176,8 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     client = redis_client(settings.redis_url)
     middleware = middleware_stack(settings, client)
     url = settings.broker_url or settings.redis_url
-    # Every body is checked as it is decoded (worker.envelope); the Redis broker cannot
-    # ack a message without the id it was stored under.
-    dramatiq.set_encoder(
-        CheckedJSONEncoder(
-            max_bytes=settings.message_max_bytes,
-            required_options=() if url.startswith("amqp") else ("redis_message_id",),
-        )
-    )
+    # Every body is checked as it is decoded (worker.envelope).
+    dramatiq.set_encoder(CheckedJSONEncoder(max_bytes=settings.message_max_bytes))
     if url.startswith("amqp"):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 

@@ -8,6 +8,8 @@ come from any producer (a Node service writes them straight into Redis), so the 
 checks them once, at decoding, with ``CheckedJSONEncoder`` (installed by
 ``dramatiq.set_encoder``). A body that fails the check is an ``InvalidMessage``: the
 consumer dead-letters it at once with the reason, before any middleware or actor sees it.
+(``options.redis_message_id`` is not checked: the Redis consumer replaces it with the id
+the body was stored under, see ``worker.brokers.redis``.)
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class InvalidMessage(ValueError):
     """A message body the worker cannot run; its text is the reason, free of payload."""
 
 
-def check_envelope(fields: Any, *, required_options: tuple[str, ...] = ()) -> None:
+def check_envelope(fields: Any) -> None:
     """Raise ``InvalidMessage`` when ``fields`` is not a message the worker can run."""
     if not isinstance(fields, dict):
         raise InvalidMessage(f"the body is a JSON {type(fields).__name__}, not an object")
@@ -69,14 +71,10 @@ def check_envelope(fields: Any, *, required_options: tuple[str, ...] = ()) -> No
     for name in ("queue_name", "actor_name", "message_id"):
         if not 0 < len(fields[name]) <= MAX_NAME_CHARS:
             raise InvalidMessage(f"{name} must be 1 to {MAX_NAME_CHARS} characters")
-    _check_options(fields["options"], required_options)
+    _check_options(fields["options"])
 
 
-def _check_options(options: dict[str, Any], required: tuple[str, ...]) -> None:
-    for name in required:
-        value = options.get(name)
-        if not isinstance(value, str) or not 0 < len(value) <= MAX_NAME_CHARS:
-            raise InvalidMessage(f"options.{name} is missing or not a string")
+def _check_options(options: dict[str, Any]) -> None:
     for name, lowest in _NUMBER_OPTIONS.items():
         if name not in options or (options[name] is None and name not in _INTEGER_OPTIONS):
             continue
@@ -107,13 +105,10 @@ class CheckedJSONEncoder(JSONEncoder):
 
     Parameters:
       max_bytes: the largest body accepted (``MESSAGE_MAX_BYTES``, default 2 MiB).
-      required_options: options every message must carry (the Redis broker's
-        ``redis_message_id``, without which it cannot ack the message).
     """
 
-    def __init__(self, *, max_bytes: int = 2 * 1024 * 1024, required_options=()) -> None:
+    def __init__(self, *, max_bytes: int = 2 * 1024 * 1024) -> None:
         self.max_bytes = max_bytes
-        self.required_options = tuple(required_options)
 
     def decode(self, data: bytes) -> dict[str, Any]:
         if len(data) > self.max_bytes:
@@ -121,5 +116,5 @@ class CheckedJSONEncoder(JSONEncoder):
                 f"the body is {len(data)} bytes, over MESSAGE_MAX_BYTES ({self.max_bytes})"
             )
         fields = super().decode(data)
-        check_envelope(fields, required_options=self.required_options)
+        check_envelope(fields)
         return fields
