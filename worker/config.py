@@ -182,7 +182,12 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(None, validation_alias="BROKER_URL")
     job_queue_name: str = Field("agent-jobs", validation_alias="JOB_QUEUE_NAME")
     job_concurrency: int = Field(
-        25, gt=0, le=MAX_JOB_CONCURRENCY, validation_alias="JOB_CONCURRENCY"
+        25,
+        gt=0,
+        le=MAX_JOB_CONCURRENCY,
+        validation_alias="JOB_CONCURRENCY",
+        description="Job slots of one replica (processes x threads); a multiple of "
+        "`WORKER_PROCESSES`, at most 512, and at most 256 threads per process.",
     )
     worker_processes: int = Field(1, gt=0, le=64, validation_alias="WORKER_PROCESSES")
     shutdown_grace_seconds: float = Field(60.0, ge=0, validation_alias="SHUTDOWN_GRACE_SECONDS")
@@ -201,15 +206,44 @@ class Settings(BaseSettings):
 
     # Size limits of a message and of each free-form payload field (worker.payloads)
     message_max_bytes: int = Field(
-        2 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, validation_alias="MESSAGE_MAX_BYTES"
+        2 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        validation_alias="MESSAGE_MAX_BYTES",
+        description="Largest message body (JSON bytes) a worker decodes; a larger one is "
+        "dead-lettered unread.",
     )
-    payload_max_id_chars: int = Field(128, ge=1, validation_alias="PAYLOAD_MAX_ID_CHARS")
+    payload_max_id_chars: int = Field(
+        128,
+        ge=1,
+        validation_alias="PAYLOAD_MAX_ID_CHARS",
+        description="Longest `job_id` and `org_id` (characters).",
+    )
     payload_max_prompt_chars: int = Field(
-        100_000, ge=1, validation_alias="PAYLOAD_MAX_PROMPT_CHARS"
+        100_000,
+        ge=1,
+        validation_alias="PAYLOAD_MAX_PROMPT_CHARS",
+        description="Longest `agent.run` prompt (characters).",
     )
-    payload_max_record_bytes: int = Field(65_536, ge=2, validation_alias="PAYLOAD_MAX_RECORD_BYTES")
-    payload_max_text_chars: int = Field(10_000, ge=1, validation_alias="PAYLOAD_MAX_TEXT_CHARS")
-    payload_max_name_chars: int = Field(256, ge=1, validation_alias="PAYLOAD_MAX_NAME_CHARS")
+    payload_max_record_bytes: int = Field(
+        65_536,
+        ge=2,
+        validation_alias="PAYLOAD_MAX_RECORD_BYTES",
+        description="Largest `crm.sync` record (bytes of compact JSON).",
+    )
+    payload_max_text_chars: int = Field(
+        10_000,
+        ge=1,
+        validation_alias="PAYLOAD_MAX_TEXT_CHARS",
+        description="Longest `message.send` text and `job.status_update` detail (characters).",
+    )
+    payload_max_name_chars: int = Field(
+        256,
+        ge=1,
+        validation_alias="PAYLOAD_MAX_NAME_CHARS",
+        description="Longest `agent.run` model and `message.send` channel and recipient "
+        "(characters).",
+    )
 
     # Integrations (all optional)
     supabase_url: str | None = Field(None, validation_alias="SUPABASE_URL")
