@@ -162,6 +162,10 @@ CORPUS = {
         lambda c: push(c, envelope(queue="nowhere"), "fast"),
         "invalid message: names queue 'nowhere'",
     ),
+    "older than its max_age": (
+        lambda c: push(c, envelope(options={"max_age": 1})),
+        "expired: older than its max_age",
+    ),
     "eta a year ahead": (
         lambda c: push(c, envelope(options={"eta": 2**53})),
         "options.eta is more than 8 days ahead",

@@ -13,7 +13,6 @@ import dramatiq
 import httpx
 import redis
 from dramatiq.middleware import (
-    AgeLimit,
     Callbacks,
     CurrentMessage,
     Pipelines,
@@ -39,6 +38,7 @@ from worker.brokers.redis import (
 from worker.config import Settings, load_settings
 from worker.envelope import CheckedJSONEncoder
 from worker.logs import install as install_safe_logs
+from worker.middleware.age_limit import AgeLimitWithReason
 from worker.middleware.heartbeat import BrokerHeartbeat
 from worker.middleware.job_log import JobLog
 from worker.middleware.metrics import JobMetrics
@@ -136,7 +136,7 @@ def middleware_stack(settings: Settings, client: redis.Redis) -> list:
     """
     return [
         ValidatePayload(limits=PayloadLimits.from_settings(settings)),
-        AgeLimit(),
+        AgeLimitWithReason(),
         RateLimit(RateLimiter.from_settings(client, settings)),
         JobLog(
             client,
