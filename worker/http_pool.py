@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 from worker.logs import brief
@@ -29,6 +30,13 @@ class PooledMixIn:
 
     max_threads = 8
     max_pending = 64
+    #: The listen backlog: socketserver's 5 makes a burst of clients wait for SYN
+    #: retransmits (a second each) before the pool even sees them.
+    request_queue_size = 128
+    #: At most one "closing a new connection" warning per this many seconds.
+    refusal_log_interval = 10.0
+    _last_refusal_log = float("-inf")
+    _refused = 0
 
     def _pool(self) -> ThreadPoolExecutor:
         pool = getattr(self, "_executor", None)
@@ -42,8 +50,12 @@ class PooledMixIn:
     def process_request(self, request, client_address) -> None:
         pool = self._pool()
         if not self._waiting.acquire(blocking=False):
-            log.warning("%d connections already open or waiting; closing a new one",
-                        self.max_threads + self.max_pending)  # fmt: skip
+            self._refused += 1
+            now = time.monotonic()
+            if now - self._last_refusal_log >= self.refusal_log_interval:
+                log.warning("%d connections open or waiting: closed %d new one(s)",
+                            self.max_threads + self.max_pending, self._refused)  # fmt: skip
+                self._last_refusal_log, self._refused = now, 0
             self.shutdown_request(request)  # type: ignore[attr-defined]
             return
         pool.submit(self._handle, request, client_address)
