@@ -35,6 +35,11 @@ CASES: list[tuple[str, dict[str, str | bytes], str]] = [
     ("JOB_LOCK_TIMEOUT_SECONDS", {"JOB_LOCK_TIMEOUT_SECONDS": "1"}, "greater than 1"),
     ("RETRY_JITTER", {"RETRY_JITTER": "0.9"}, "less than or equal to 0.5"),
     ("DEAD_LETTERS_TTL_SECONDS", {"DEAD_LETTERS_TTL_SECONDS": "99999999"}, "less than"),
+    ("WORKER_PROCESSES", {"WORKER_PROCESSES": "65"}, "less than or equal to 64"),
+    ("JOB_QUEUE_NAME", {"JOB_QUEUE_NAME": "jobs{org}"}, "must be letters"),
+    ("RETRY_MAX_DELAY_SECONDS", {"RETRY_MAX_DELAY_SECONDS": "1"}, "greater than or equal"),
+    ("RETRY_TIME_SCALE", {"RETRY_TIME_SCALE": "0"}, "greater than 0"),
+    ("COMPLETED_JOBS_MAX", {"COMPLETED_JOBS_MAX": "-1"}, "greater than or equal to 0"),
     # rate limits
     ("RATE_LIMITS", {"RATE_LIMITS": "minute=100"}, "is not name=count/seconds"),
     ("RATE_LIMITS", {"RATE_LIMITS": "minute=0/60"}, "must be positive"),
@@ -52,6 +57,9 @@ CASES: list[tuple[str, dict[str, str | bytes], str]] = [
     ("METRICS_DIR", {"METRICS_DIR": "/proc/forbidden"}, "cannot use"),
     ("SENTRY_DSN", {"SENTRY_DSN": f"https://{SECRET}@sentry.example"}, "must look like"),
     ("SENTRY_TRACES_SAMPLE_RATE", {"SENTRY_TRACES_SAMPLE_RATE": "2"}, "less than or equal"),
+    ("SENTRY_PROFILES_SAMPLE_RATE", {"SENTRY_PROFILES_SAMPLE_RATE": "nan"}, "finite number"),
+    ("REDIS_HEALTH_INTERVAL_SECONDS", {"REDIS_HEALTH_INTERVAL_SECONDS": "0"}, "greater than 0"),
+    ("METRICS_QUEUE_SAMPLE_SECONDS", {"METRICS_QUEUE_SAMPLE_SECONDS": "-1"}, "greater than"),
     # integrations
     ("SUPABASE_URL", {"SUPABASE_URL": f"https://svc:{SECRET}@db:abc"}, "port must be a number"),
     ("SUPABASE_SERVICE_ROLE_KEY", {"SUPABASE_URL": "https://db.example"}, "required when"),
@@ -59,6 +67,7 @@ CASES: list[tuple[str, dict[str, str | bytes], str]] = [
     ("MESSAGE_ENDPOINT_URL", {"MESSAGE_ENDPOINT_URL": f"https://u:{SECRET}@h:-5"}, "port"),
     ("OPENROUTER_BASE_URL", {"OPENROUTER_BASE_URL": "file:///etc/passwd"}, "http://"),
     ("OPENROUTER_TIMEOUT_SECONDS", {"OPENROUTER_TIMEOUT_SECONDS": "0"}, "greater than 0"),
+    ("SUPABASE_TIMEOUT_SECONDS", {"SUPABASE_TIMEOUT_SECONDS": "soon"}, "valid number"),
     # the encryption key: 32 random bytes, and nothing guessable
     ("ENCRYPTION_KEY", {"ENCRYPTION_KEY": f"{SECRET}-short"}, "must be 32 random bytes"),
     ("ENCRYPTION_KEY", {"ENCRYPTION_KEY": "00" * 32}, "repeats a few byte values"),
@@ -69,6 +78,8 @@ CASES: list[tuple[str, dict[str, str | bytes], str]] = [
     # simulation and size limits
     ("SIM_LATENCY_SECONDS", {"SIM_LATENCY_SECONDS": "20-15"}, "low <= high"),
     ("SIM_FAILURE_RATIO", {"SIM_FAILURE_RATIO": "1.5"}, "less than or equal to 1"),
+    ("SIM_429_RATIO", {"SIM_429_RATIO": "-0.1"}, "greater than or equal to 0"),
+    ("PAYLOAD_MAX_RECORD_BYTES", {"PAYLOAD_MAX_RECORD_BYTES": "1"}, "greater than or equal"),
     ("PAYLOAD_MAX_PROMPT_CHARS", {"PAYLOAD_MAX_PROMPT_CHARS": "0"}, "greater than or equal"),
     ("MESSAGE_MAX_BYTES", {"MESSAGE_MAX_BYTES": "10"}, "greater than or equal to 1024"),
     ("REDIS_URL", {"REDIS_URL": b"redis://\xff\xfe@h/0"}, "not UTF-8"),
