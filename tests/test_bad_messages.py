@@ -10,6 +10,7 @@ middleware stack of a replica) serve the whole module.
 from __future__ import annotations
 
 import json
+import logging
 import uuid
 from collections import Counter
 
@@ -301,6 +302,15 @@ def test_every_generated_message_ends_in_exactly_one_place(worker, batch):
         assert place in ("completed", "dead"), (place, body)
         if place == "dead":
             assert reason and reason != "rejected by the broker", reason
+
+
+def test_the_fetch_reloads_the_dispatch_script_after_a_flush(worker, caplog):
+    """A restarted Redis has lost its scripts: the id-aware fetch loads it and goes on,
+    without an error (no consumer restart)."""
+    client, _, _ = worker
+    client.script_flush()
+    assert settle(client, [push(client, envelope())]) == [("completed", None)]
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 def test_the_worker_is_healthy_after_every_bad_message_and_says_how_many(worker):

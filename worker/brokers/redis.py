@@ -321,14 +321,22 @@ class WorkerRedisBroker(RedisBroker):
         """Dramatiq's fetch, and in the same transaction (one round trip) the ids it pops:
         the first ``prefetch`` of the queue's list, as the script takes them."""
         prefetch = min(int(prefetch), self._max_unpack_size())
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.lrange(queue_key(self.namespace, queue_name), 0, prefetch - 1)
-            self.scripts["dispatch"](
-                keys=[self.namespace],
-                args=dispatch_args(self, "fetch", queue_name, prefetch),
-                client=pipe,
-            )
-            ids, bodies = pipe.execute()
+        script = self.scripts["dispatch"]
+        for attempt in (1, 2):
+            # EVALSHA by hand: a registered Script in a pipeline costs a SCRIPT EXISTS
+            # round trip on every execute.
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.lrange(queue_key(self.namespace, queue_name), 0, prefetch - 1)
+                args = dispatch_args(self, "fetch", queue_name, prefetch)
+                pipe.evalsha(script.sha, 1, self.namespace, *args)
+                ids, bodies = pipe.execute(raise_on_error=False)
+            if isinstance(bodies, redis.exceptions.NoScriptError) and attempt == 1:
+                # A restarted Redis lost its scripts; nothing was popped: load and fetch.
+                self.client.script_load(script.script)
+                continue
+            if isinstance(bodies, Exception):
+                raise bodies
+            break
         fetched = _Fetched([], [])
         for message_id, body in zip((i.decode() for i in ids), bodies, strict=True):
             if body is None:  # an id pushed without its body: nothing to run, nothing to keep
