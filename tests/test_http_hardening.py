@@ -193,7 +193,7 @@ def test_stalled_scrapers_cost_the_replica_no_thread_each(replica):
     for s in stalled:
         s.close()
     wait_until(lambda: _answers(port), timeout=15)
-    assert "Traceback" not in proc.log
+    assert "Traceback" not in proc.output
 
 
 def test_zz_hostile_request_count(receiver):

@@ -37,8 +37,8 @@ def test_failed_attempts_are_logged_by_identity_never_by_payload(redis_url, tmp_
         actors.agent_run.send(job_id="j3", org_id="o1", prompt=prompt * 3)  # over the limit
         wait_until(lambda: len(dead_letters(client)) == 3, timeout=60)
     finally:
-        assert replica.stop() == 0, replica.log[-3000:]
-    log = replica.log
+        assert replica.stop() == 0, replica.output[-3000:]
+    log = replica.output
     assert MARKER not in log
     assert max(len(line) for line in log.splitlines()) <= MAX_LINE_CHARS + 200
     line = re.compile(

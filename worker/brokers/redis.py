@@ -219,12 +219,13 @@ class _SafeConsumer(_RedisConsumer):
     (``worker.envelope``), one that names another queue, one of an unknown actor, and an
     id stored with no body are dead-lettered at once with their reason, and every
     middleware with an ``after_undecodable_message(broker, queue, message_id, reason)``
-    hook hears of those that never became a message (to count and record them).
+    hook hears of those that never became a message (to count and record them; see
+    ``worker.middleware.base``).
 
     A connection lost while fetching, acking, nacking or requeueing (mid-job: the job
-    ran, its ack cannot reach Redis) goes to ``after_connection_error(broker, queue,
-    error)`` hooks before Dramatiq restarts the consumer or retries the ack
-    (``RedisHealth`` paces and counts the reconnects).
+    ran, its ack cannot reach Redis) goes to ``after_connection_error`` before Dramatiq
+    restarts the consumer or retries the ack (``RedisHealth`` paces and counts the
+    reconnects).
     """
 
     @contextlib.contextmanager
@@ -304,7 +305,7 @@ class _SafeConsumer(_RedisConsumer):
 
 class WorkerRedisBroker(RedisBroker):
     """Dramatiq's Redis broker with a consumer that survives undecodable messages and
-    reports lost connections; ``before_consume(broker, queue)`` hooks may hold a
+    reports lost connections; the worker's ``before_consume`` hook may hold a
     consumer's (re)start back while Redis is known to be down.
 
     It also gives back the delayed messages a connection error orphans. A delay queue's
