@@ -140,7 +140,12 @@ class Settings(BaseSettings):
         None, validation_alias="SUPABASE_SERVICE_ROLE_KEY"
     )
     supabase_timeout_seconds: float = Field(10.0, gt=0, validation_alias="SUPABASE_TIMEOUT_SECONDS")
-    encryption_key: SecretStr | None = Field(None, validation_alias="ENCRYPTION_KEY")
+    encryption_key: SecretStr | None = Field(
+        None,
+        validation_alias="ENCRYPTION_KEY",
+        description="32 random bytes, as base64 (`openssl rand -base64 32`) or 64 hex digits, "
+        "that decrypt the organizations' stored API keys; guessable values are refused.",
+    )
     sentry_dsn: SecretStr | None = Field(None, validation_alias="SENTRY_DSN")
     sentry_traces_sample_rate: float = Field(
         1.0, ge=0, le=1, validation_alias="SENTRY_TRACES_SAMPLE_RATE"
@@ -180,7 +185,12 @@ class Settings(BaseSettings):
     metrics_queue_sample_seconds: float = Field(
         10.0, ge=0, validation_alias="METRICS_QUEUE_SAMPLE_SECONDS"
     )
-    log_level: str = Field("INFO", validation_alias="LOG_LEVEL")
+    log_level: str = Field(
+        "INFO",
+        validation_alias="LOG_LEVEL",
+        description="`DEBUG`, `INFO`, `WARNING`, `ERROR` or `CRITICAL`; `DEBUG` adds "
+        "Dramatiq's verbose log.",
+    )
 
     # Rate limits per organization
     rate_limits: Annotated[Limits, NoDecode] = Field(
