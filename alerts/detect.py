@@ -1,12 +1,12 @@
 """Worst-case time from a fault to its notification, computed from the configuration.
 
-    python -m alerts.detect                      # the README's time-to-detect table
+    python -m alerts.detect                      # the time-to-detect table of docs/alerts.md
     python -m alerts.detect --set '{"alerts": {"WorkerDown": {"for": "15s"}}}'
 
 For each alert: the scrape that first sees the fault, the rule evaluations that turn the
 sample into a firing alert, the alert's `for`, and the group_wait of the Alertmanager route
 it reaches. Inputs: the alerts' config (alerts/config.libsonnet), prometheus/prometheus.yml
-and alertmanager/alertmanager.yml, so the README's table cannot drift from them.
+and alertmanager/alertmanager.yml, so the table in docs/alerts.md cannot drift from them.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ PROMETHEUS_DIR = REPO / "prometheus"
 UNIT_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*_test.yml"))
 RUNBOOKS = REPO / "docs" / "runbooks"
 
-# DESIGN.md, "The seven alerts": severity and `for` of each.
-DESIGN = {
+# docs/contract.md, "Alerts": severity and `for` of each.
+CONTRACT = {
     "WorkerDown": ("critical", "1m"),
     "HighJobFailureRate": ("warning", "5m"),
     "RedisDisconnected": ("critical", "1m"),
@@ -61,7 +61,7 @@ def test_render_is_deterministic(tmp_path):
 
 def test_the_seven_alerts_have_designs_severity_and_for():
     rules = alert_rules()
-    assert {r["alert"]: (r["labels"]["severity"], r["for"]) for r in rules} == DESIGN
+    assert {r["alert"]: (r["labels"]["severity"], r["for"]) for r in rules} == CONTRACT
     for rule in rules:
         assert set(rule["annotations"]) == {
             "summary",
@@ -156,7 +156,7 @@ def test_promtool_unit_tests(test_file):
 
 
 def test_every_alert_has_unit_tests_that_expect_it_to_fire_and_not_fire():
-    for name in DESIGN:
+    for name in CONTRACT:
         expectations = [
             t
             for f in UNIT_TESTS
@@ -225,7 +225,7 @@ RUNBOOK_SECTIONS = [
 ]
 
 
-@pytest.mark.parametrize("name", sorted(DESIGN))
+@pytest.mark.parametrize("name", sorted(CONTRACT))
 def test_every_alert_has_a_runbook(name):
     text = (RUNBOOKS / f"{name}.md").read_text()
     assert text.startswith(f"# {name}\n")
@@ -238,7 +238,7 @@ def test_every_alert_has_a_runbook(name):
 
 def test_critical_alerts_notify_within_three_minutes():
     rows = {d.alert: d for d in time_to_detect()}
-    assert set(rows) == set(DESIGN)
+    assert set(rows) == set(CONTRACT)
     for d in rows.values():
         assert d.receiver == {"critical": "pager", "warning": "chat"}[d.severity]
         if d.severity == "critical":
@@ -249,9 +249,9 @@ def test_critical_alerts_notify_within_three_minutes():
     assert parse_duration("1m30s") == 90
 
 
-def test_readme_shows_the_computed_time_to_detect_table():
-    readme = (REPO / "README.md").read_text()
-    assert markdown_table() in readme, "README's table is stale: python -m alerts.detect"
+def test_alerts_page_shows_the_computed_time_to_detect_table():
+    page = (REPO / "docs" / "alerts.md").read_text()
+    assert markdown_table() in page, "docs/alerts.md's table is stale: make docs"
 
 
 def test_time_to_detect_command_prints_the_table_and_refuses_a_bad_duration(capsys):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -131,3 +132,84 @@ def check_url(value: str, schemes: set[str], what: str) -> str:
     if parts.scheme != "unix" and not parts.hostname:
         raise ValueError("a host is missing")
     return value
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+#: Settings holding a URL, whose userinfo (``user:password@``) is a secret.
+URL_FIELDS = (
+    "redis_url",
+    "broker_url",
+    "supabase_url",
+    "openrouter_base_url",
+    "crm_endpoint_url",
+    "message_endpoint_url",
+)
+
+#: Bounds of JOB_CONCURRENCY (see the configuration docs for why).
+MAX_JOB_CONCURRENCY = 512
+MAX_THREADS_PER_PROCESS = 256
+
+
+def check_log_level(value: str) -> str:
+    if value.strip().upper() not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return value.strip().upper()
+
+
+def check_utf8(value: Any) -> Any:
+    """``value``, unless it is text holding bytes that are not UTF-8: ``os.environ`` keeps
+    them as lone surrogates, which would fail later, far from the variable."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("is not UTF-8 text") from None
+    return value
+
+
+def parse_latency(value: Any) -> tuple[float, float]:
+    """``15-20`` or ``15`` (seconds) as ``(low, high)``."""
+    if isinstance(value, str):
+        low, _, high = value.partition("-")
+        try:
+            value = (float(low), float(high or low))
+        except ValueError:
+            raise ValueError("must be seconds, or a range like 15-20") from None
+    low, high = value
+    if not 0 <= low <= high:
+        raise ValueError("range must satisfy 0 <= low <= high")
+    return (float(low), float(high))
+
+
+def parse_overrides(value: Any) -> dict[str, Limits]:
+    """``{"org-1": "minute=10/60"}`` (JSON text or a mapping), each checked."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError:
+            raise ValueError('must be JSON like {"org-1": "minute=10/60"}') from None
+        if not isinstance(value, dict):
+            raise ValueError('must be a JSON object like {"org-1": "minute=10/60"}')
+    return {str(org): override_limits(str(org), lim) for org, lim in value.items()}
+
+
+def describe_error(error: dict[str, Any], name: str, secrets, url_fields) -> str:
+    """One line for a pydantic error about variable ``name``: what is wrong, and the value
+    given unless it is a secret (a URL is shown without its ``user:password@``)."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "missing":
+        message = "required, not set"
+    elif name not in secrets and "input" in error and isinstance(error["input"], str | int):
+        shown = error["input"]
+        if name.lower() in url_fields:
+            shown = strip_userinfo(str(shown))
+        message = f"{message} (got {_bounded(repr(shown))})"
+    return f"configuration error: {name}: {_bounded(message, 300)}"
+
+
+def _bounded(text: str, limit: int = 120) -> str:
+    """``text`` on one line, cut to ``limit`` characters: an error names the problem; a
+    pasted 10 kB value would bury it."""
+    text = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return text if len(text) <= limit else text[: limit - 3] + "..."
