@@ -252,7 +252,6 @@ class LocalStack:
             self.run_dir / "prometheus",
             yaml.safe_dump(prom_config, sort_keys=False),
             prometheus_port,
-            "--web.enable-lifecycle",
             *self.prometheus_args,
         )
         self.prometheus.name = "prometheus"

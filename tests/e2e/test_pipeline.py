@@ -111,7 +111,8 @@ def stack(twin, tmp_path_factory, rules_dir):
         alertmanager_timing=TIMING,
         alertmanager_overrides=ALERTMANAGER_OVERRIDES,
         replica_env={"SIM_LATENCY_SECONDS": "0.05-0.2", "SHUTDOWN_GRACE_SECONDS": "3"},
-        prometheus_args=[f"--rules.alert.resend-delay={RESEND_DELAY:g}s"],
+        # The lifecycle API: the failing rule is loaded by a reload, as an operator would.
+        prometheus_args=[f"--rules.alert.resend-delay={RESEND_DELAY:g}s", "--web.enable-lifecycle"],
         alertmanager_args=[f"--cluster.peer-timeout={PEER_TIMEOUT:g}s"],
         deadman_timeout=DEADMAN_TIMEOUT,
     )
