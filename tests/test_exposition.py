@@ -3,6 +3,7 @@ scraped over HTTP and linted by ``promtool check metrics``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -21,8 +22,14 @@ from tests.servers import free_port, require_binary
 from tests.workers import Replica, Scrape, replica_env, scrape, scraped, settings_for, wait_until
 from worker import __version__
 from worker.app import setup
-from worker.exposition import compact_dead_processes, redis_backlog, replica_registry
-from worker.metrics import DURATION_BUCKETS
+from worker.exposition import (
+    compact_dead_processes,
+    redis_backlog,
+    redis_oldest_ages,
+    replica_registry,
+)
+from worker.jobs import QUEUES as QUEUE_NAMES
+from worker.metrics import DURATION_BUCKETS, QUEUE_WAIT_BUCKETS
 
 JOB_METRICS = {
     # family name as the parser gives it -> (type, labels)
@@ -33,12 +40,14 @@ JOB_METRICS = {
     "worker_jobs_dead_lettered": ("counter", {"queue", "job_type"}),
     "worker_jobs_processing": ("gauge", {"queue", "job_type"}),
     "worker_job_duration_seconds": ("histogram", {"queue", "job_type"}),
+    "worker_job_queue_wait_seconds": ("histogram", {"queue", "job_type"}),
 }
 REPLICA_METRICS = {
     "worker_redis_connection_status": ("gauge", set()),
     "worker_redis_reconnect_attempts": ("counter", set()),
     "worker_concurrency": ("gauge", set()),
     "worker_queue_messages": ("gauge", {"queue", "state"}),
+    "worker_queue_oldest_message_age_seconds": ("gauge", {"queue"}),
     "worker_build_info": ("gauge", {"version"}),
 }
 
@@ -86,6 +95,7 @@ def jobs(s: Scrape, queue: str, job_type: str) -> dict[str, float]:
     got = {n: s.value(f"worker_jobs_{n}", **labels) for n in names}
     got["processing"] = s.value("worker_jobs_processing", **labels)
     got["observed"] = s.value("worker_job_duration_seconds_count", **labels)
+    got["waited"] = s.value("worker_job_queue_wait_seconds_count", **labels)
     return got
 
 
@@ -109,7 +119,7 @@ def test_contract_on_a_live_replica_with_two_processes(redis_url, tmp_path):
         before = scraped(port)
         assert jobs(before, "fast", "job.status_update") == dict.fromkeys(
             ["total", "completed_total", "failed_total", "retried_total",
-             "dead_lettered_total", "processing", "observed"], 0.0,
+             "dead_lettered_total", "processing", "observed", "waited"], 0.0,
         )  # fmt: skip
         broker = setup(settings_for(redis_url))
         from worker import actors
@@ -148,11 +158,11 @@ def test_contract_on_a_live_replica_with_two_processes(redis_url, tmp_path):
 
     assert jobs(s, "fast", "job.status_update") == {
         "total": 22, "completed_total": 20, "failed_total": 2, "retried_total": 0,
-        "dead_lettered_total": 2, "processing": 0, "observed": 22,
+        "dead_lettered_total": 2, "processing": 0, "observed": 22, "waited": 22,
     }  # fmt: skip
     assert jobs(s, "default", "agent.run") == {
         "total": 20, "completed_total": 0, "failed_total": 20, "retried_total": 16,
-        "dead_lettered_total": 4, "processing": 0, "observed": 20,
+        "dead_lettered_total": 4, "processing": 0, "observed": 20, "waited": 20,
     }  # fmt: skip
     assert s.value("worker_jobs_dead_lettered_total", queue="critical", job_type="unknown") == 1
     assert s.value("worker_jobs_dead_lettered_total", queue="fast", job_type="unknown") == 1
@@ -168,6 +178,11 @@ def test_contract_on_a_live_replica_with_two_processes(redis_url, tmp_path):
         ("fast", "ready"): 0, ("fast", "delayed"): 0, ("fast", "dead"): 3,
         ("critical", "ready"): 0, ("critical", "delayed"): 0, ("critical", "dead"): 1,
     }  # fmt: skip
+    # nothing waits: every queue's oldest ready message is 0 s old (the delayed job is not
+    # ready yet, and the dead letters are not waiting)
+    assert s.series("worker_queue_oldest_message_age_seconds") == {
+        frozenset({("queue", q)}): 0.0 for q in ("default", "fast", "critical")
+    }
     assert s.value("worker_concurrency") == 2
     assert s.value("worker_build_info", version=__version__) == 1
     assert s.value("worker_redis_connection_status") == 1
@@ -185,6 +200,13 @@ def test_contract_on_a_live_replica_with_two_processes(redis_url, tmp_path):
         if dict(k)["le"] != "+Inf"
     }
     assert {15.0, 20.0, 30.0, 60.0} <= edges == set(map(float, DURATION_BUCKETS))
+    wait_edges = {
+        float(dict(k)["le"])
+        for k in s.series("worker_job_queue_wait_seconds_bucket")
+        if dict(k)["le"] != "+Inf"
+    }
+    assert min(wait_edges) == 0.05 and max(wait_edges) == 3600
+    assert wait_edges == set(map(float, QUEUE_WAIT_BUCKETS))
     assert promtool_problems(s.text) == ""
 
     # no label value is an organization, job or message id
@@ -364,3 +386,27 @@ def test_backlog_reads_ready_delayed_and_dead_from_the_broker(redis_url):
     read = redis_backlog(client, "agent-jobs", ["default", "critical", "fast"])
     assert read() == {"default": (5, 0, 0), "critical": (0, 2, 0), "fast": (0, 0, 1)}
     assert broker is not None
+
+
+def test_oldest_ready_message_age_counts_from_when_it_became_runnable(redis_url):
+    """The head of each ready queue is its oldest message: its age counts from its enqueue,
+    or from the eta of its last delay (a retry or a deferral is not waiting)."""
+    broker = setup(settings_for(redis_url))
+    from worker import actors
+
+    now_ms = time.time() * 1000
+    enqueued_long_ago = actors.agent_run.message(job_id="a", org_id="o", prompt="p")
+    broker.enqueue(dataclasses.replace(enqueued_long_ago, message_timestamp=now_ms - 120_000))
+    actors.agent_run.send(job_id="b", org_id="o", prompt="p")  # younger, behind it
+    # sent 1,000 s ago, delayed by a retry until 30 s ago
+    retried = actors.crm_sync.message(job_id="c", org_id="o", record={})
+    retried = dataclasses.replace(
+        retried, message_timestamp=now_ms - 1_000_000, options={"ready_at": now_ms - 30_000}
+    )
+    broker.enqueue(retried)
+    read = redis_oldest_ages(redis.Redis.from_url(redis_url), "agent-jobs", QUEUE_NAMES)
+    ages = read()
+    assert set(ages) == set(QUEUE_NAMES)
+    assert 120 <= ages["default"] < 130
+    assert 30 <= ages["critical"] < 40
+    assert ages["fast"] == 0

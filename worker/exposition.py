@@ -118,6 +118,8 @@ def replica_registry(path: str) -> CollectorRegistry:
 
 #: queue -> (ready, delayed, dead)
 Counts = dict[str, tuple[int, int, int]]
+#: queue -> age in seconds of its oldest ready message
+Ages = dict[str, float]
 
 
 def redis_backlog(client, namespace: str, queues: Iterable[str]) -> Callable[[], Counts]:
@@ -139,6 +141,44 @@ def redis_backlog(client, namespace: str, queues: Iterable[str]) -> Callable[[],
     return read
 
 
+#: The body of each queue's next ready message ('' when none waits), read atomically: the
+#: head of ``<queue>`` (Dramatiq pushes to the tail and fetches from the head) and its
+#: body in ``<queue>.msgs``, so a head fetched between two commands is never half-read.
+_HEADS = """
+local bodies = {}
+for i, queue in ipairs(KEYS) do
+  local id = redis.call('lindex', queue, 0)
+  bodies[i] = id and redis.call('hget', queue .. '.msgs', id) or ''
+end
+return bodies
+"""
+
+
+def redis_oldest_ages(client, namespace: str, queues: Iterable[str]) -> Callable[[], Ages]:
+    """Age of each queue's next ready message since it became runnable (its ``ready_at``
+    after a delay, else its enqueue time), 0 for an empty queue; one round trip."""
+    from dramatiq import get_encoder
+
+    from worker.middleware.metrics import runnable_since
+
+    queues = tuple(queues)
+    heads = client.register_script(_HEADS)
+
+    def read() -> Ages:
+        bodies = heads(keys=[f"{namespace}:{q}" for q in queues])
+        now, ages = time.time(), {}
+        for queue, body in zip(queues, bodies, strict=True):
+            try:
+                message = get_encoder().decode(body) if body else None
+                since = runnable_since(message["options"], message["message_timestamp"])
+            except Exception:  # an undecodable head is dead-lettered when fetched
+                message = None
+            ages[queue] = max(now - since, 0.0) if message else 0.0
+        return ages
+
+    return read
+
+
 def rabbitmq_backlog(url: str, queues: Iterable[str]) -> Callable[[], Counts]:
     """Counts of Dramatiq's RabbitMQ broker from a passive declare of each queue, its
     delay queue and its dead-letter queue: messages not delivered to a consumer, so a
@@ -151,10 +191,11 @@ def rabbitmq_backlog(url: str, queues: Iterable[str]) -> Callable[[], Counts]:
 
 
 class QueueBacklog:
-    """Sets ``worker_queue_messages`` at most once per ``min_interval`` seconds, when a
-    scrape asks. While ``available()`` says the broker is unreachable, or for
-    ``retry_after_failure`` seconds after a failed read, no read is tried and the last
-    values stay: an outage never makes every scrape wait on a connection timeout."""
+    """Sets ``worker_queue_messages`` (and, given ``oldest``, the age of each queue's oldest
+    ready message) at most once per ``min_interval`` seconds, when a scrape asks. While
+    ``available()`` says the broker is unreachable, or for ``retry_after_failure`` seconds
+    after a failed read, no read is tried and the last values stay: an outage never makes
+    every scrape wait on a connection timeout."""
 
     def __init__(
         self,
@@ -163,8 +204,10 @@ class QueueBacklog:
         min_interval: float = 10.0,
         available: Callable[[], bool] = lambda: True,
         retry_after_failure: float = 30.0,
+        oldest: Callable[[], Ages] | None = None,
     ) -> None:
         self.read, self.min_interval, self.available = read, min_interval, available
+        self.oldest = oldest
         self.retry_after_failure = retry_after_failure
         self._next_read = float("-inf")
         self._lock = threading.Lock()
@@ -178,6 +221,7 @@ class QueueBacklog:
             self._next_read = now + self.min_interval
             try:
                 counts = self.read()
+                ages = self.oldest() if self.oldest is not None else {}
             except Exception as exc:
                 if not self._failing:
                     log.warning("cannot sample the queue backlog: %s: %s", type(exc).__name__, exc)
@@ -190,13 +234,21 @@ class QueueBacklog:
             for queue, values in counts.items():
                 for state, value in zip(STATES, values, strict=True):
                     metrics.queue_messages.labels(queue, state).set(value)
+            for queue, age in ages.items():
+                metrics.queue_oldest_message_age.labels(queue).set(age)
 
 
-def backlog_for(settings: Settings) -> Callable[[], Counts]:
+def backlog_for(settings: Settings) -> tuple[Callable[[], Counts], Callable[[], Ages] | None]:
+    """The backlog reader of the configured broker and its oldest-message reader (None on
+    RabbitMQ: a queue's head cannot be read there without taking it)."""
     url = settings.broker_url or settings.redis_url
     if url.startswith("amqp"):
-        return rabbitmq_backlog(url, QUEUES)
-    return redis_backlog(probe_client(url, timeout=1.0), settings.job_queue_name, QUEUES)
+        return rabbitmq_backlog(url, QUEUES), None
+    client = probe_client(url, timeout=1.0)
+    return (
+        redis_backlog(client, settings.job_queue_name, QUEUES),
+        redis_oldest_ages(client, settings.job_queue_name, QUEUES),
+    )
 
 
 # --- HTTP -------------------------------------------------------------------------------------
@@ -257,10 +309,12 @@ def serve(settings: Settings | None = None) -> int:
         on_status=lambda up: metrics.redis_connection_status.set(1 if up else 0),
         name="Redis",
     ).start()
+    read, oldest = backlog_for(settings)
     backlog = QueueBacklog(
-        backlog_for(settings),
+        read,
         min_interval=settings.metrics_queue_sample_seconds,
         available=lambda: probe.connected,
+        oldest=oldest,
     )
     server = make_http_server(
         settings.metrics_host,
