@@ -52,6 +52,7 @@ def _evaluate(overrides_json: str, files: tuple[tuple[str, str], ...]) -> str:
         {{
           config: mixin._config,
           records: mixin._records,
+          slo_records: mixin._sloRecords,
           alerts: mixin.prometheusAlerts,
           rules: mixin.prometheusRules,
         }}
@@ -77,6 +78,14 @@ def record_names(
 ) -> dict[str, str]:
     """The recording rules' names by role (e.g. 'queueMessages'), for dashboard queries."""
     return _mixin(overrides, config_files)["records"]
+
+
+def slo_record_names(
+    overrides: Mapping | None = None, config_files: Sequence[Path | str] = ()
+) -> dict:
+    """The SLO recording rules' names (alerts/slo.libsonnet): per SLO (queueWait,
+    success) its error ratio per window, budget and budget left; and oldestAge."""
+    return _mixin(overrides, config_files)["slo_records"]
 
 
 class _Dumper(yaml.SafeDumper):
