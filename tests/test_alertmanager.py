@@ -48,10 +48,11 @@ def test_amtool_routes_alert_to_its_receiver(case):
 
 
 def test_route_cases_cover_every_alert_with_its_rendered_labels():
-    alerts = yaml.safe_load(rendered()["worker-alerts.yml"])["groups"][0]["rules"]
-    cases = {c["labels"]["alertname"]: c for c in route_cases()}
+    groups = yaml.safe_load(rendered()["worker-alerts.yml"])["groups"]
+    alerts = [rule for group in groups for rule in group["rules"]]
+    cases = {(c["labels"]["alertname"], c["labels"].get("severity")): c for c in route_cases()}
     for rule in alerts:
-        case = cases[rule["alert"]]
+        case = cases[rule["alert"], rule["labels"]["severity"]]
         assert case["labels"]["severity"] == rule["labels"]["severity"], rule["alert"]
         assert case["receiver"] == RECEIVER_OF_SEVERITY[rule["labels"]["severity"]], rule["alert"]
 
