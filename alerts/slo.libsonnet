@@ -93,7 +93,9 @@ local narrowed(record, match) = if match == '' then record else '%s{%s}' % [reco
     },
   },
 
-  // Record names, for the alerts below, the dashboards and the tests.
+  // Record names, for the alerts below, the dashboards and the tests
+  // (alerts.render.record_names()["slo"]).
+  _records+:: { slo: $._sloRecords },
   _sloRecords:: {
     [name]: {
       local metric = slos[name].metric,
@@ -196,9 +198,11 @@ local narrowed(record, match) = if match == '' then record else '%s{%s}' % [reco
       'for': a[slo.alert]['for'],
       labels: { severity: severity },
       annotations: {
-        summary: 'Queue {{ $labels.queue }} spends its %s error budget too fast' % (
-          if name == 'queueWait' then 'queue-wait' else 'success'
-        ),
+        // Distinct per severity: a page and a ticket of one queue are two notifications.
+        summary: 'Queue {{ $labels.queue }} spends its %s error budget too fast (%s)' % [
+          if name == 'queueWait' then 'queue-wait' else 'success',
+          std.join(' or ', ['%sx over %s' % [num(b.factor), b.long] for b in pairs]),
+        ],
         description: 'Queue {{ $labels.queue }} burns its error budget at {{ $value | printf "%.1f" }}x '
                      + 'the rate that would spend it in exactly ' + s.window + ': '
                      + std.join('; ', [

@@ -5,16 +5,19 @@ alert's dashboard_url (``/d/<uid>/...?viewPanel=<panelId>``) opens the panel of 
 """
 
 from dashboards import common as c
+from dashboards import slo
 
 alerts = c.alerting()
+scope = c.Scope(alerts, replica=False)
+panels = c.worker_panels(scope)
 
 dashboard = c.dashboard(
     title="Worker overview",
     uid=alerts.overview_uid,
     description="The Dramatiq worker fleet: throughput, errors, latency, saturation, backlog, "
-    "Redis, rate limiter, alerts and capacity. Generated from "
+    "Redis, rate limiter, alerts, capacity and the SLOs. Generated from "
     "dashboards/worker-overview.dashboard.py; edits made in Grafana are reset on restart.",
-    panels=c.worker_panels(c.Scope(alerts, replica=False)),
+    panels=panels + slo.slo_panels(scope, below_panels=panels),
     links=[c.dashboard_link("Replica detail", c.REPLICA_UID, "The same panels for one replica")],
     templating=c.variables(alerts, replica=False),
 )
