@@ -27,6 +27,7 @@ from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from dramatiq import get_encoder
 from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.mmap_dict import MmapedDict
@@ -34,6 +35,7 @@ from prometheus_client.mmap_dict import MmapedDict
 from worker import __version__, metrics
 from worker.config import Settings, load_settings
 from worker.jobs import QUEUES
+from worker.middleware.metrics import runnable_since
 from worker.middleware.redis_health import RedisWatch, probe_client
 from worker.replica import ENV
 
@@ -156,11 +158,11 @@ return bodies
 
 def redis_oldest_ages(client, namespace: str, queues: Iterable[str]) -> Callable[[], Ages]:
     """Age of each queue's next ready message since it became runnable (its ``ready_at``
-    after a delay, else its enqueue time), 0 for an empty queue; one round trip."""
-    from dramatiq import get_encoder
+    after a delay, else its enqueue time), 0 for an empty queue; one round trip.
 
-    from worker.middleware.metrics import runnable_since
-
+    The head is the oldest message in the queue's order. A message a stopping or lost
+    worker hands back goes to the tail: older than the head, it is seen once it reaches
+    the head (the stall this gauge is for moves no message, so misses nothing)."""
     queues = tuple(queues)
     heads = client.register_script(_HEADS)
 
