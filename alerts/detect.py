@@ -1,5 +1,8 @@
 """Worst-case time from a fault to its notification, computed from the configuration.
 
+    python -m alerts.detect                      # the README's time-to-detect table
+    python -m alerts.detect --set '{"alerts": {"WorkerDown": {"for": "15s"}}}'
+
 For each alert: the scrape that first sees the fault, the rule evaluations that turn the
 sample into a firing alert, the alert's `for`, and the group_wait of the Alertmanager route
 it reaches. A burn-rate alert (alerts/slo.libsonnet) also waits for its windows: at a
@@ -13,7 +16,10 @@ alertmanager/alertmanager.yml, so the README's table cannot drift from them.
 
 from __future__ import annotations
 
+import argparse
+import json
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -191,3 +197,29 @@ def markdown_table(overrides: dict | None = None, config_files: Sequence[Path | 
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Print the worst-case time-to-detect table.")
+    parser.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a jsonnet file mixed over the defaults, as for python -m alerts.render",
+    )
+    parser.add_argument(
+        "--set", dest="overrides", type=json.loads, default=None, metavar="JSON",
+        help="JSON deep-merged into _config",
+    )  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        print(markdown_table(args.overrides, args.config), end="")
+    except RuntimeError as exc:  # jsonnet errors: the message names file, line and problem
+        print(f"alerts.detect: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,7 +3,6 @@
     python -m alerts.render                      # prometheus/rules/worker-{alerts,records}.yml
     python -m alerts.render --config mine.libsonnet --out-dir /tmp/rules
     python -m alerts.render --set '{"alerts": {"WorkerDown": {"for": "15s"}}}'
-    python -m alerts.render --time-to-detect     # the README's time-to-detect table
 
 The output is deterministic (sorted keys, fixed header), so the committed files can be
 compared with a fresh render to catch hand edits and forgotten re-renders.
@@ -153,18 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="JSON",
         help="JSON deep-merged into _config",
     )
-    parser.add_argument(
-        "--time-to-detect",
-        action="store_true",
-        help="print the worst-case time-to-detect table (markdown) and exit",
-    )
     args = parser.parse_args(argv)
     try:
-        if args.time_to_detect:
-            from alerts.detect import markdown_table
-
-            print(markdown_table(args.overrides, args.config), end="")
-            return 0
         for path in render_rules(args.overrides, args.out_dir, args.config):
             print(f"wrote {path.relative_to(REPO_DIR) if path.is_relative_to(REPO_DIR) else path}")
     except RuntimeError as exc:  # jsonnet errors: the message names file, line and problem

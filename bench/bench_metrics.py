@@ -34,11 +34,10 @@ from pathlib import Path
 
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from stack.fleet import Replica, replica_env, scrape, wait_until
+from stack.servers import free_port, redis_server, running
 
-from tests.servers import free_port, redis_server, running  # noqa: E402
-from tests.workers import Replica, replica_env, scrape, wait_until  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 VARIANTS = ("bare", "dramatiq-defaults", "stack", "stack-no-metrics", "stack-no-joblog")
 PREFETCH = {"default prefetch (2 x threads)": None, "prefetch 256 (CPU-bound)": 256}
@@ -62,7 +61,7 @@ def throughput_child(variant: str, redis_url: str, jobs: int, threads: int) -> N
     elif variant == "dramatiq-defaults":
         broker = RedisBroker(client=client, namespace=namespace)
     else:
-        from worker.broker import build_broker
+        from worker.app import build_broker
         from worker.config import Settings
         from worker.middleware.job_log import JobLog
         from worker.middleware.metrics import JobMetrics

@@ -25,14 +25,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import redis
+from dramatiq.rate_limits import WindowRateLimiter
+from dramatiq.rate_limits.backends import RedisBackend
 
-import redis  # noqa: E402
-from dramatiq.rate_limits import WindowRateLimiter  # noqa: E402
-from dramatiq.rate_limits.backends import RedisBackend  # noqa: E402
-
-from tests.servers import redis_server, running  # noqa: E402
-from worker.ratelimit import RateLimiter  # noqa: E402
+from stack.servers import redis_server, running
+from worker.ratelimit import RateLimiter
 
 HUGE = 10**12
 #: Commands of the benchmark itself or of connection setup, not of an acquire.

@@ -20,13 +20,12 @@ from pathlib import Path
 
 import redis
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from stack.fleet import Replica, replica_env
+from stack.servers import redis_server
+from worker.app import setup
+from worker.config import Settings
 
-from tests.servers import redis_server  # noqa: E402
-from tests.workers import Replica, replica_env  # noqa: E402
-from worker.app import setup  # noqa: E402
-from worker.config import Settings  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 JOB_SECONDS = 0.5
 

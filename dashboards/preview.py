@@ -5,7 +5,7 @@
 
 Without ``--prometheus`` it starts a short simulated fleet first (redis-server, two worker
 replicas under a mixed load with failures, dead letters and throttling, and a Prometheus
-scraping them every second; see tests/simulated_fleet.py), so it needs no running stack.
+scraping them every second; see stack/fleet.py), so it needs no running stack.
 Each panel's queries are sent as Grafana would send them (variables: "All", the first
 replica on the replica dashboard) and drawn with matplotlib: time series with the alert
 threshold as a dashed line, stats, the duration heatmap, the alert list from the rules'
@@ -333,8 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         paths = render_all(base, start, end, instance, args.out_dir)
     else:
-        sys.path.insert(0, str(REPO_DIR))
-        from tests.simulated_fleet import simulated_fleet
+        from stack.fleet import simulated_fleet
 
         with tempfile.TemporaryDirectory(prefix="dashboards-preview-") as tmp:
             with simulated_fleet(Path(tmp), replicas=2) as fleet:

@@ -25,10 +25,10 @@ REPO_DIR = DASHBOARDS_DIR.parent
 GENERATED_DIR = DASHBOARDS_DIR / "generated"
 SUFFIX = ".dashboard.py"
 
-if str(REPO_DIR) not in sys.path:  # the definitions import `dashboards.common`
+if str(REPO_DIR) not in sys.path:  # the definitions import the `dashboards` modules
     sys.path.insert(0, str(REPO_DIR))
 
-from dashboards.common import alerts_config  # noqa: E402
+from dashboards.alerting import alerts_config  # noqa: E402
 
 
 def definitions() -> list[Path]:

@@ -13,8 +13,9 @@ from collections.abc import Sequence
 
 from grafanalib import core as G
 
-from dashboards.common import RATE, Layout, Scope, above, base_step, below, queries, timeseries
-from dashboards.common import runbook_link as _runbook_link
+from dashboards.grafana import queries
+from dashboards.layout import Layout, above, base_step, below, runbook_link, timeseries
+from dashboards.scope import RATE, Scope
 
 ROW_ID = 106
 PANEL_IDS = {"budget_left": 33, "queue_wait_burn": 34, "success_burn": 35, "queue_wait": 36}
@@ -52,7 +53,7 @@ def _alert_panel(scope: Scope, name: str, title: str, description: str, targets,
         description,
         targets,
         unit,
-        links=[_runbook_link(scope.alerts, name)],
+        links=[runbook_link(scope.alerts, name)],
         **kw,
     )
 

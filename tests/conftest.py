@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.servers import redis_server, running
+from stack.servers import redis_server, running
 
 
 @pytest.fixture

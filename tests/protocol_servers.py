@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from tests.servers import free_port
+from stack.servers import free_port
 
 SCHEMA_SQL = Path(__file__).resolve().parent.parent / "schema" / "supabase.sql"
 

@@ -21,7 +21,7 @@ from alerts.detect import (
     windows_to_fire,
 )
 from alerts.render import ALERTS_FILE, RECORDS_FILE, RULES_DIR, load_config, render_rules, rendered
-from tests.servers import require_binary
+from stack.servers import require_binary
 
 REPO = RULES_DIR.parent.parent
 PROMETHEUS_DIR = REPO / "prometheus"
@@ -267,9 +267,7 @@ def test_critical_alerts_notify_within_three_minutes():
 
 def test_readme_shows_the_computed_time_to_detect_table():
     readme = (REPO / "README.md").read_text()
-    assert markdown_table() in readme, (
-        "README's table is stale: python -m alerts.render --time-to-detect"
-    )
+    assert markdown_table() in readme, "README's table is stale: python -m alerts.detect"
 
 
 # --- SLOs (alerts/slo.libsonnet) --------------------------------------------------------

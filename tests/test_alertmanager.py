@@ -19,7 +19,7 @@ import yaml
 
 from alerts.render import rendered
 from alerts.routes import ALERTMANAGER_CONFIG, amtool_route_test, route_cases
-from tests.servers import alertmanager_server, require_binary, running
+from stack.servers import alertmanager_server, require_binary, running
 
 AM_DIR = ALERTMANAGER_CONFIG.parent
 # DESIGN.md: critical alerts page, warnings go to chat.

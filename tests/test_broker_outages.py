@@ -16,7 +16,7 @@ from dramatiq import Message
 from dramatiq.broker import MessageProxy
 from dramatiq.errors import ConnectionClosed
 
-from tests.workers import completed_ids, in_process_worker, settings_for, wait_until
+from stack.fleet import completed_ids, in_process_worker, settings_for, wait_until
 from worker.app import setup
 from worker.errors import TransientError
 from worker.jobs import job

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers import backfill_openmetrics, free_port, prometheus_server, running
-from worker.capacity import erlang_c, main, plan, slots_for_wait, wait_longer_than
+from stack.capacity import erlang_c, main, plan, slots_for_wait, wait_longer_than
+from stack.prom import backfill_openmetrics
+from stack.servers import free_port, prometheus_server, running
 from worker.config import parse_limits
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -251,7 +252,7 @@ def test_module_runs_as_a_script():
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "worker.capacity", "--jobs-per-day", "135000", "--job-seconds",
+        [sys.executable, "-m", "stack.capacity", "--jobs-per-day", "135000", "--job-seconds",
          "17.5", "--json"],
         capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip

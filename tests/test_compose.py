@@ -21,7 +21,7 @@ import dockerfile
 import pytest
 import yaml
 
-from tests.servers import require_binary
+from stack.servers import require_binary
 from worker.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,18 +237,28 @@ def test_worker_image_is_slim_pinned_and_runs_as_non_root():
     assert users and users[-1].split(":")[0] not in ("root", "0")
     installs = " ".join(" ".join(c.value) for c in final if c.cmd == "RUN")
     assert not re.search(r"apt-get|apk |gcc|build-essential|pip install", installs)
-    assert [c.value for c in final if c.cmd == "ENTRYPOINT"] == [("worker",)]
+    assert [c.value for c in final if c.cmd == "CMD"][-1] == ("worker", "run")
     ignored = (ROOT / ".dockerignore").read_text().split()
-    assert "*" in ignored and "!worker/" in ignored, "only the package goes into the image"
+    assert "*" in ignored and "!worker/" in ignored and "!stack/" in ignored, (
+        "only the packages go into the image"
+    )
 
 
-@pytest.mark.parametrize("command", ["run", "alert-receiver", "loadgen"])
-def test_compose_commands_exist_in_the_worker_cli(command):
-    from worker.__main__ import main
+@pytest.mark.parametrize(
+    "command", [("worker", "run"), ("stack", "alert-receiver"), ("stack", "loadgen")]
+)
+def test_compose_commands_exist_in_the_image_cli(command):
+    """Each command the compose stack runs from the image is a console script the image
+    installs (pyproject's [project.scripts]), with that subcommand."""
+    import importlib
+    import tomllib
 
     services = resolved()["services"]
-    used = {s["command"][0] for s in services.values() if "build" in s}
+    used = {tuple(s["command"][:2]) for s in services.values() if "build" in s}
     assert command in used
+    scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
+    module, _, function = scripts[command[0]].partition(":")
+    main = getattr(importlib.import_module(module), function)
     with pytest.raises(SystemExit) as exit_info:
-        main([command, "--help"])
+        main([command[1], "--help"])
     assert exit_info.value.code == 0

@@ -16,7 +16,7 @@ from alerts.render import load_config
 from alerts.render import rendered as rendered_rules
 from dashboards import promql
 from dashboards.render import GENERATED_DIR, REPO_DIR, definitions, rendered, stale_files
-from tests.servers import require_binary
+from stack.servers import require_binary
 
 #: DESIGN.md "Metrics contract", plus Prometheus' own `up` (a replica's liveness).
 CONTRACT = {

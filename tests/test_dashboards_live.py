@@ -17,7 +17,7 @@ import pytest
 
 from dashboards import promql
 from dashboards.render import GENERATED_DIR
-from tests.simulated_fleet import query, simulated_fleet
+from stack.fleet import query, simulated_fleet
 
 #: The rate limiter's middleware (branch `ratelimit`) is what counts
 #: worker_rate_limit_decisions_total; until the worker has it, its panel cannot show data.

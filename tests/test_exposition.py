@@ -18,16 +18,12 @@ import pytest
 import redis
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
-from tests.servers import free_port, require_binary
-from tests.workers import Replica, Scrape, replica_env, scrape, scraped, settings_for, wait_until
+from stack.fleet import Replica, Scrape, replica_env, scrape, scraped, settings_for, wait_until
+from stack.servers import free_port, require_binary
 from worker import __version__
 from worker.app import setup
-from worker.exposition import (
-    compact_dead_processes,
-    redis_backlog,
-    redis_oldest_ages,
-    replica_registry,
-)
+from worker.brokers.redis import redis_backlog
+from worker.exposition import compact_dead_processes, redis_oldest_ages, replica_registry
 from worker.jobs import QUEUES as QUEUE_NAMES
 from worker.metrics import DURATION_BUCKETS, QUEUE_WAIT_BUCKETS
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from tests.servers import redis_server, running
-from tests.workers import completed_ids, in_process_worker, settings_for, wait_until
+from stack.fleet import completed_ids, in_process_worker, settings_for, wait_until
+from stack.servers import redis_server, running
 from worker.app import setup
 from worker.jobs import job
 

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.workers import ROOT
+from stack.fleet import ROOT
 from worker.errors import PermanentError
 from worker.keys import KeyDecryptionError, decrypt_key, encrypt_key
 

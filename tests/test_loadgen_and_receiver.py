@@ -13,11 +13,11 @@ from collections import Counter
 import pytest
 import redis
 
-from tests.servers import HttpServer, free_port
-from tests.workers import settings_for, setup
+from stack.fleet import settings_for, setup
+from stack.loadgen import DEFAULT_MIX, main, parse_mix, payload, run
+from stack.servers import HttpServer, free_port
+from stack.twin import _python_env
 from worker.backends import Simulation, SimulationKnobs
-from worker.loadgen import DEFAULT_MIX, main, parse_mix, payload, run
-from worker.localstack import _python_env
 
 
 def queued(client: redis.Redis) -> Counter:
@@ -142,7 +142,7 @@ SLACK = {
 def receiver(tmp_path):
     port = free_port()
     server = HttpServer(
-        [sys.executable, "-m", "worker", "alert-receiver", "--port", str(port),
+        [sys.executable, "-m", "stack", "alert-receiver", "--port", str(port),
          "--store", str(tmp_path / "alerts.jsonl")],
         port, tmp_path, name="receiver", env=_python_env(), ready_path="/healthz",
     )  # fmt: skip

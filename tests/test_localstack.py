@@ -21,8 +21,9 @@ import redis
 import yaml
 
 from alerts.render import render_rules
-from tests.workers import ROOT, wait_until
-from worker.localstack import (
+from stack.fleet import ROOT, wait_until
+from stack.servers import port_is_free, require_binary
+from stack.twin import (
     ALERTMANAGER_CONFIG,
     PROMETHEUS_CONFIG,
     LocalStack,
@@ -30,7 +31,6 @@ from worker.localstack import (
     twin_prometheus_config,
     with_route_timing,
 )
-from worker.procs import port_is_free, require_binary
 
 pytestmark = pytest.mark.timeout(240)
 

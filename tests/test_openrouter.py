@@ -8,8 +8,8 @@ import time
 import pytest
 import redis
 
+from stack.fleet import completed_ids, dead_letters, in_process_worker, settings_for, wait_until
 from tests.protocol_servers import OpenRouterServer, Reply
-from tests.workers import completed_ids, dead_letters, in_process_worker, settings_for, wait_until
 from worker import __version__
 from worker.app import setup
 from worker.errors import PermanentError, TransientError
@@ -108,7 +108,7 @@ def test_slow_answer_past_the_timeout_is_retryable(openrouter):
 
 
 def test_unreachable_server_is_retryable():
-    from tests.servers import free_port
+    from stack.servers import free_port
 
     client = OpenRouterClient(f"http://127.0.0.1:{free_port()}/api/v1", timeout=1)
     with pytest.raises(TransientError, match="unreachable: ConnectError"):
@@ -282,8 +282,8 @@ def test_undecryptable_org_key_dead_letters_without_calling_openrouter(redis_url
 
 
 def test_without_any_key_the_simulated_llm_is_used(redis_url):
-    from worker.app import services
     from worker.backends import SimulatedLLM
+    from worker.services import services
 
     setup(settings_for(redis_url))
     assert isinstance(services().llm, SimulatedLLM)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from tests.servers import rabbitmq_server, running
-from tests.workers import Replica, completed_ids, dead_letters, replica_env, wait_until
+from stack.fleet import Replica, completed_ids, dead_letters, replica_env, wait_until
+from stack.servers import rabbitmq_server, running
 from worker.app import setup
 from worker.config import Settings
 from worker.exposition import rabbitmq_backlog

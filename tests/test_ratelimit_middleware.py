@@ -16,8 +16,8 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Middleware, SkipMessage
 from prometheus_client import REGISTRY
 
+from stack.servers import redis_server, running
 from tests.ratelimit_load import max_in_any_interval
-from tests.servers import redis_server, running
 from worker.middleware.ratelimit import RateLimit
 from worker.ratelimit import RateLimiter
 

@@ -8,9 +8,9 @@ import time
 
 import redis
 
-from tests.servers import free_port, redis_server
+from stack.fleet import scraped, settings_for, wait_until
+from stack.servers import free_port, redis_server
 from tests.test_exposition import metrics_env, start_replica
-from tests.workers import scraped, settings_for, wait_until
 from worker.app import setup
 from worker.middleware.redis_health import RedisWatch, probe_client
 

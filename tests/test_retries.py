@@ -10,7 +10,7 @@ import dramatiq
 import pytest
 import redis
 
-from tests.workers import dead_letters, in_process_worker, settings_for, wait_until
+from stack.fleet import dead_letters, in_process_worker, settings_for, wait_until
 from worker.app import setup
 from worker.errors import PermanentError, TransientError
 from worker.jobs import JOB_CLASSES, job

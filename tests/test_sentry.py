@@ -13,8 +13,7 @@ import redis
 import sentry_sdk
 from dramatiq.middleware import Middleware, SkipMessage
 
-from tests.protocol_servers import OpenRouterServer, Reply, SentryServer
-from tests.workers import (
+from stack.fleet import (
     ROOT,
     completed_ids,
     dead_letters,
@@ -22,13 +21,15 @@ from tests.workers import (
     settings_for,
     wait_until,
 )
+from tests.protocol_servers import OpenRouterServer, Reply, SentryServer
 from worker import __version__
-from worker.app import services, setup
+from worker.app import setup
 from worker.errors import PermanentError, TransientError
 from worker.jobs import job
 from worker.keys import encrypt_key
 from worker.organizations import Organization, RedisOrganizations
 from worker.sentry import close_sentry, init_sentry, scrub_event
+from worker.services import services
 
 SCALE = 0.01
 
@@ -242,7 +243,7 @@ def test_scrubber_drops_values_under_sensitive_names():
 
 def test_without_a_dsn_sentry_is_never_loaded():
     code = (
-        "import sys; from tests.workers import settings_for; from worker.app import setup; "
+        "import sys; from stack.fleet import settings_for; from worker.app import setup; "
         "b = setup(settings_for('redis://127.0.0.1:1/0')); "
         "print('sentry_sdk' in sys.modules, [type(m).__name__ for m in b.middleware])"
     )
@@ -258,7 +259,7 @@ def test_without_a_dsn_sentry_is_never_loaded():
 
 def test_a_worker_replica_reports_to_sentry(redis_url, sentry_server, tmp_path):
     """``python -m worker`` as deployed: Sentry starts in each forked worker process."""
-    from tests.workers import Replica, replica_env
+    from stack.fleet import Replica, replica_env
 
     replica = Replica(
         replica_env(redis_url, SENTRY_DSN=sentry_server.dsn, JOB_CONCURRENCY=2),

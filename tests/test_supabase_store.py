@@ -7,9 +7,9 @@ import time
 import pytest
 import redis
 
+from stack.fleet import completed_ids, dead_letters, in_process_worker, settings_for, wait_until
+from stack.servers import free_port
 from tests.protocol_servers import SCHEMA_SQL, OpenRouterServer, PostgrestServer, Reply
-from tests.servers import free_port
-from tests.workers import completed_ids, dead_letters, in_process_worker, settings_for, wait_until
 from worker import __version__
 from worker.app import setup
 from worker.errors import PermanentError, TransientError

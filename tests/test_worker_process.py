@@ -9,7 +9,7 @@ import time
 
 import redis
 
-from tests.workers import ROOT, Replica, completed_ids, dead_letters, replica_env, wait_until
+from stack.fleet import ROOT, Replica, completed_ids, dead_letters, replica_env, wait_until
 from worker.app import setup
 from worker.config import Settings
 

@@ -2,11 +2,10 @@
 
 Subcommands:
   run (default)  run one replica: WORKER_PROCESSES processes sharing JOB_CONCURRENCY slots
-  capacity       plan concurrency and replicas with Little's law
   encrypt-key    encrypt an organization's LLM API key (read from stdin) for storage
-  loadgen        enqueue a realistic job mix at a steady rate; set the simulated backend
-  alert-receiver receive and keep Alertmanager's notifications (the stack's demo receiver)
-  up-local       run the whole stack as local processes (no Docker); Ctrl-C stops it
+
+The tooling around the worker (local twin, load generator, alert receiver, capacity
+planner) is the ``stack`` command.
 """
 
 from __future__ import annotations
@@ -70,11 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {
         "run": run,
-        "capacity": _lazy("worker.capacity"),
         "encrypt-key": _lazy("worker.keys"),
-        "loadgen": _lazy("worker.loadgen"),
-        "alert-receiver": _lazy("worker.alert_receiver"),
-        "up-local": _lazy("worker.localstack"),
     }
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__.strip())

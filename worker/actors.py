@@ -6,9 +6,9 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from worker.app import services
 from worker.errors import InvalidPayload
 from worker.jobs import job
+from worker.services import services
 
 
 class Payload(BaseModel):

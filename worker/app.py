@@ -7,11 +7,19 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from typing import Any
 
 import dramatiq
 import httpx
+import redis
+from dramatiq.middleware import (
+    AgeLimit,
+    Callbacks,
+    CurrentMessage,
+    Pipelines,
+    ShutdownNotifications,
+    TimeLimit,
+)
 
 from worker import __version__
 from worker.backends import (
@@ -22,29 +30,24 @@ from worker.backends import (
     Simulation,
     SimulationKnobs,
 )
-from worker.broker import build_broker, redis_client
+from worker.brokers.redis import (
+    WORKER_THREAD_LOGGER,
+    WorkerRedisBroker,
+    is_results_advice,
+    redis_client,
+)
 from worker.config import Settings, load_settings
+from worker.middleware.heartbeat import BrokerHeartbeat
+from worker.middleware.job_log import JobLog
+from worker.middleware.metrics import JobMetrics
+from worker.middleware.ratelimit import RateLimit
+from worker.middleware.redis_health import RedisHealth
+from worker.middleware.retries import ClassRetries
 from worker.organizations import RedisOrganizations
+from worker.ratelimit import RateLimiter
+from worker.services import Services, install
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Services:
-    settings: Settings
-    llm: Any
-    crm: Any
-    messages: Any
-    job_store: Any
-
-
-_services: Services | None = None
-
-
-def services() -> Services:
-    if _services is None:
-        raise RuntimeError("worker.app.setup() has not run in this process")
-    return _services
 
 
 def build_services(settings: Settings) -> Services:
@@ -114,17 +117,82 @@ def build_llm(settings: Settings, organizations: Any, rate_limit: Any = None) ->
     )
 
 
+def middleware_stack(settings: Settings, client: redis.Redis) -> list:
+    """Dramatiq's useful defaults, minus its ``Retries`` (20 retries, 15 s minimum).
+
+    ``JobMetrics`` comes after what skips a message before it runs (``AgeLimit``,
+    ``RateLimit``: a deferred job is not an attempt) and before ``TimeLimit``.
+    ``JobLog`` and ``ClassRetries`` come before ``JobMetrics``: Dramatiq runs the
+    ``after_*`` hooks in reverse order, and while Redis is unreachable these two may hold the
+    worker thread until the record is written or the retry scheduled; by then the
+    attempt is already counted, timed and out of ``worker_jobs_processing``, and
+    ``TimeLimit`` has disarmed, so it cannot interrupt the wait.
+    """
+    return [
+        AgeLimit(),
+        RateLimit(RateLimiter.from_settings(client, settings)),
+        JobLog(
+            client,
+            namespace=settings.job_queue_name,
+            completed_ttl=settings.completed_jobs_ttl_seconds,
+            completed_max=settings.completed_jobs_max,
+            dead_ttl=settings.dead_letters_ttl_seconds,
+            dead_max=settings.dead_letters_max,
+        ),
+        ClassRetries(
+            max_delay=settings.retry_max_delay_seconds,
+            jitter=settings.retry_jitter,
+            time_scale=settings.retry_time_scale,
+        ),
+        JobMetrics(),
+        TimeLimit(),
+        ShutdownNotifications(),
+        Callbacks(),
+        Pipelines(),
+        CurrentMessage(),
+        BrokerHeartbeat(interval=settings.job_lock_timeout_seconds / 2),
+        RedisHealth(
+            url=broker_redis_url(settings) or settings.redis_url,
+            max_backoff=settings.redis_health_interval_seconds,
+        ),
+    ]
+
+
+def broker_redis_url(settings: Settings) -> str | None:
+    """The broker's Redis URL, or None when the broker is RabbitMQ."""
+    url = settings.broker_url or settings.redis_url
+    return None if url.startswith("amqp") else url
+
+
+def build_broker(settings: Settings) -> dramatiq.Broker:
+    """The Redis broker from ``REDIS_URL``, or RabbitMQ when ``BROKER_URL`` is amqp://."""
+    client = redis_client(settings.redis_url)
+    middleware = middleware_stack(settings, client)
+    url = settings.broker_url or settings.redis_url
+    if url.startswith("amqp"):
+        from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+        return RabbitmqBroker(url=url, middleware=middleware, confirm_delivery=True)
+    broker_client = client if url == settings.redis_url else redis_client(url)
+    return WorkerRedisBroker(
+        client=broker_client,
+        namespace=settings.job_queue_name,
+        middleware=middleware,
+        heartbeat_timeout=int(settings.job_lock_timeout_seconds * 1000),
+        dead_message_ttl=int(settings.dead_letters_ttl_seconds * 1000),
+    )
+
+
 class _DropResultsAdvice(logging.Filter):
     """Results are kept by the JobLog middleware; Dramatiq's advice to add its own is noise."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return "Results middleware" not in str(record.msg)
+        return not is_results_advice(record)
 
 
 def setup(settings: Settings | None = None) -> dramatiq.Broker:
     """Build this process's broker and services, and bind the actors to the broker."""
-    global _services
-    logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_DropResultsAdvice())
+    logging.getLogger(WORKER_THREAD_LOGGER).addFilter(_DropResultsAdvice())
     settings = settings or load_settings()
     if settings.sentry_dsn is not None:
         from worker.sentry import add_job_tags, init_sentry
@@ -134,7 +202,7 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
     if settings.sentry_dsn is not None:
         add_job_tags(broker)
     dramatiq.set_broker(broker)
-    _services = build_services(settings)
+    install(build_services(settings))
     from worker import actors  # declared on the global broker at first import
 
     for actor in actors.ACTORS:

@@ -33,6 +33,7 @@ from prometheus_client.exposition import choose_encoder
 from prometheus_client.mmap_dict import MmapedDict
 
 from worker import __version__, metrics
+from worker.brokers.redis import Counts, redis_backlog, redis_queue_heads
 from worker.config import Settings, load_settings
 from worker.jobs import QUEUES
 from worker.middleware.metrics import runnable_since
@@ -118,42 +119,8 @@ def replica_registry(path: str) -> CollectorRegistry:
 
 # --- the broker's backlog -------------------------------------------------------------------
 
-#: queue -> (ready, delayed, dead)
-Counts = dict[str, tuple[int, int, int]]
 #: queue -> age in seconds of its oldest ready message
 Ages = dict[str, float]
-
-
-def redis_backlog(client, namespace: str, queues: Iterable[str]) -> Callable[[], Counts]:
-    """Counts of Dramatiq's Redis broker: ready = ids waiting in the queue's list (not yet
-    fetched by a worker); delayed = bodies in ``<queue>.DQ.msgs`` (waiting for their
-    time, whether still listed or already held by a worker's delay consumer); dead =
-    the dead-letter sorted set ``<queue>.XQ``."""
-    queues = tuple(queues)
-
-    def read() -> Counts:
-        with client.pipeline(transaction=False) as pipe:
-            for queue in queues:
-                pipe.llen(f"{namespace}:{queue}")
-                pipe.hlen(f"{namespace}:{queue}.DQ.msgs")
-                pipe.zcard(f"{namespace}:{queue}.XQ")
-            values = pipe.execute()
-        return {q: tuple(values[3 * i : 3 * i + 3]) for i, q in enumerate(queues)}
-
-    return read
-
-
-#: The body of each queue's next ready message ('' when none waits), read atomically: the
-#: head of ``<queue>`` (Dramatiq pushes to the tail and fetches from the head) and its
-#: body in ``<queue>.msgs``, so a head fetched between two commands is never half-read.
-_HEADS = """
-local bodies = {}
-for i, queue in ipairs(KEYS) do
-  local id = redis.call('lindex', queue, 0)
-  bodies[i] = id and redis.call('hget', queue .. '.msgs', id) or ''
-end
-return bodies
-"""
 
 
 def redis_oldest_ages(client, namespace: str, queues: Iterable[str]) -> Callable[[], Ages]:
@@ -163,13 +130,11 @@ def redis_oldest_ages(client, namespace: str, queues: Iterable[str]) -> Callable
     The head is the oldest message in the queue's order. A message a stopping or lost
     worker hands back goes to the tail: older than the head, it is seen once it reaches
     the head (the stall this gauge is for moves no message, so misses nothing)."""
-    queues = tuple(queues)
-    heads = client.register_script(_HEADS)
+    read_heads = redis_queue_heads(client, namespace, queues)
 
     def read() -> Ages:
-        bodies = heads(keys=[f"{namespace}:{q}" for q in queues])
-        now, ages = time.time(), {}
-        for queue, body in zip(queues, bodies, strict=True):
+        heads, now, ages = read_heads(), time.time(), {}
+        for queue, body in heads.items():
             try:
                 message = get_encoder().decode(body) if body else None
                 since = runnable_since(message["options"], message["message_timestamp"])

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
+from stack.servers import port_is_free
+from stack.twin import LocalStack
 from tests.e2e.support import Report
-from worker.localstack import LocalStack
-from worker.procs import port_is_free
 
 REPORT = Report()
 

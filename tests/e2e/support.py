@@ -12,8 +12,8 @@ from typing import Any
 import redis
 
 from alerts.detect import Detection, time_to_detect
-from tests.workers import ROOT, settings_for
-from worker.localstack import LocalStack
+from stack.fleet import ROOT, settings_for
+from stack.twin import LocalStack
 
 NAMESPACE = "agent-jobs"
 

@@ -2,7 +2,7 @@
 Alertmanager with its labels and annotations, and resolves once the fault is removed; a
 healthy fleet raises none, and an alert explained by another one is not delivered.
 
-One twin of the stack serves the whole module (``worker.localstack``): a real
+One twin of the stack serves the whole module (``stack.twin``): a real
 redis-server, two worker replicas, Prometheus and Alertmanager from the committed configs,
 the alert receiver standing in for the pager and the chat, and the load generator
 sending the demo mix. The rules are rendered from ``alerts/config.libsonnet`` with
@@ -21,6 +21,7 @@ from collections import Counter
 import pytest
 
 from alerts.render import record_names, render_rules
+from stack.loadgen import set_simulation
 from tests.e2e.support import (
     ALERT_OVERRIDES,
     ALERTMANAGER_OVERRIDES,
@@ -37,7 +38,6 @@ from tests.e2e.support import (
     wait_for,
 )
 from worker.jobs import QUEUES
-from worker.loadgen import set_simulation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 

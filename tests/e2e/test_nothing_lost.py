@@ -16,8 +16,8 @@ import time
 import pytest
 import redis
 
+from stack.fleet import scraped
 from tests.e2e.support import NAMESPACE, client, send_jobs, wait_for
-from tests.workers import scraped
 from worker.jobs import QUEUES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]

@@ -1,7 +1,7 @@
 """SLO proof on the twin: the queue-wait and success SLOs' burn-rate alerts and the stall
 detector fire on their real faults and reach their receivers; the demo load raises none.
 
-One twin for the module (``worker.localstack``), its rules rendered with
+One twin for the module (``stack.twin``), its rules rendered with
 ``SLO_OVERRIDES``: the seven alerts as test_alerts.py runs them, the SLO windows in
 seconds (page: 14.4x over 30s and 10s, 6x over 60s and 20s; ticket: 3x over 40s and
 10s, 1x over 80s and 20s), every queue-wait threshold 2.5 s, HighJobQueueLatency above 5 s
@@ -16,6 +16,7 @@ import time
 import pytest
 
 from alerts.render import render_rules, slo_record_names
+from stack.loadgen import set_simulation
 from tests.e2e.support import (
     ALERTMANAGER_OVERRIDES,
     ALERTMANAGER_TIMING,
@@ -31,7 +32,6 @@ from tests.e2e.support import (
     send_jobs,
     wait_for,
 )
-from worker.loadgen import set_simulation
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -1,1 +1,1 @@
-"""The worker's middleware, one concern a module; ``worker.broker`` assembles the stack."""
+"""The worker's middleware, one concern a module; ``worker.app`` assembles the stack."""

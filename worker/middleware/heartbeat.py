@@ -6,10 +6,9 @@ import logging
 import threading
 
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.common import dq_name
 from dramatiq.middleware import Middleware
 
-from worker.redis_dispatch import dispatch_args
+from worker.brokers.redis import heartbeat
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +56,4 @@ class BrokerHeartbeat(Middleware):
     @staticmethod
     def beat(broker: RedisBroker) -> None:
         """One heartbeat for this broker, with maintenance of every declared queue."""
-        dispatch = broker.scripts["dispatch"]
-        queues = {q for name in broker.get_declared_queues() for q in (name, dq_name(name))}
-        for queue in sorted(queues):
-            # "qsize" only reads; the dispatch script records the heartbeat and, with the
-            # maintenance flag set, requeues the jobs of workers whose heartbeat expired.
-            dispatch(
-                keys=[broker.namespace],
-                args=dispatch_args(broker, "qsize", queue, maintenance=True),
-            )
+        heartbeat(broker)

@@ -8,14 +8,15 @@ import time
 
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import Middleware
 
 from worker.backoff import capped_backoff
+from worker.brokers.redis import WorkerRedisBroker, dead_letter_keys
+from worker.middleware.base import WorkerMiddleware
 
 log = logging.getLogger(__name__)
 
 
-class JobLog(Middleware):
+class JobLog(WorkerMiddleware):
     """Appends each completed and each dead-lettered job to a capped Redis stream.
 
     ``<namespace>:completed`` keeps the results of completed jobs for ``completed_ttl``
@@ -69,8 +70,9 @@ class JobLog(Middleware):
             def write(pipe) -> None:
                 self._add(pipe, self.completed_key, self.completed_bounds, fields)
 
-            write_with_ack = getattr(broker, "write_with_ack", None)
-            if write_with_ack is not None and write_with_ack(message, self.client, write):
+            if isinstance(broker, WorkerRedisBroker) and broker.write_with_ack(
+                message, self.client, write
+            ):
                 return
             for hold in capped_backoff(cap=self.max_hold_seconds):
                 if self._append(self.completed_key, self.completed_bounds, fields):
@@ -95,13 +97,13 @@ class JobLog(Middleware):
 
     def trim_dead_letter_queue(self, broker: RedisBroker, queue: str) -> None:
         """Dramatiq bounds its dead-letter queue by age only; bound it by count as well."""
-        xq = f"{broker.namespace}:{queue.removesuffix('.DQ')}.XQ"
+        xq, xq_messages = dead_letter_keys(broker.namespace, queue)
         try:
             oldest = self.client.zrange(xq, 0, -(self.dead_bounds[1] + 1))
             if oldest:
                 with self.client.pipeline(transaction=False) as pipe:
                     pipe.zrem(xq, *oldest)
-                    pipe.hdel(f"{xq}.msgs", *oldest)
+                    pipe.hdel(xq_messages, *oldest)
                     pipe.execute()
         except redis.RedisError as exc:
             log.warning("could not trim %s: %s", xq, exc)

@@ -8,10 +8,10 @@ import threading
 import time
 
 from dramatiq.common import q_name
-from dramatiq.middleware import Middleware
 
 from worker import metrics
 from worker.metrics import UNKNOWN
+from worker.middleware.base import WorkerMiddleware
 
 #: Option a delayed message carries once its eta is known (milliseconds since the epoch):
 #: Dramatiq deletes ``eta`` when it moves the message to its queue, and keeps
@@ -26,7 +26,7 @@ def runnable_since(options: dict, message_timestamp: float) -> float:
     return (options.get(READY_AT) or message_timestamp) / 1000
 
 
-class JobMetrics(Middleware):
+class JobMetrics(WorkerMiddleware):
     """Counts every job attempt of this process into the ``worker_jobs*`` metrics.
 
     - started, processing: in ``before_process_message``, so the place in the middleware

@@ -41,6 +41,12 @@ from dramatiq.errors import BrokerConnectionError
 from dramatiq.middleware import Middleware, SkipMessage
 
 from worker.backoff import capped_backoff
+from worker.brokers.redis import (
+    WORKER_THREAD_LOGGER,
+    deferred_by,
+    mark_deferred,
+    skipped_message,
+)
 from worker.ratelimit import RateLimiter, RateLimiterUnavailable
 
 log = logging.getLogger(__name__)
@@ -50,10 +56,7 @@ class _DropDeferralSkips(logging.Filter):
     """Drops Dramatiq's "was skipped" warning for messages this middleware deferred."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        args = record.args if isinstance(record.args, tuple) else ()
-        return not (
-            "was skipped" in str(record.msg) and getattr(args[0] if args else None, "deferred", 0)
-        )
+        return not deferred_by(skipped_message(record))
 
 
 _deferral_skips = _DropDeferralSkips()
@@ -89,7 +92,7 @@ class RateLimit(Middleware):
         self.max_spread_seconds = max(max_spread_seconds, max_jitter_seconds)
         self.unavailable_delay_seconds = unavailable_delay_seconds
         self.max_hold_seconds = max_hold_seconds
-        logging.getLogger("dramatiq.worker.WorkerThread").addFilter(_deferral_skips)
+        logging.getLogger(WORKER_THREAD_LOGGER).addFilter(_deferral_skips)
 
     @property
     def actor_options(self) -> set[str]:
@@ -134,7 +137,7 @@ class RateLimit(Middleware):
                 )
                 time.sleep(hold)
                 continue
-            message.deferred = wait
+            mark_deferred(message, wait)
             log.debug("deferred message %s of %s by %.3fs", message.message_id, org_id, wait)
             raise SkipMessage(f"rate limited, deferred by {wait:.3f}s")
 

@@ -24,21 +24,14 @@ import time
 from collections.abc import Callable
 
 import redis
-from dramatiq.middleware import Middleware
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from worker import metrics
+from worker.brokers.redis import is_consumer_restart_line
+from worker.middleware.base import WorkerMiddleware
 
 log = logging.getLogger(__name__)
-
-#: Dramatiq's consumer threads log these on every restart; while this process knows that
-#: Redis is down (and has said so once), they are repeats.
-_OUTAGE_NOISE = (
-    "Consumer encountered a connection error",
-    "Restarting consumer in",
-    "Failed to post_process_message",
-)
 
 
 def probe_client(url: str, timeout: float = 2.0) -> redis.Redis:
@@ -188,7 +181,7 @@ class RedisWatch:
             self.on_status(up)
 
 
-class RedisHealth(Middleware):
+class RedisHealth(WorkerMiddleware):
     """Paces and counts the reconnects of this worker process's Redis broker connection.
 
     The Redis broker's consumers report each lost connection here
@@ -233,6 +226,9 @@ class RedisHealth(Middleware):
 
 
 class _QuietDuringOutage(logging.Filter):
+    """Drops Dramatiq's consumer-restart lines while this process knows that Redis is down
+    (and has said so once): they would repeat every few seconds per consumer thread."""
+
     def __init__(self, health: RedisHealth) -> None:
         super().__init__()
         self.health = health
@@ -241,4 +237,4 @@ class _QuietDuringOutage(logging.Filter):
         watch = self.health.watch
         if watch is None or watch.connected:
             return True
-        return not str(record.msg).startswith(_OUTAGE_NOISE)
+        return not is_consumer_restart_line(record)

@@ -9,7 +9,7 @@ incoming-webhook message (``slack_configs``, which alertmanager/alertmanager.yml
 ``GET /alerts`` returns what it kept (filter with ``?receiver=``, ``?alertname=``,
 ``?status=``), ``GET /healthz`` answers 200.
 
-    worker alert-receiver --host 0.0.0.0 --port 9095 --store /data/alerts.jsonl
+    stack alert-receiver --host 0.0.0.0 --port 9095 --store /data/alerts.jsonl
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ class ReceiverServer(ThreadingHTTPServer):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="worker alert-receiver", description=__doc__.strip().splitlines()[0]
+        prog="stack alert-receiver", description=__doc__.strip().splitlines()[0]
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default %(default)s)")
     parser.add_argument("--port", type=int, default=9095, help="default %(default)s")

@@ -1,7 +1,7 @@
 """The stack as local processes: docker-compose.yml's topology where Docker is absent.
 
-    make up-local                       # or: worker up-local, python -m worker.localstack
-    python -m worker.localstack --replicas 3 --rate 5 --scrape-interval 5s
+    make up-local                       # or: stack up-local, python -m stack up-local
+    python -m stack.twin --replicas 3 --rate 5 --scrape-interval 5s
 
 starts, on free loopback ports and from the same committed config files as the compose
 stack: redis-server (AOF on), N worker replicas (``python -m worker``), prometheus,
@@ -29,10 +29,8 @@ an interrupted, crashed or even SIGKILLed owner leaves nothing running.
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import contextlib
-import copy
 import json
 import os
 import shutil
@@ -42,13 +40,13 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from worker.procs import (
+from stack.servers import (
     HttpServer,
     Process,
     RedisServer,
@@ -59,181 +57,23 @@ from worker.procs import (
     prometheus_server,
     redis_server,
 )
+from stack.twin_config import (
+    ALERTMANAGER_SERVICE,
+    PROMETHEUS_SERVICES,
+    RECEIVER_SERVICE,
+    WORKER_SERVICE,
+    deep_merge,
+    twin_alertmanager_config,
+    twin_prometheus_config,
+    with_route_timing,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
 ALERTMANAGER_CONFIG = REPO / "alertmanager" / "alertmanager.yml"
 
-#: docker-compose.yml's service addresses as the committed configs name them.
-WORKER_SERVICE = "worker:9191"
-PROMETHEUS_SERVICES = ("localhost:9090", "prometheus:9090")
-ALERTMANAGER_SERVICE = "alertmanager:9093"
-RECEIVER_SERVICE = "alert-receiver:9095"
-
 #: Environment a replica must not inherit from whoever starts the twin.
 _NOT_INHERITED = ("REDIS", "BROKER", "METRICS", "SENTRY", "PROMETHEUS_MULTIPROC", "JOB_QUEUE")
-
-
-def _warn(message: str) -> None:
-    print(f"localstack: {message}", file=sys.stderr, flush=True)
-
-
-# --- the derived configs ------------------------------------------------------------------
-
-
-def _duration_seconds(text: str) -> float:
-    """Prometheus durations as the configs use them: 15s, 1m, 500ms, 1h30m."""
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-    total, number = 0.0, ""
-    i = 0
-    while i < len(text):
-        if text[i].isdigit() or text[i] == ".":
-            number += text[i]
-            i += 1
-            continue
-        unit = "ms" if text.startswith("ms", i) else text[i]
-        if unit not in units or not number:
-            raise ValueError(f"not a duration: {text!r}")
-        total += float(number) * units[unit]
-        number, i = "", i + len(unit)
-    if number:
-        raise ValueError(f"not a duration (unit missing): {text!r}")
-    return total
-
-
-def twin_prometheus_config(
-    config: Mapping[str, Any],
-    addresses: Mapping[str, Sequence[str]],
-    *,
-    config_dir: Path,
-    rules_dir: Path | None = None,
-    scrape_interval: str | None = None,
-    evaluation_interval: str | None = None,
-    warn: Callable[[str], None] = _warn,
-) -> dict[str, Any]:
-    """The committed Prometheus config with compose addresses swapped for the twin's.
-
-    ``addresses`` maps a compose ``host:port`` (a static target, or a ``dns_sd_configs``
-    name with its port) to the twin's targets. Rule file paths become absolute (taken from
-    ``rules_dir`` when given: same file names, e.g. rules rendered with short ``for``).
-    A target the twin does not run is dropped, with a warning.
-    """
-    config = copy.deepcopy(dict(config))
-    glob = config.setdefault("global", {})
-    if scrape_interval:
-        glob["scrape_interval"] = scrape_interval
-    if evaluation_interval:
-        glob["evaluation_interval"] = evaluation_interval
-    interval = _duration_seconds(glob.get("scrape_interval", "1m"))
-    # Prometheus refuses a timeout longer than the interval: shorten it with the interval.
-    if _duration_seconds(glob.get("scrape_timeout", "10s")) > interval:
-        glob["scrape_timeout"] = glob["scrape_interval"]
-
-    def rule_path(pattern: str) -> str:
-        if rules_dir is not None:
-            return str(Path(rules_dir).resolve() / Path(pattern).name)
-        return str((config_dir / pattern).resolve())
-
-    config["rule_files"] = [rule_path(p) for p in config.get("rule_files") or []]
-
-    def swap(targets: Sequence[str], where: str) -> list[str]:
-        swapped: list[str] = []
-        for target in targets:
-            if target in addresses:
-                swapped.extend(addresses[target])
-            else:
-                warn(f"{where}: {target} is not part of the local twin; dropped")
-        return swapped
-
-    for am in (config.get("alerting") or {}).get("alertmanagers") or []:
-        for static in am.get("static_configs") or []:
-            static["targets"] = swap(static.get("targets") or [], "alerting")
-
-    for job in config.get("scrape_configs") or []:
-        name = job.get("job_name", "?")
-        statics = job.pop("static_configs", None) or []
-        for static in statics:
-            static["targets"] = swap(static.get("targets") or [], f"job {name}")
-        for sd in job.pop("dns_sd_configs", None) or []:
-            names = [f"{host}:{sd.get('port', 80)}" for host in sd.get("names") or []]
-            statics.append({"targets": swap(names, f"job {name} (dns_sd_configs)")})
-        statics = [s for s in statics if s["targets"]]
-        job["static_configs"] = statics or [{"targets": []}]
-        if "scrape_timeout" in job:
-            job_interval = _duration_seconds(job.get("scrape_interval", glob["scrape_interval"]))
-            if _duration_seconds(job["scrape_timeout"]) > job_interval:
-                job["scrape_timeout"] = job.get("scrape_interval", glob["scrape_interval"])
-    return config
-
-
-def deep_merge(base: Any, override: Any) -> Any:
-    """``override`` merged into ``base``: mappings merge key by key, anything else replaces."""
-    if isinstance(base, Mapping) and isinstance(override, Mapping):
-        merged = dict(base)
-        for key, value in override.items():
-            merged[key] = deep_merge(base.get(key), value) if key in base else value
-        return merged
-    return copy.deepcopy(override)
-
-
-def twin_alertmanager_config(
-    config: Mapping[str, Any],
-    receiver_url: Callable[[str], str],
-    *,
-    config_dir: Path,
-    secrets_dir: Path,
-    overrides: Mapping[str, Any] | None = None,
-    warn: Callable[[str], None] = _warn,
-) -> dict[str, Any]:
-    """The committed Alertmanager config, every receiver delivering to the alert receiver.
-
-    Slack and webhook integrations keep their settings; only where they send changes:
-    ``receiver_url(name)`` written to ``secrets_dir/<name>-url``, the file their
-    ``*_url_file`` option names. Other integrations (e-mail, PagerDuty...) would reach the
-    outside world and are dropped with a warning. ``overrides`` is deep-merged last (e.g.
-    ``{"route": {"group_wait": "1s"}}`` for a test).
-    """
-    config = copy.deepcopy(dict(config))
-    config["templates"] = [str((config_dir / t).resolve()) for t in config.get("templates") or []]
-    secrets_dir.mkdir(parents=True, exist_ok=True)
-    for receiver in config.get("receivers") or []:
-        name = receiver["name"]
-        url_file = secrets_dir / f"{name}-url"
-        url_file.write_text(receiver_url(name))
-        for key in [k for k in receiver if k.endswith("_configs")]:
-            if key == "slack_configs":
-                for slack in receiver[key]:
-                    slack.pop("api_url", None)
-                    slack["api_url_file"] = str(url_file)
-            elif key == "webhook_configs":
-                for hook in receiver[key]:
-                    hook.pop("url", None)
-                    hook["url_file"] = str(url_file)
-            else:
-                warn(f"receiver {name}: {key} would leave this machine; dropped")
-                del receiver[key]
-    return deep_merge(config, overrides or {})
-
-
-def with_route_timing(config: Mapping[str, Any], **timing: str) -> dict[str, Any]:
-    """``config`` with ``group_wait``, ``group_interval`` and/or ``repeat_interval`` set on
-    the root route and on every route below it that sets its own (tests: seconds, not
-    minutes), leaving the tree, matchers and receivers as committed."""
-    config = copy.deepcopy(dict(config))
-
-    def visit(route: dict[str, Any], root: bool) -> None:
-        for key, value in timing.items():
-            if root or key in route:
-                route[key] = value
-        for child in route.get("routes") or []:
-            visit(child, False)
-
-    if "route" in config:
-        visit(config["route"], True)
-    return config
-
-
-# --- the processes ------------------------------------------------------------------------
 
 
 class WorkerReplica(HttpServer):
@@ -380,7 +220,7 @@ class LocalStack:
 
         receiver_port, store = port(), self.run_dir / "receiver" / "alerts.jsonl"
         self.receiver = HttpServer(
-            [sys.executable, "-m", "worker.alert_receiver", "--host", "127.0.0.1",
+            [sys.executable, "-m", "stack.alert_receiver", "--host", "127.0.0.1",
              "--port", str(receiver_port), "--store", str(store)],
             receiver_port, self.run_dir / "receiver", name="alert-receiver",
             env=_python_env(), ready_path="/healthz",
@@ -439,7 +279,7 @@ class LocalStack:
 
         if self.loadgen_rate is not None:
             self.loadgen = Process(
-                [sys.executable, "-m", "worker.loadgen", "--rate", str(self.loadgen_rate),
+                [sys.executable, "-m", "stack.loadgen", "--rate", str(self.loadgen_rate),
                  *self.loadgen_args],
                 None, self.run_dir / "loadgen", name="loadgen",
                 env=_python_env(REDIS_URL=self.redis.url, JOB_QUEUE_NAME=self.namespace),
@@ -627,124 +467,3 @@ class LocalStack:
         lines.append("Grafana        not in the local twin (docker compose only)")
         lines.append(f"Configs, data and logs: {self.run_dir}")
         return "\n".join(lines)
-
-
-# --- the command --------------------------------------------------------------------------
-
-
-class _Tail:
-    """New complete lines of a growing file."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.offset = path, 0
-
-    def lines(self) -> list[str]:
-        try:
-            with open(self.path, "rb") as f:
-                f.seek(self.offset)
-                data = f.read()
-        except OSError:
-            return []
-        end = data.rfind(b"\n") + 1
-        self.offset += end
-        return data[:end].decode(errors="replace").splitlines()
-
-
-class _Stop(Exception):
-    pass
-
-
-def main(argv: list[str] | None = None) -> int:
-    from worker.loadgen import DEFAULT_RATE
-
-    parser = argparse.ArgumentParser(
-        prog="worker up-local",
-        description=__doc__.strip().split("\n\n")[0],
-        epilog="Ctrl-C stops everything it started.",
-    )
-    parser.add_argument("--replicas", type=int, default=2, help="worker replicas (default 2)")
-    parser.add_argument(
-        "--rate", type=float, default=DEFAULT_RATE, help="load generator jobs/s (default 1.56)"
-    )
-    parser.add_argument("--no-loadgen", action="store_true", help="start no load generator")
-    parser.add_argument(
-        "--run-dir", type=Path, default=REPO / ".run" / "localstack", help="default %(default)s"
-    )
-    parser.add_argument("--keep-data", action="store_true", help="keep Redis and Prometheus data")
-    parser.add_argument("--scrape-interval", help="instead of the committed 15s")
-    parser.add_argument("--evaluation-interval", help="instead of the committed 15s")
-    parser.add_argument("--rules-dir", type=Path, help="rule files instead of prometheus/rules")
-    parser.add_argument(
-        "--env",
-        action="append",
-        default=[],
-        metavar="NAME=VALUE",
-        help="environment for every replica, e.g. --env SIM_LATENCY_SECONDS=2-4",
-    )
-    args = parser.parse_args(argv)
-    if args.replicas < 1 or args.rate <= 0:
-        parser.error("--replicas and --rate must be positive")
-    replica_env = {}
-    for item in args.env:
-        name, sep, value = item.partition("=")
-        if not sep or not name:
-            parser.error(f"--env {item!r}: expected NAME=VALUE")
-        replica_env[name] = value
-
-    stack = LocalStack(
-        args.run_dir,
-        replicas=args.replicas,
-        replica_env=replica_env,
-        rules_dir=args.rules_dir,
-        scrape_interval=args.scrape_interval,
-        evaluation_interval=args.evaluation_interval,
-        loadgen_rate=None if args.no_loadgen else args.rate,
-        keep_data=args.keep_data,
-    )
-
-    def on_signal(signum: int, _frame: object) -> None:
-        raise _Stop(signal.Signals(signum).name)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
-    # Ctrl-C must work even when started from a script in the background, which would
-    # otherwise have it ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    try:
-        print("Starting the local stack...", flush=True)
-        stack.start()
-        print(stack.describe(), flush=True)
-        print(
-            "\nProvoke an alert: kill one worker (kill -9 <pid>) for WorkerDown, or make calls"
-            f"\nfail: REDIS_URL={stack.redis.url} {sys.executable} -m worker loadgen"
-            " --failure-ratio 0.5 --set-only"
-            "\nAlerts appear below as the receiver gets them. Ctrl-C stops everything.\n",
-            flush=True,
-        )
-        tails = {"alert": _Tail(stack.receiver.log)}
-        if stack.loadgen is not None:
-            tails["loadgen"] = _Tail(stack.loadgen.log)
-        while True:
-            for prefix, tail in tails.items():
-                for line in tail.lines():
-                    print(f"[{prefix}] {line}", flush=True)
-            for i in stack.supervise():
-                print(f"[localstack] worker {i + 1} exited with an error: restarted", flush=True)
-            for process in (stack.redis, stack.prometheus, stack.alertmanager, stack.receiver):
-                if not process.running and process is not stack.redis:
-                    raise RuntimeError(f"{process.name} exited: {process.log_tail(500)}")
-            time.sleep(1)
-    except (KeyboardInterrupt, _Stop):
-        print("\nStopping...", flush=True)
-    except RuntimeError as exc:
-        print(f"localstack: {exc}", file=sys.stderr, flush=True)
-        return 1
-    finally:
-        stack.stop()
-        left = [p.name for p in stack.processes if p.group_alive]
-        print("Stopped." if not left else f"Still running: {', '.join(left)}", flush=True)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,7 +6,7 @@ process) holds one job for its whole duration, so ``L`` is the number of slots t
 on average. The original system claimed that 25 slots with 15-20 s jobs serve about
 25 jobs/s; Little's law gives 25 / 17.5 = 1.43 jobs/s.
 
-Definitions (all printed by ``python -m worker.capacity`` and ``worker capacity``):
+Definitions (all printed by ``python -m stack.capacity`` and ``stack capacity``):
 
 - ``arrival_rate_per_s`` (lambda): job attempts per second, averaged over the day:
   ``jobs_per_day / 86400 x (1 + retry_fraction)``. A retry is another attempt that holds a
@@ -333,11 +333,11 @@ def _prom_range(text: str) -> str:
     return text
 
 
-def build_parser(prog: str = "worker capacity") -> argparse.ArgumentParser:
+def build_parser(prog: str = "stack capacity") -> argparse.ArgumentParser:
     parser = _Parser(
         prog=prog,
         description="Size the worker fleet with Little's law (L = arrival rate x job time).",
-        epilog="Definitions of every number: see the docstring of worker/capacity.py.",
+        epilog="Definitions of every number: see the docstring of stack/capacity.py.",
     )
     load = parser.add_mutually_exclusive_group()
     load.add_argument("--jobs-per-day", type=_positive, help="jobs submitted per day")

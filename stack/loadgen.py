@@ -1,8 +1,8 @@
 """Load generator: enqueue a realistic mix of jobs for many organizations at a steady rate.
 
-    worker loadgen                                   # 135,000 jobs/day (1.56/s) until Ctrl-C
-    worker loadgen --rate 5 --duration 600           # 5 jobs/s for 10 minutes
-    worker loadgen --failure-ratio 0.3 --set-only    # make 30 % of backend calls fail, fleet-wide
+    stack loadgen                                   # 135,000 jobs/day (1.56/s) until Ctrl-C
+    stack loadgen --rate 5 --duration 600           # 5 jobs/s for 10 minutes
+    stack loadgen --failure-ratio 0.3 --set-only    # make 30 % of backend calls fail, fleet-wide
 
 Jobs go through the same actors an application uses, to the broker of ``REDIS_URL`` in
 namespace ``JOB_QUEUE_NAME``. The simulation knobs (``--failure-ratio``, ``--ratio-429``,
@@ -221,7 +221,7 @@ def run(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="worker loadgen",
+        prog="stack loadgen",
         description=__doc__.strip().split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.strip().split("\n\n", 1)[1],
@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--orgs must be at least 1 and --duration not negative")
 
     from worker.app import setup
-    from worker.broker import redis_client
+    from worker.brokers.redis import redis_client
     from worker.config import load_settings
 
     settings = load_settings()

@@ -1,0 +1,130 @@
+"""``stack up-local``: the local twin in the foreground, its alerts printed as they come."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from stack.twin import REPO, LocalStack
+from stack.twin import __doc__ as TWIN_DOC
+
+
+class _Tail:
+    """New complete lines of a growing file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset = path, 0
+
+    def lines(self) -> list[str]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+        except OSError:
+            return []
+        end = data.rfind(b"\n") + 1
+        self.offset += end
+        return data[:end].decode(errors="replace").splitlines()
+
+
+class _Stop(Exception):
+    pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    from stack.loadgen import DEFAULT_RATE
+
+    parser = argparse.ArgumentParser(
+        prog="stack up-local",
+        description=TWIN_DOC.strip().split("\n\n")[0],
+        epilog="Ctrl-C stops everything it started.",
+    )
+    parser.add_argument("--replicas", type=int, default=2, help="worker replicas (default 2)")
+    parser.add_argument(
+        "--rate", type=float, default=DEFAULT_RATE, help="load generator jobs/s (default 1.56)"
+    )
+    parser.add_argument("--no-loadgen", action="store_true", help="start no load generator")
+    parser.add_argument(
+        "--run-dir", type=Path, default=REPO / ".run" / "localstack", help="default %(default)s"
+    )
+    parser.add_argument("--keep-data", action="store_true", help="keep Redis and Prometheus data")
+    parser.add_argument("--scrape-interval", help="instead of the committed 15s")
+    parser.add_argument("--evaluation-interval", help="instead of the committed 15s")
+    parser.add_argument("--rules-dir", type=Path, help="rule files instead of prometheus/rules")
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="environment for every replica, e.g. --env SIM_LATENCY_SECONDS=2-4",
+    )
+    args = parser.parse_args(argv)
+    if args.replicas < 1 or args.rate <= 0:
+        parser.error("--replicas and --rate must be positive")
+    replica_env = {}
+    for item in args.env:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            parser.error(f"--env {item!r}: expected NAME=VALUE")
+        replica_env[name] = value
+
+    stack = LocalStack(
+        args.run_dir,
+        replicas=args.replicas,
+        replica_env=replica_env,
+        rules_dir=args.rules_dir,
+        scrape_interval=args.scrape_interval,
+        evaluation_interval=args.evaluation_interval,
+        loadgen_rate=None if args.no_loadgen else args.rate,
+        keep_data=args.keep_data,
+    )
+
+    def on_signal(signum: int, _frame: object) -> None:
+        raise _Stop(signal.Signals(signum).name)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+    # Ctrl-C must work even when started from a script in the background, which would
+    # otherwise have it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        print("Starting the local stack...", flush=True)
+        stack.start()
+        print(stack.describe(), flush=True)
+        print(
+            "\nProvoke an alert: kill one worker (kill -9 <pid>) for WorkerDown, or make calls"
+            f"\nfail: REDIS_URL={stack.redis.url} {sys.executable} -m stack loadgen"
+            " --failure-ratio 0.5 --set-only"
+            "\nAlerts appear below as the receiver gets them. Ctrl-C stops everything.\n",
+            flush=True,
+        )
+        tails = {"alert": _Tail(stack.receiver.log)}
+        if stack.loadgen is not None:
+            tails["loadgen"] = _Tail(stack.loadgen.log)
+        while True:
+            for prefix, tail in tails.items():
+                for line in tail.lines():
+                    print(f"[{prefix}] {line}", flush=True)
+            for i in stack.supervise():
+                print(f"[localstack] worker {i + 1} exited with an error: restarted", flush=True)
+            for process in (stack.redis, stack.prometheus, stack.alertmanager, stack.receiver):
+                if not process.running and process is not stack.redis:
+                    raise RuntimeError(f"{process.name} exited: {process.log_tail(500)}")
+            time.sleep(1)
+    except (KeyboardInterrupt, _Stop):
+        print("\nStopping...", flush=True)
+    except RuntimeError as exc:
+        print(f"localstack: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        stack.stop()
+        left = [p.name for p in stack.processes if p.group_alive]
+        print("Stopped." if not left else f"Still running: {', '.join(left)}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
