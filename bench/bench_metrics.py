@@ -157,8 +157,9 @@ def oldest_age_cost(redis_url: str, samples: int) -> dict[str, float]:
     """Median milliseconds of one backlog sample with and without reading each queue's
     oldest ready message, with 1,000 messages waiting per queue."""
     from worker.app import setup
+    from worker.brokers.redis import redis_backlog
     from worker.config import Settings
-    from worker.exposition import redis_backlog, redis_oldest_ages
+    from worker.exposition import redis_oldest_ages
     from worker.jobs import QUEUES
 
     client = redis.Redis.from_url(redis_url)
