@@ -191,6 +191,21 @@ def test_queue_wait_leaves_out_retry_backoff_and_sender_delays(redis_url):
     assert waited_seconds("fast", "test.metrics.delayed") < 1.5
 
 
+def test_a_body_with_a_bad_ready_at_still_runs_and_waits_from_its_enqueue(broker):
+    """A message's body is outside the worker's control: a ready_at that is no number is
+    ignored, the job runs, and its wait counts from its enqueue."""
+    import dramatiq
+
+    job("test.metrics.odd_body", "fast")(lambda **kw: None)
+    broker.enqueue(dramatiq.Message("fast", "test.metrics.odd_body", (), {}, {"ready_at": "soon"}))
+    time.sleep(0.5)
+    with in_process_worker(broker):
+        wait_until(lambda: counts("fast", "test.metrics.odd_body")["completed_total"], 10)
+    got = counts("fast", "test.metrics.odd_body")
+    assert (got["failed_total"], got["waited"]) == (0, 1)
+    assert waited_seconds("fast", "test.metrics.odd_body") >= 0.5
+
+
 def test_unknown_actor_is_one_dead_letter_with_bounded_labels(broker):
     import dramatiq
 

@@ -136,11 +136,11 @@ def redis_oldest_ages(client, namespace: str, queues: Iterable[str]) -> Callable
         heads, now, ages = read_heads(), time.time(), {}
         for queue, body in heads.items():
             try:
-                message = get_encoder().decode(body) if body else None
-                since = runnable_since(message["options"], message["message_timestamp"])
-            except Exception:  # an undecodable head is dead-lettered when fetched
-                message = None
-            ages[queue] = max(now - since, 0.0) if message else 0.0
+                message = get_encoder().decode(body)
+                since = runnable_since(message.get("options", {}), message["message_timestamp"])
+            except Exception:  # none waits, or the head is dead-lettered when fetched
+                since = None
+            ages[queue] = 0.0 if since is None else max(now - since, 0.0)
         return ages
 
     return read

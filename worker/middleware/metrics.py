@@ -3,6 +3,7 @@ and how long each waited in its queue."""
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -19,11 +20,16 @@ from worker.middleware.base import WorkerMiddleware
 READY_AT = "ready_at"
 
 
-def runnable_since(options: dict, message_timestamp: float) -> float:
+def runnable_since(options: dict, message_timestamp: object) -> float | None:
     """When a message became runnable, in seconds since the epoch: the eta of its last
     delay (a retry's backoff, a rate-limit deferral, a ``delay=`` of its sender), else the
-    time it was enqueued."""
-    return (options.get(READY_AT) or message_timestamp) / 1000
+    time it was enqueued; None when the body says neither as a number (a body is outside
+    the worker's control: a bad one must not fail the job)."""
+    for millis in (options.get(READY_AT), message_timestamp):
+        if isinstance(millis, int | float) and not isinstance(millis, bool):
+            if math.isfinite(millis):
+                return millis / 1000
+    return None
 
 
 class JobMetrics(WorkerMiddleware):
@@ -105,8 +111,9 @@ class JobMetrics(WorkerMiddleware):
 
     @staticmethod
     def observe_wait(metric: _Children, message) -> None:
-        waited = time.time() - runnable_since(message.options, message.message_timestamp)
-        metric.queue_wait.observe(max(waited, 0.0))  # another host's clock may run ahead
+        since = runnable_since(message.options, message.message_timestamp)
+        if since is not None:  # another host's clock may run ahead: at least 0
+            metric.queue_wait.observe(max(time.time() - since, 0.0))
 
     def before_delay_message(self, broker, message) -> None:
         message.options[READY_AT] = message.options["eta"]
