@@ -16,8 +16,6 @@ alertmanager/alertmanager.yml, so the README's table cannot drift from them.
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
 import sys
 from collections.abc import Sequence
@@ -26,7 +24,8 @@ from pathlib import Path
 
 import yaml
 
-from alerts.render import REPO_DIR, load_config, rendered
+from alerts.render import REPO_DIR, config_parser, exit_code, load_config, rendered
+from stack.prom import parse_duration
 
 PROMETHEUS_CONFIG = REPO_DIR / "prometheus" / "prometheus.yml"
 ALERTMANAGER_CONFIG = REPO_DIR / "alertmanager" / "alertmanager.yml"
@@ -37,17 +36,6 @@ CRITICAL_BUDGET_SECONDS = 180
 # computed at: a fast burn for the page, a slow one for the ticket.
 BURN_RATE_ALERTS = ("JobQueueWaitBudgetBurn", "JobSuccessBudgetBurn")
 REFERENCE_BURN_RATES = {"critical": 20.0, "warning": 4.0}
-
-_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Prometheus duration such as '15s', '1m30s' or '0m'."""
-    parts = _DURATION.findall(text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"not a Prometheus duration: {text!r}")
-    return sum(int(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
 def format_duration(seconds: float) -> str:
@@ -200,25 +188,11 @@ def markdown_table(overrides: dict | None = None, config_files: Sequence[Path | 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Print the worst-case time-to-detect table.")
-    parser.add_argument(
-        "--config",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="a jsonnet file mixed over the defaults, as for python -m alerts.render",
-    )
-    parser.add_argument(
-        "--set", dest="overrides", type=json.loads, default=None, metavar="JSON",
-        help="JSON deep-merged into _config",
-    )  # fmt: skip
+    parser = config_parser("Print the worst-case time-to-detect table (markdown).")
     args = parser.parse_args(argv)
-    try:
-        print(markdown_table(args.overrides, args.config), end="")
-    except RuntimeError as exc:  # jsonnet errors: the message names file, line and problem
-        print(f"alerts.detect: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return exit_code(
+        "alerts.detect", lambda: print(markdown_table(args.overrides, args.config), end="")
+    )
 
 
 if __name__ == "__main__":

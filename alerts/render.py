@@ -14,7 +14,7 @@ import argparse
 import functools
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import _jsonnet
@@ -134,9 +134,9 @@ def render_rules(
     return paths
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out-dir", type=Path, default=RULES_DIR)
+def config_parser(description: str) -> argparse.ArgumentParser:
+    """A command line with the mixin's ``--config FILE`` and ``--set JSON`` options."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--config",
         action="append",
@@ -152,12 +152,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="JSON",
         help="JSON deep-merged into _config",
     )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = config_parser(__doc__.splitlines()[0])
+    parser.add_argument("--out-dir", type=Path, default=RULES_DIR)
     args = parser.parse_args(argv)
-    try:
+
+    def render() -> None:
         for path in render_rules(args.overrides, args.out_dir, args.config):
             print(f"wrote {path.relative_to(REPO_DIR) if path.is_relative_to(REPO_DIR) else path}")
-    except RuntimeError as exc:  # jsonnet errors: the message names file, line and problem
-        print(f"alerts.render: {exc}", file=sys.stderr)
+
+    return exit_code("alerts.render", render)
+
+
+def exit_code(prog: str, action: Callable[[], object]) -> int:
+    """0 once ``action()`` ran; 2 with one line on stderr when jsonnet fails (its message
+    names the file, line and problem) or a value is not what it should be."""
+    try:
+        action()
+    except (RuntimeError, ValueError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     return 0
 

@@ -34,7 +34,8 @@ from pathlib import Path
 
 import redis
 
-from stack.fleet import Replica, replica_env, scrape, wait_until
+from stack.fleet import Replica, replica_env, scrape
+from stack.poll import wait_until
 from stack.servers import free_port, redis_server, running
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,8 +21,6 @@ import re
 import sys
 import tempfile
 import time
-import urllib.parse
-import urllib.request
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -36,6 +34,7 @@ import numpy as np  # noqa: E402
 
 from dashboards import promql  # noqa: E402
 from dashboards.render import GENERATED_DIR, REPO_DIR  # noqa: E402
+from stack import prom  # noqa: E402
 
 OUT_DIR = REPO_DIR / "docs" / "img"
 ROW_UNIT = 0.42  # inches per Grafana grid row (30 px)
@@ -44,21 +43,6 @@ BACKGROUND, PANEL, TEXT, GRID = "#111217", "#181b1f", "#ccccdc", "#2c3235"
 PALETTE = ["#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#5794f2", "#b877d9",
            "#fade2a", "#37872d", "#c4162a", "#1f60c4", "#8f3bb8"]  # fmt: skip
 COLORS = {"green": "#73bf69", "red": "#f2495c", "orange": "#ff9830", "blue": "#5794f2"}
-
-
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.load(response)
-
-
-def query_range(base: str, expr: str, start: float, end: float, step: float) -> list[dict]:
-    q = urllib.parse.urlencode({"query": expr, "start": start, "end": end, "step": step})
-    return _get(f"{base}/api/v1/query_range?{q}")["data"]["result"]
-
-
-def query(base: str, expr: str, at: float) -> list[dict]:
-    q = urllib.parse.urlencode({"query": expr, "time": at})
-    return _get(f"{base}/api/v1/query?{q}")["data"]["result"]
 
 
 def legend(fmt: str, labels: dict) -> str:
@@ -230,7 +214,7 @@ def matches(labels: dict, matchers: list[tuple[str, str, str]]) -> bool:
 
 def draw_alertlist(ax, panel: dict, base: str, variables: dict) -> None:
     """Firing and pending alerts of Prometheus' rules, filtered as the panel filters them."""
-    rules = _get(f"{base}/api/v1/rules?type=alert")["data"]["groups"]
+    rules = prom.api(base, "rules", {"type": "alert"})["groups"]
     wanted = label_filter(promql.interpolate(panel["options"]["alertInstanceLabelFilter"],
                                              variables))  # fmt: skip
     lines = []
@@ -286,18 +270,18 @@ def render_dashboard(
             series = [
                 (legend(t["legendFormat"], s["metric"]), s["values"])
                 for expr, t in exprs
-                for s in query_range(base, expr, start, end, step)
+                for s in prom.query_range(base, expr, start, end, step)
             ]
             draw_timeseries(ax, panel, series, start, end)
         elif kind == "stat":
             values = [
                 (legend(t["legendFormat"], s["metric"]), float(s["value"][1]))
                 for expr, t in exprs
-                for s in query(base, expr, end)
+                for s in prom.query(base, expr, end)
             ]
             draw_stat(ax, panel, values)
         elif kind == "heatmap":
-            draw_heatmap(ax, query_range(base, exprs[0][0], start, end, step), start, end)
+            draw_heatmap(ax, prom.query_range(base, exprs[0][0], start, end, step), start, end)
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.fig.savefig(out, dpi=72, facecolor=BACKGROUND)
     plt.close(canvas.fig)
@@ -326,10 +310,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.prometheus:
         base = args.prometheus.rstrip("/")
         end = time.time()
-        start = end - promql_seconds(args.range)
+        try:
+            start = end - prom.parse_duration(args.range)
+        except ValueError:
+            parser.error(f"--range: {args.range!r} is not a duration like 15m or 1h")
         instance = (
             args.instance
-            or sorted(s["metric"]["instance"] for s in query(base, 'up{job="worker"}', end))[0]
+            or sorted(s["metric"]["instance"] for s in prom.query(base, 'up{job="worker"}', end))[0]
         )
         paths = render_all(base, start, end, instance, args.out_dir)
     else:
@@ -348,13 +335,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     for path in paths:
         print(f"wrote {path.relative_to(REPO_DIR) if path.is_relative_to(REPO_DIR) else path}")
     return 0
-
-
-def promql_seconds(duration: str) -> float:
-    match = re.fullmatch(r"(\d+)([smhd])", duration)
-    if not match:
-        raise SystemExit(f"--range: {duration!r} is not a duration like 15m or 1h")
-    return int(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
 
 
 if __name__ == "__main__":

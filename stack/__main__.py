@@ -12,6 +12,9 @@ from __future__ import annotations
 import importlib
 import sys
 
+#: Modules of pyproject's `tools` extra, which the worker image does not install.
+TOOLS = {"yaml", "_jsonnet", "grafanalib", "matplotlib"}
+
 COMMANDS = {
     "up-local": "stack.twin_cli",
     "loadgen": "stack.loadgen",
@@ -22,9 +25,12 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] in ("-h", "--help"):
+    if argv and argv[0] in ("-h", "--help"):
         print(__doc__.strip())
-        return 0 if argv else 2
+        return 0
+    if not argv:
+        print(__doc__.strip(), file=sys.stderr)
+        return 2
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"stack: unknown command {command!r}\n\n{__doc__.strip()}", file=sys.stderr)
@@ -33,7 +39,15 @@ def main(argv: list[str] | None = None) -> int:
     from worker.config import ConfigError
 
     try:
-        return importlib.import_module(COMMANDS[command]).main(rest)
+        module = importlib.import_module(COMMANDS[command])
+    except ModuleNotFoundError as error:
+        if error.name not in TOOLS:
+            raise
+        print(f"stack {command}: needs {error.name}, from the tools extra: "
+              "pip install -e '.[tools]' in a checkout", file=sys.stderr)  # fmt: skip
+        return 2
+    try:
+        return module.main(rest)
     except ConfigError as error:
         print(error.message, file=sys.stderr)
         return 2

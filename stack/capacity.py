@@ -51,13 +51,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import re
 import sys
 from dataclasses import asdict, dataclass
-from urllib.parse import urlsplit, urlunsplit
 
-import httpx
-
+from stack import prom
+from stack.prom import PrometheusError
 from worker.config import DEFAULT_RATE_LIMITS, Limits, parse_limits
 
 SECONDS_PER_DAY = 86_400
@@ -207,45 +205,9 @@ DURATION_QUERY = (
 )
 
 
-class PrometheusError(Exception):
-    """Prometheus could not be reached or gave no usable answer."""
-
-
-def _redact(url: str) -> str:
-    """The URL without a password it may carry, for error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(
-        parts._replace(
-            netloc=f"{parts.username}:***@{parts.hostname}"
-            + (f":{parts.port}" if parts.port else "")
-        )
-    )
-
-
 def query_scalar(url: str, promql: str, timeout: float = 10.0) -> float:
     """Evaluate an instant query that yields one sample and return its value."""
-    endpoint = url.rstrip("/") + "/api/v1/query"
-    shown = _redact(url)
-    if urlsplit(url).scheme not in {"http", "https"}:
-        raise PrometheusError(f"--from-prometheus needs an http:// or https:// URL (got {shown})")
-    try:
-        response = httpx.get(endpoint, params={"query": promql}, timeout=timeout)
-    except (httpx.HTTPError, httpx.InvalidURL) as exc:
-        raise PrometheusError(f"cannot reach Prometheus at {shown}: {exc}") from None
-    try:
-        body = response.json()
-    except ValueError:
-        raise PrometheusError(
-            f"Prometheus at {shown} answered HTTP {response.status_code} without JSON"
-        ) from None
-    if not isinstance(body, dict) or body.get("status") != "success":
-        error = body.get("error") if isinstance(body, dict) else None
-        raise PrometheusError(
-            f"Prometheus at {shown} rejected {promql!r}: HTTP {response.status_code} {error or ''}"
-        )
-    result = (body.get("data") or {}).get("result") or []
+    result = prom.query(url, promql, timeout=timeout)
     if not result:
         raise PrometheusError(f"Prometheus has no data for {promql!r}")
     try:
@@ -328,8 +290,12 @@ def _wait_slo(text: str) -> tuple[float, float]:
 
 
 def _prom_range(text: str) -> str:
-    if not re.fullmatch(r"(\d+(ms|s|m|h|d|w|y))+", text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a Prometheus duration like 1h or 30m")
+    try:
+        prom.parse_duration(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a Prometheus duration like 1h or 30m"
+        ) from None
     return text
 
 

@@ -15,23 +15,27 @@ import contextlib
 import json
 import os
 import signal
-import subprocess
 import sys
 import threading
-import time
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import dramatiq
 import redis
 
+from stack import prom
+from stack.poll import wait_until
+from stack.prom import PrometheusError
 from stack.servers import (
+    HttpServer,
     PrometheusServer,
     RedisServer,
     free_port,
+    group_pids,
+    listening_pids,
     prometheus_server,
     redis_server,
     running,
@@ -58,73 +62,105 @@ def in_process_worker(broker: dramatiq.Broker, threads: int = 4) -> Iterator[dra
         worker.stop(timeout=10_000)
 
 
-def wait_until(predicate: Callable[[], object], timeout: float, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
+#: Environment a replica must not inherit from whoever starts it.
+_NOT_INHERITED = ("REDIS", "BROKER", "METRICS", "SENTRY", "PROMETHEUS_MULTIPROC", "JOB_QUEUE")
+
+
+def python_env(**extra: str) -> dict[str, str]:
+    """The environment of a Python process of the stack: this checkout importable (also
+    without an installed package), output unbuffered, no broker or metrics settings of
+    whoever starts it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_NOT_INHERITED)}
+    path = [str(ROOT), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
+    env.update(PYTHONPATH=os.pathsep.join(dict.fromkeys(path)), PYTHONUNBUFFERED="1")
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
 
 
 def replica_env(redis_url: str, **env: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS", "SENTRY"))}
-    # METRICS_PORT 0: any free port, so replicas of a test (and of parallel runs) never collide
-    base.update(
-        REDIS_URL=redis_url, METRICS_HOST="127.0.0.1", METRICS_PORT="0", PYTHONUNBUFFERED="1"
+    """A replica's environment; METRICS_PORT 0 (the default here) lets it take any free
+    port, so replicas of a test (and of parallel runs) never collide."""
+    return python_env(
+        **{"REDIS_URL": redis_url, "METRICS_HOST": "127.0.0.1", "METRICS_PORT": "0", **env}
     )
-    base.update({k: str(v) for k, v in env.items()})
-    return base
 
 
-class Replica:
-    """One ``python -m worker`` process group, as an operator would run it."""
+class Replica(HttpServer):
+    """One ``python -m worker run`` replica (a process group), as an operator runs it.
 
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env, self.log_path = env, log
-        self.proc: subprocess.Popen | None = None
+    Ready when its metrics endpoint answers, at ``port`` (default: the environment's
+    ``METRICS_PORT``; with 0, as soon as it runs). SIGTERM goes to the main process only,
+    as ``docker stop`` or systemd deliver it: the worker then stops its own processes and
+    lets running jobs finish. SIGKILL (a crash), SIGSTOP and SIGCONT take the whole group.
+    """
 
-    def start(self) -> Replica:
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker"],
-                env=self.env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+    def __init__(
+        self,
+        env: dict[str, str],
+        log: Path,
+        *,
+        port: int | None = None,
+        ready_path: str = "/metrics",
+    ) -> None:
+        port = port or int(env.get("METRICS_PORT") or 0) or None
+        argv = [sys.executable, "-m", "worker", "run"]
+        super().__init__(argv, port, log.parent, log.stem, env, ready_path=ready_path)
+        self.log = log
+
+    def start(self, timeout: float = 30.0) -> Replica:
+        return super().start(timeout)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30.0) -> int | None:
+        """Stop the replica (its running jobs finish within its grace period); its exit
+        code, or None if it never started."""
+        super().stop(sig, timeout)
+        return self.proc.returncode if self.proc else None
+
+    def send_signal(self, sig: int) -> None:
+        if sig in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT):
+            super().send_signal(sig)
+        elif self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.proc.pid, sig)
+
+    def wait_for_metrics(self, timeout: float = 30.0) -> Replica:
+        """Return once the endpoint serves the job metrics, i.e. the worker processes have
+        booted (the endpoint itself answers before they do); stop the replica and raise
+        AssertionError with its log otherwise."""
+
+        def serves() -> bool:
+            try:
+                return "worker_jobs_total" in scrape(self.port, timeout=1)
+            except OSError:
+                return False
+
+        try:
+            wait_until(serves, timeout, interval=0.1)
+        except AssertionError:
+            self.stop()
+            raise AssertionError(f"no metrics endpoint: {self.output[-3000:]}") from None
         return self
 
-    def signal(self, sig: int) -> None:
-        """SIGKILL hits the whole group (a crash); other signals go to the main process only,
-        as ``docker stop`` or systemd deliver them."""
-        if self.proc and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                if sig == signal.SIGKILL:
-                    os.killpg(self.proc.pid, sig)
-                else:
-                    os.kill(self.proc.pid, sig)
-
-    def stop(self, timeout: float = 30) -> int | None:
-        if self.proc is None:
-            return None
-        self.signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.signal(signal.SIGKILL)
-            return self.proc.wait()
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        if self.proc:
-            self.proc.wait()
+    @property
+    def output(self) -> str:
+        """Everything the replica logged so far."""
+        return self.log.read_text(errors="replace")
 
     @property
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
+    def target(self) -> str:
+        """Its metrics endpoint as a Prometheus target."""
+        return f"127.0.0.1:{self.port}"
+
+    def worker_pids(self) -> list[int]:
+        """The replica's job-processing processes: its group without the main process and
+        without the process that serves the metrics endpoint."""
+        if not self.running:
+            return []
+        members = [pid for pid in group_pids(self.proc.pid) if pid != self.proc.pid]
+        endpoint = listening_pids(self.port, members)
+        if not endpoint:
+            raise RuntimeError(f"{self.name}: no process of the replica serves port {self.port}")
+        return [pid for pid in members if pid not in endpoint]
 
 
 def completed_ids(client: redis.Redis, namespace: str = "agent-jobs") -> list[str]:
@@ -188,25 +224,6 @@ def prometheus_config(targets: list[str], interval: str = "1s") -> str:
     )
 
 
-def query(url: str, promql: str, at: float | None = None) -> list[dict]:
-    """Instant query; the result vector (raises on a PromQL error)."""
-    params = {"query": promql} | ({"time": f"{at:.3f}"} if at else {})
-    with urllib.request.urlopen(f"{url}/api/v1/query?{urllib.parse.urlencode(params)}") as r:
-        body = json.load(r)
-    if body["status"] != "success":
-        raise RuntimeError(f"{promql}: {body}")
-    return body["data"]["result"]
-
-
-def query_range(url: str, promql: str, start: float, end: float, step: float) -> list[dict]:
-    params = {"query": promql, "start": start, "end": end, "step": step}
-    with urllib.request.urlopen(f"{url}/api/v1/query_range?{urllib.parse.urlencode(params)}") as r:
-        body = json.load(r)
-    if body["status"] != "success":
-        raise RuntimeError(f"{promql}: {body}")
-    return body["data"]["result"]
-
-
 @dataclass
 class Fleet:
     redis: RedisServer
@@ -249,15 +266,20 @@ class Fleet:
         threading.Thread(target=loop, daemon=True, name="fleet-load").start()
 
     def wait_for(self, promql: str, timeout: float = 60.0) -> list[dict]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError, RuntimeError):
-                result = query(self.prometheus_url, promql)
-                if result:
-                    return result
-            time.sleep(0.5)
-        logs = "\n".join(r.log[-2000:] for r in self.replicas)
-        raise AssertionError(f"no data for {promql} within {timeout}s; replica logs:\n{logs}")
+        """The first non-empty result of ``promql``; AssertionError with the replicas'
+        logs after ``timeout`` seconds."""
+
+        def no_data() -> str:
+            logs = "\n".join(r.log_tail(2000) for r in self.replicas)
+            return f"data for {promql}; replica logs:\n{logs}"
+
+        return wait_until(
+            lambda: prom.query(self.prometheus_url, promql),
+            timeout,
+            no_data,
+            interval=0.5,
+            ignore=(PrometheusError,),
+        )
 
     def stop(self) -> None:
         self._stop.set()
@@ -285,8 +307,8 @@ def simulated_fleet(workdir: Path, replicas: int = 1, **env: str) -> Iterator[Fl
             }
             replica = Replica(
                 replica_env(redis.url, **replica_settings), workdir / f"replica-{n}.log"
-            ).start()
-            stack.callback(replica.stop, 20)
+            ).start(timeout=60)
+            stack.callback(replica.stop, timeout=20)
             fleet_replicas.append(replica)
         instances = [f"127.0.0.1:{p}" for p in ports]
         prometheus = stack.enter_context(

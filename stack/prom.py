@@ -1,11 +1,91 @@
-"""Prometheus from the outside: its durations, its HTTP API, and promtool's backfill."""
+"""Prometheus from the outside: its durations, its HTTP API, and promtool's backfill.
+
+The one client of Prometheus' HTTP API for the twin, the capacity planner, the dashboard
+previews and the tests, and the one parser of its durations (``15s``, ``1m30s``).
+"""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
 
 from stack.servers import require_binary
+
+_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Prometheus duration such as '15s', '1m30s' or '0m'; ValueError else."""
+    parts = _DURATION.findall(text) if isinstance(text, str) else []
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a Prometheus duration: {text!r}")
+    return sum(int(n) * _UNIT_SECONDS[u] for n, u in parts)
+
+
+class PrometheusError(RuntimeError):
+    """Prometheus could not be reached or gave no usable answer."""
+
+
+def redact(url: str) -> str:
+    """The URL without a password it may carry, for error messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(
+        parts._replace(
+            netloc=f"{parts.username}:***@{parts.hostname}"
+            + (f":{parts.port}" if parts.port else "")
+        )
+    )
+
+
+def api(url: str, path: str, params: dict[str, Any] | None = None, timeout: float = 30.0):
+    """``data`` of ``GET <url>/api/v1/<path>``; PrometheusError (naming the URL without its
+    password) when Prometheus cannot be reached or does not answer with success."""
+    shown = redact(url)
+    if urlsplit(url).scheme not in {"http", "https"}:
+        raise PrometheusError(f"Prometheus needs an http:// or https:// URL (got {shown})")
+    try:
+        response = httpx.get(f"{url.rstrip('/')}/api/v1/{path}", params=params, timeout=timeout)
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise PrometheusError(f"cannot reach Prometheus at {shown}: {exc}") from None
+    try:
+        body = response.json()
+    except ValueError:
+        raise PrometheusError(
+            f"Prometheus at {shown} answered HTTP {response.status_code} without JSON"
+        ) from None
+    if not isinstance(body, dict) or body.get("status") != "success":
+        error = body.get("error") if isinstance(body, dict) else None
+        what = (params or {}).get("query", path)
+        raise PrometheusError(
+            f"Prometheus at {shown} rejected {what!r}: HTTP {response.status_code} {error or ''}"
+        )
+    return body.get("data")
+
+
+def query(url: str, promql: str, at: float | None = None, timeout: float = 30.0) -> list[dict]:
+    """The result of an instant query (at ``at``, a Unix time, or now)."""
+    params = {"query": promql} | ({"time": at} if at is not None else {})
+    return (api(url, "query", params, timeout) or {}).get("result") or []
+
+
+def query_range(
+    url: str, promql: str, start: float, end: float, step: float, timeout: float = 30.0
+) -> list[dict]:
+    params = {"query": promql, "start": start, "end": end, "step": step}
+    return (api(url, "query_range", params, timeout) or {}).get("result") or []
+
+
+def alerts(url: str, timeout: float = 30.0) -> list[dict]:
+    """Prometheus' pending and firing alerts: labels, annotations, state, activeAt."""
+    return api(url, "alerts", timeout=timeout)["alerts"]
 
 
 def backfill_openmetrics(text: str, workdir: Path) -> None:

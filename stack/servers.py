@@ -19,11 +19,12 @@ import signal
 import socket
 import subprocess
 import tempfile
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from stack.poll import wait_until
 
 _PR_SET_PDEATHSIG = 1
 try:  # resolved here: a forked child must not load libraries before exec
@@ -49,15 +50,6 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
         return True
-
-
-def wait_for_port(port: int, timeout: float = 15.0, host: str = "127.0.0.1") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=0.5):
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout}s")
 
 
 def group_pids(pgid: int) -> list[int]:
@@ -156,14 +148,16 @@ class Process:
 
     def wait_ready(self, timeout: float) -> None:
         """Return once the server serves; raise TimeoutError, or RuntimeError if it exited."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def ready() -> bool:
             if not self.running:
                 raise RuntimeError(f"exited with code {self.proc.returncode if self.proc else '?'}")
-            if self.port is None or self._serves():
-                return
-            time.sleep(0.05)
-        raise TimeoutError(f"not ready after {timeout}s")
+            return self.port is None or self._serves()
+
+        try:
+            wait_until(ready, timeout)
+        except AssertionError:
+            raise TimeoutError(f"not ready after {timeout}s") from None
 
     def _serves(self) -> bool:
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.5):
@@ -192,9 +186,8 @@ class Process:
         # they are gone (reaped by init), so that "stopped" means no process is left.
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
-        deadline = time.monotonic() + 5
-        while self.group_alive and time.monotonic() < deadline:
-            time.sleep(0.02)
+        with contextlib.suppress(AssertionError):  # a process stuck in the kernel: go on
+            wait_until(lambda: not self.group_alive, 5, interval=0.02)
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
@@ -342,15 +335,10 @@ class RabbitmqServer(Process):
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
         super().stop(sig, timeout)
-        deadline = time.monotonic() + timeout  # the node outlives the launcher briefly
-        while (
-            time.monotonic() < deadline
-            and subprocess.run(
-                ["pgrep", "-f", f"test{self.port}@localhost"], capture_output=True
-            ).returncode
-            == 0
-        ):
-            time.sleep(0.2)
+        node = ["pgrep", "-f", f"test{self.port}@localhost"]
+        with contextlib.suppress(AssertionError):  # the node outlives the launcher briefly
+            wait_until(lambda: subprocess.run(node, capture_output=True).returncode != 0,
+                       timeout, interval=0.2)  # fmt: skip
         # epmd daemonizes out of our process group; it serves only this node's port.
         subprocess.run(
             ["epmd", "-kill"],
@@ -473,18 +461,14 @@ def redis_cluster(workdir: Path, masters: int = 3) -> Iterator[RedisClusterServe
 
 
 def _wait_cluster_ok(nodes: list[RedisServer], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    pending = list(nodes)
-    while pending:
+    def ok(node: RedisServer) -> bool:
         info = subprocess.run(
-            [require_binary("redis-cli"), "-p", str(pending[0].port), "cluster", "info"],
+            [require_binary("redis-cli"), "-p", str(node.port), "cluster", "info"],
             capture_output=True,
             text=True,
             timeout=10,
         ).stdout
-        if "cluster_state:ok" in info:
-            pending.pop(0)
-        elif time.monotonic() > deadline:
-            raise TimeoutError(f"cluster not ok on port {pending[0].port}: {info[:300]}")
-        else:
-            time.sleep(0.1)
+        return "cluster_state:ok" in info
+
+    for node in nodes:
+        wait_until(lambda node=node: ok(node), timeout, f"cluster ok on port {node.port}", 0.1)

@@ -1,20 +1,15 @@
 """The stack as local processes: docker-compose.yml's topology where Docker is absent.
 
     make up-local                       # or: stack up-local, python -m stack up-local
-    python -m stack.twin --replicas 3 --rate 5 --scrape-interval 5s
+    stack up-local --replicas 3 --rate 5 --scrape-interval 5s
 
 starts, on free loopback ports and from the same committed config files as the compose
 stack: redis-server (AOF on), N worker replicas (``python -m worker``), prometheus,
 prometheus-alertmanager, the alert receiver and the load generator. It prints the URLs,
 shows the alerts as they arrive, and Ctrl-C (or SIGTERM) stops everything it started.
 
-The configs are the committed ones with the compose addresses swapped for loopback:
-Prometheus gets ``prometheus/prometheus.yml`` with its ``dns_sd_configs`` on ``worker``
-replaced by ``static_configs`` listing the replicas' ports, and ``alertmanager:9093`` (and
-every other compose address) replaced by the twin's; rule files, intervals, relabelling
-and everything else are kept. Alertmanager gets ``alertmanager/alertmanager.yml`` with each
-receiver's webhook URL file pointing at the twin's alert receiver (``/pager``, ``/chat``).
-Both derived files are written into the run directory, so they can be read.
+The configs are the committed ones with the compose addresses swapped for loopback
+(``stack.twin_config``), written into the run directory, so they can be read.
 
 As a library, ``LocalStack`` is what the end-to-end tests drive::
 
@@ -46,14 +41,14 @@ from typing import Any
 
 import yaml
 
+from stack import fleet, prom
+from stack.fleet import Replica, python_env
 from stack.servers import (
     HttpServer,
     Process,
     RedisServer,
     alertmanager_server,
     free_port,
-    group_pids,
-    listening_pids,
     prometheus_server,
     redis_server,
 )
@@ -71,48 +66,6 @@ from stack.twin_config import (
 REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
 ALERTMANAGER_CONFIG = REPO / "alertmanager" / "alertmanager.yml"
-
-#: Environment a replica must not inherit from whoever starts the twin.
-_NOT_INHERITED = ("REDIS", "BROKER", "METRICS", "SENTRY", "PROMETHEUS_MULTIPROC", "JOB_QUEUE")
-
-
-class WorkerReplica(HttpServer):
-    """One ``python -m worker`` replica; ready when its metrics endpoint answers.
-
-    SIGTERM goes to the main process only, as ``docker stop`` delivers it: the worker then
-    stops its own processes and lets running jobs finish. SIGKILL takes the whole group.
-    """
-
-    def send_signal(self, sig: int) -> None:
-        if sig in (signal.SIGKILL, signal.SIGSTOP, signal.SIGCONT):
-            super().send_signal(sig)
-        elif self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, sig)
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def worker_pids(self) -> list[int]:
-        """The replica's job-processing processes: its group without the main process and
-        without the process that serves the metrics endpoint."""
-        if not self.running:
-            return []
-        members = [pid for pid in group_pids(self.proc.pid) if pid != self.proc.pid]
-        endpoint = listening_pids(self.port, members)
-        if not endpoint:
-            raise RuntimeError(f"{self.name}: no process of the replica serves port {self.port}")
-        return [pid for pid in members if pid not in endpoint]
-
-
-def _python_env(**extra: str) -> dict[str, str]:
-    """The environment of a Python process of the twin: this package importable, unbuffered."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_NOT_INHERITED)}
-    path = [str(REPO), *filter(None, env.get("PYTHONPATH", "").split(os.pathsep))]
-    env.update(PYTHONPATH=os.pathsep.join(dict.fromkeys(path)), PYTHONUNBUFFERED="1")
-    env.update(extra)
-    return env
 
 
 class LocalStack:
@@ -176,7 +129,7 @@ class LocalStack:
         self.receiver: HttpServer | None = None
         self.alertmanager: HttpServer | None = None
         self.prometheus: HttpServer | None = None
-        self.replicas: list[WorkerReplica] = []
+        self.replicas: list[Replica] = []
         self.loadgen: Process | None = None
         #: Replicas stopped on purpose (kill_replica, stop_replica): supervise() leaves them.
         self._stopped_on_purpose: set[int] = set()
@@ -223,7 +176,7 @@ class LocalStack:
             [sys.executable, "-m", "stack.alert_receiver", "--host", "127.0.0.1",
              "--port", str(receiver_port), "--store", str(store)],
             receiver_port, self.run_dir / "receiver", name="alert-receiver",
-            env=_python_env(), ready_path="/healthz",
+            env=python_env(), ready_path="/healthz",
         )  # fmt: skip
         self.receiver.start(timeout)
 
@@ -282,28 +235,23 @@ class LocalStack:
                 [sys.executable, "-m", "stack.loadgen", "--rate", str(self.loadgen_rate),
                  *self.loadgen_args],
                 None, self.run_dir / "loadgen", name="loadgen",
-                env=_python_env(REDIS_URL=self.redis.url, JOB_QUEUE_NAME=self.namespace),
+                env=python_env(REDIS_URL=self.redis.url, JOB_QUEUE_NAME=self.namespace),
             )  # fmt: skip
             self.loadgen.start(timeout=0.5)
 
-    def _replica(self, index: int, port: int) -> WorkerReplica:
-        env = _python_env(
-            REDIS_URL=self.redis.url,
-            JOB_QUEUE_NAME=self.namespace,
-            METRICS_HOST="127.0.0.1",
-            METRICS_PORT=str(port),
-            # Jobs cut short are redelivered; a twin that stops in seconds is worth more.
-            SHUTDOWN_GRACE_SECONDS="5",
+    def _replica(self, index: int, port: int) -> Replica:
+        env = fleet.replica_env(
+            self.redis.url,
+            **{
+                "JOB_QUEUE_NAME": self.namespace,
+                "METRICS_PORT": str(port),
+                # Jobs cut short are redelivered; a twin that stops in seconds is worth more.
+                "SHUTDOWN_GRACE_SECONDS": "5",
+                **self.replica_env,
+            },
         )
-        env.update(self.replica_env)
-        return WorkerReplica(
-            [sys.executable, "-m", "worker", "run"],
-            port,
-            self.run_dir / f"replica-{index + 1}",
-            name="worker",
-            env=env,
-            ready_path=self.replica_ready_path,
-        )
+        log = self.run_dir / f"replica-{index + 1}" / "worker.log"
+        return Replica(env, log, ready_path=self.replica_ready_path)
 
     def stop(self) -> None:
         """Stop everything this stack started, newest first. Safe to call more than once."""
@@ -428,8 +376,7 @@ class LocalStack:
 
     def rule_alerts(self) -> list[dict[str, Any]]:
         """Prometheus' pending and firing alerts: labels, annotations, state, activeAt."""
-        with urllib.request.urlopen(f"{self.prometheus.url}/api/v1/alerts", timeout=10) as r:
-            return json.load(r)["data"]["alerts"]
+        return prom.alerts(self.prometheus.url, timeout=10)
 
     def alertmanager_alerts(self, **labels: str) -> list[dict[str, Any]]:
         """Alertmanager's alerts with these label values (its API v2: labels, annotations,
@@ -442,12 +389,7 @@ class LocalStack:
 
     def query(self, promql: str) -> list[dict[str, Any]]:
         """Result of an instant query against the twin's Prometheus."""
-        url = f"{self.prometheus.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
-        with urllib.request.urlopen(url, timeout=10) as r:
-            body = json.load(r)
-        if body.get("status") != "success":
-            raise RuntimeError(f"query {promql!r} failed: {body}")
-        return body["data"]["result"]
+        return prom.query(self.prometheus.url, promql, timeout=10)
 
     def describe(self) -> str:
         urls = self.urls

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from stack.prom import parse_duration
+
 #: docker-compose.yml's service addresses as the committed configs name them.
 WORKER_SERVICE = "worker:9191"
 PROMETHEUS_SERVICES = ("localhost:9090", "prometheus:9090")
@@ -25,26 +27,6 @@ RECEIVER_SERVICE = "alert-receiver:9095"
 
 def _warn(message: str) -> None:
     print(f"localstack: {message}", file=sys.stderr, flush=True)
-
-
-def _duration_seconds(text: str) -> float:
-    """Prometheus durations as the configs use them: 15s, 1m, 500ms, 1h30m."""
-    units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-    total, number = 0.0, ""
-    i = 0
-    while i < len(text):
-        if text[i].isdigit() or text[i] == ".":
-            number += text[i]
-            i += 1
-            continue
-        unit = "ms" if text.startswith("ms", i) else text[i]
-        if unit not in units or not number:
-            raise ValueError(f"not a duration: {text!r}")
-        total += float(number) * units[unit]
-        number, i = "", i + len(unit)
-    if number:
-        raise ValueError(f"not a duration (unit missing): {text!r}")
-    return total
 
 
 def twin_prometheus_config(
@@ -70,9 +52,9 @@ def twin_prometheus_config(
         glob["scrape_interval"] = scrape_interval
     if evaluation_interval:
         glob["evaluation_interval"] = evaluation_interval
-    interval = _duration_seconds(glob.get("scrape_interval", "1m"))
+    interval = parse_duration(glob.get("scrape_interval", "1m"))
     # Prometheus refuses a timeout longer than the interval: shorten it with the interval.
-    if _duration_seconds(glob.get("scrape_timeout", "10s")) > interval:
+    if parse_duration(glob.get("scrape_timeout", "10s")) > interval:
         glob["scrape_timeout"] = glob["scrape_interval"]
 
     def rule_path(pattern: str) -> str:
@@ -106,8 +88,8 @@ def twin_prometheus_config(
         statics = [s for s in statics if s["targets"]]
         job["static_configs"] = statics or [{"targets": []}]
         if "scrape_timeout" in job:
-            job_interval = _duration_seconds(job.get("scrape_interval", glob["scrape_interval"]))
-            if _duration_seconds(job["scrape_timeout"]) > job_interval:
+            job_interval = parse_duration(job.get("scrape_interval", glob["scrape_interval"]))
+            if parse_duration(job["scrape_timeout"]) > job_interval:
                 job["scrape_timeout"] = job.get("scrape_interval", glob["scrape_interval"])
     return config
 

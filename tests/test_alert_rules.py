@@ -16,11 +16,11 @@ from alerts.detect import (
     BURN_RATE_ALERTS,
     CRITICAL_BUDGET_SECONDS,
     markdown_table,
-    parse_duration,
     time_to_detect,
     windows_to_fire,
 )
 from alerts.render import ALERTS_FILE, RECORDS_FILE, RULES_DIR, load_config, render_rules, rendered
+from stack.prom import parse_duration
 from stack.servers import require_binary
 
 REPO = RULES_DIR.parent.parent
@@ -268,6 +268,16 @@ def test_critical_alerts_notify_within_three_minutes():
 def test_readme_shows_the_computed_time_to_detect_table():
     readme = (REPO / "README.md").read_text()
     assert markdown_table() in readme, "README's table is stale: python -m alerts.detect"
+
+
+def test_time_to_detect_command_prints_the_table_and_refuses_a_bad_duration(capsys):
+    from alerts.detect import main
+
+    assert main([]) == 0
+    assert capsys.readouterr().out == markdown_table()
+    assert main(["--set", '{"alerts": {"WorkerDown": {"for": 15}}}']) == 2
+    err = capsys.readouterr().err
+    assert err == "alerts.detect: not a Prometheus duration: 15\n"
 
 
 # --- SLOs (alerts/slo.libsonnet) --------------------------------------------------------

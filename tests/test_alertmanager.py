@@ -9,7 +9,6 @@ import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -19,6 +18,7 @@ import yaml
 
 from alerts.render import rendered
 from alerts.routes import ALERTMANAGER_CONFIG, amtool_route_test, route_cases
+from stack.poll import wait_until
 from stack.servers import alertmanager_server, require_binary, running
 
 AM_DIR = ALERTMANAGER_CONFIG.parent
@@ -188,7 +188,7 @@ def alertmanager(tmp_path, webhook):
     server = alertmanager_server(tmp_path / "am", conf_dir / "alertmanager.yml")
     with running(server):
         am = Alertmanager(server.url)
-        _wait_until(lambda: _ready(server.url))
+        wait_until(lambda: _ready(server.url), 10, "Alertmanager ready")
         yield am
 
 
@@ -198,13 +198,6 @@ def _ready(url: str) -> bool:
             return response.status == 200
     except OSError:
         return False
-
-
-def _wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "condition not reached"
-        time.sleep(0.05)
 
 
 def alert(name: str, severity: str, summary: str, value: str, ends_in: float = 300, **labels):

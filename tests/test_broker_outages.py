@@ -16,8 +16,10 @@ from dramatiq import Message
 from dramatiq.broker import MessageProxy
 from dramatiq.errors import ConnectionClosed
 
-from stack.fleet import completed_ids, in_process_worker, settings_for, wait_until
+from stack.fleet import completed_ids, in_process_worker, settings_for
+from stack.poll import wait_until
 from worker.app import setup
+from worker.brokers.redis import claimed_key
 from worker.errors import TransientError
 from worker.jobs import job
 from worker.middleware.redis_health import RedisWatch, probe_client
@@ -41,7 +43,7 @@ def test_delayed_jobs_a_worker_holds_run_after_redis_restarts(redis_srv):
     from worker import actors
 
     client = redis.Redis.from_url(redis_srv.url)
-    held = "agent-jobs:__acks__.*.fast.DQ"
+    held = claimed_key("agent-jobs", "*", "fast.DQ")
     with in_process_worker(broker):
         sent = [
             actors.job_status_update.send_with_options(

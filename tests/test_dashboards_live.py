@@ -9,7 +9,6 @@ least one finite sample: no panel says "No data".
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 
@@ -17,11 +16,9 @@ import pytest
 
 from dashboards import promql
 from dashboards.render import GENERATED_DIR
-from stack.fleet import query, simulated_fleet
+from stack.fleet import simulated_fleet
+from stack.prom import query
 
-#: The rate limiter's middleware (branch `ratelimit`) is what counts
-#: worker_rate_limit_decisions_total; until the worker has it, its panel cannot show data.
-RATE_LIMITER = importlib.util.find_spec("worker.middleware.ratelimit") is not None
 RATE_LIMITER_PANEL = 13
 RATE_LIMITER_EVENT = 'sum(rate(worker_rate_limit_decisions_total{decision="throttled"}[1m])) > 0'
 
@@ -34,7 +31,8 @@ EVENTS = [
     "queue_job_type:worker_job_duration_seconds:quantile_rate10m",
     'deriv(queue_state:worker_queue_messages:max{state="ready"}[5m])',
     "instance:worker_redis_reconnect_attempts:increase10m",
-] + ([RATE_LIMITER_EVENT] if RATE_LIMITER else [])
+    RATE_LIMITER_EVENT,
+]
 
 
 def load(uid: str) -> dict:
@@ -83,12 +81,6 @@ def test_every_panel_shows_data_for_one_queue_and_job_type(fleet, uid):
     assert empty_targets(fleet, load(uid), selection) == []
 
 
-@pytest.mark.xfail(
-    not RATE_LIMITER,
-    strict=True,
-    reason="worker.middleware.ratelimit (branch ratelimit) is not in this worker yet: "
-    "nothing counts worker_rate_limit_decisions_total, so the rate-limiter panel is empty",
-)
 @pytest.mark.parametrize("uid", ["worker-overview", "worker-replica"])
 def test_rate_limiter_panel_shows_allowed_and_throttled_decisions(fleet, uid):
     (instance,) = fleet.instances

@@ -192,7 +192,7 @@ def test_the_consumer_reads_the_redis_message_id_option():
 def test_errors_the_consumer_raises():
     params = list(inspect.signature(DecodeError.__init__).parameters)
     assert params == ["self", "message", "data", "error"], changed("DecodeError(data, error)")
-    assert issubclass(ConnectionClosed, dramatiq.errors.ConnectionError), changed(
+    assert issubclass(ConnectionClosed, dramatiq.errors.BrokerConnectionError), changed(
         "ConnectionClosed"
     )
 

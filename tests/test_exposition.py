@@ -12,17 +12,20 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
 
 import dramatiq
 import pytest
 import redis
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
-from stack.fleet import Replica, Scrape, replica_env, scrape, scraped, settings_for, wait_until
-from stack.servers import free_port, require_binary
+from stack.fleet import Replica, Scrape, replica_env, scrape, scraped, settings_for
+from stack.poll import wait_until
+from stack.servers import free_port, redis_server, require_binary, running
 from worker import __version__
 from worker.app import setup
-from worker.brokers.redis import redis_backlog
+from worker.brokers.redis import dead_letter_keys, messages_key, redis_backlog
 from worker.exposition import compact_dead_processes, redis_oldest_ages, replica_registry
 from worker.jobs import QUEUES as QUEUE_NAMES
 from worker.metrics import DURATION_BUCKETS, QUEUE_WAIT_BUCKETS
@@ -46,28 +49,6 @@ REPLICA_METRICS = {
     "worker_queue_oldest_message_age_seconds": ("gauge", {"queue"}),
     "worker_build_info": ("gauge", {"version"}),
 }
-
-
-def metrics_env(redis_url: str, port: int, **env) -> dict[str, str]:
-    defaults = {"METRICS_QUEUE_SAMPLE_SECONDS": 0, "REDIS_HEALTH_INTERVAL_SECONDS": 0.5}
-    return replica_env(redis_url, METRICS_PORT=port, **{**defaults, **env})
-
-
-def start_replica(env: dict[str, str], log) -> Replica:
-    replica = Replica(env, log).start()
-    try:
-        wait_until(lambda: _answers(int(env["METRICS_PORT"])), timeout=30, interval=0.1)
-    except AssertionError:
-        replica.stop()
-        raise AssertionError(f"no metrics endpoint: {replica.log[-3000:]}") from None
-    return replica
-
-
-def _answers(port: int) -> bool:
-    try:
-        return "worker_jobs_total" in scrape(port, timeout=1)
-    except OSError:
-        return False
 
 
 def promtool_problems(text: str) -> str:
@@ -95,63 +76,93 @@ def jobs(s: Scrape, queue: str, job_type: str) -> dict[str, float]:
     return got
 
 
-def test_contract_on_a_live_replica_with_two_processes(redis_url, tmp_path):
-    """N jobs with K failures give exactly those numbers, added up over 2 processes."""
-    client = redis.Redis.from_url(redis_url)
-    port, metrics_dir = free_port(), tmp_path / "metrics"
-    env = metrics_env(
-        redis_url,
-        port,
-        # one thread per process: while one is busy the other fetches, so both take part
-        WORKER_PROCESSES=2,
-        JOB_CONCURRENCY=2,
-        SIM_FAILURE_RATIO=1,  # every simulated LLM call fails: agent.run never succeeds
-        SIM_LATENCY_SECONDS="0.2",
-        RETRY_TIME_SCALE=0.01,
-        METRICS_DIR=metrics_dir,
-    )
-    replica = start_replica(env, tmp_path / "worker.log")
-    try:
-        before = scraped(port)
-        assert jobs(before, "fast", "job.status_update") == dict.fromkeys(
-            ["total", "completed_total", "failed_total", "retried_total",
-             "dead_lettered_total", "processing", "observed", "waited"], 0.0,
-        )  # fmt: skip
-        broker = setup(settings_for(redis_url))
-        from worker import actors
+@dataclass
+class Workload:
+    """What one replica of two worker processes reported about a known mix of jobs."""
 
-        sent = []
-        for i in range(20):
-            sent.append(actors.job_status_update.send(job_id=f"job-{i}", org_id=f"org-{i % 3}",
-                                                      status="running"))  # fmt: skip
-        for i in range(2):  # a permanent error: dead-lettered at its first attempt
-            sent.append(actors.job_status_update.send(job_id=f"bad-{i}", org_id="org-9",
-                                                      status="bogus"))  # fmt: skip
-        for i in range(4):  # 5 attempts each (standard class), then dead-lettered
-            sent.append(actors.agent_run.send(job_id=f"llm-{i}", org_id=f"org-{i}", prompt="hi"))
-        later = actors.agent_run.send_with_options(
-            kwargs={"job_id": "later", "org_id": "org-1", "prompt": "hi"}, delay=600_000
+    before: Scrape  # as the replica started, before any job
+    after: Scrape  # once every attempt was counted
+    ids: set[str]  # organization, job and message ids the jobs carried
+    metrics_dir: Path
+    exit_code: int | None
+
+
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory, metrics_env) -> Workload:
+    """N jobs with K failures, retries, dead letters, an unknown actor, an undecodable
+    message and a delayed job, through a replica of 2 processes; scraped when settled."""
+    tmp = tmp_path_factory.mktemp("contract")
+    with running(redis_server(tmp / "redis")) as redis_srv:
+        client = redis.Redis.from_url(redis_srv.url)
+        port, metrics_dir = free_port(), tmp / "metrics"
+        env = metrics_env(
+            redis_srv.url,
+            port,
+            # one thread per process: while one is busy the other fetches, so both take part
+            WORKER_PROCESSES=2,
+            JOB_CONCURRENCY=2,
+            SIM_FAILURE_RATIO=1,  # every simulated LLM call fails: agent.run never succeeds
+            SIM_LATENCY_SECONDS="0.2",
+            RETRY_TIME_SCALE=0.01,
+            METRICS_DIR=metrics_dir,
         )
-        broker.enqueue(dramatiq.Message(queue_name="critical", actor_name="no.such.actor",
-                                        args=(), kwargs={"job_id": "x", "org_id": "y"},
-                                        options={}))  # fmt: skip
-        client.hset("agent-jobs:fast.msgs", "garbage-1", b"\xff{not json")
-        client.rpush("agent-jobs:fast", "garbage-1")
+        replica = Replica(env, tmp / "worker.log").start(timeout=30).wait_for_metrics()
+        try:
+            before = scraped(port)
+            broker = setup(settings_for(redis_srv.url))
+            from worker import actors
 
-        def settled() -> Scrape | None:
-            s = scraped(port)
-            dead = sum(s.series("worker_jobs_dead_lettered_total").values())
-            done = s.value(
-                "worker_jobs_completed_total", queue="fast", job_type="job.status_update"
+            sent = []
+            for i in range(20):
+                sent.append(actors.job_status_update.send(job_id=f"job-{i}", org_id=f"org-{i % 3}",
+                                                          status="running"))  # fmt: skip
+            for i in range(2):  # a permanent error: dead-lettered at its first attempt
+                sent.append(actors.job_status_update.send(job_id=f"bad-{i}", org_id="org-9",
+                                                          status="bogus"))  # fmt: skip
+            for i in range(4):  # 5 attempts each (standard class), then dead-lettered
+                sent.append(
+                    actors.agent_run.send(job_id=f"llm-{i}", org_id=f"org-{i}", prompt="hi")
+                )
+            sent.append(
+                actors.agent_run.send_with_options(
+                    kwargs={"job_id": "later", "org_id": "org-1", "prompt": "hi"}, delay=600_000
+                )
             )
-            return s if dead >= 8 and done >= 20 else None
+            broker.enqueue(dramatiq.Message(queue_name="critical", actor_name="no.such.actor",
+                                            args=(), kwargs={"job_id": "x", "org_id": "y"},
+                                            options={}))  # fmt: skip
+            client.hset(messages_key("agent-jobs", "fast"), "garbage-1", b"\xff{not json")
+            client.rpush("agent-jobs:fast", "garbage-1")
 
-        wait_until(settled, timeout=60, interval=0.2)
-        time.sleep(1.0)  # nothing more may happen: every attempt has been counted
-        s = scraped(port)
-    finally:
-        assert replica.stop() == 0, replica.log[-3000:]
+            def settled() -> Scrape | None:
+                s = scraped(port)
+                dead = sum(s.series("worker_jobs_dead_lettered_total").values())
+                done = s.value(
+                    "worker_jobs_completed_total", queue="fast", job_type="job.status_update"
+                )
+                return s if dead >= 8 and done >= 20 else None
 
+            wait_until(settled, timeout=60, interval=0.2)
+            time.sleep(1.0)  # nothing more may happen: every attempt has been counted
+            after = scraped(port)
+        finally:
+            exit_code = replica.stop()
+        ids = {f"org-{i}" for i in range(10)} | {f"job-{i}" for i in range(20)}
+        ids |= {m.message_id for m in sent} | {"garbage-1", "bad-0", "bad-1", "x", "y"}
+        yield Workload(before, after, ids, metrics_dir, exit_code)
+
+
+def test_replica_starts_with_every_job_series_at_zero_and_stops_cleanly(workload):
+    assert jobs(workload.before, "fast", "job.status_update") == dict.fromkeys(
+        ["total", "completed_total", "failed_total", "retried_total",
+         "dead_lettered_total", "processing", "observed", "waited"], 0.0,
+    )  # fmt: skip
+    assert workload.exit_code == 0
+
+
+def test_attempts_outcomes_retries_and_dead_letters_are_counted_exactly(workload):
+    """N jobs with K failures give exactly those numbers, added up over 2 processes."""
+    s = workload.after
     assert jobs(s, "fast", "job.status_update") == {
         "total": 22, "completed_total": 20, "failed_total": 2, "retried_total": 0,
         "dead_lettered_total": 2, "processing": 0, "observed": 22, "waited": 22,
@@ -164,10 +175,12 @@ def test_contract_on_a_live_replica_with_two_processes(redis_url, tmp_path):
     assert s.value("worker_jobs_dead_lettered_total", queue="fast", job_type="unknown") == 1
     assert all(v == 0 for v in s.series("worker_jobs_processing").values())
 
-    # the backlog as the broker holds it: one delayed job, the dead letters per queue
+
+def test_backlog_is_reported_as_the_broker_holds_it(workload):
+    """One delayed job; the dead letters per queue."""
     backlog = {
         (dict(k)["queue"], dict(k)["state"]): v
-        for k, v in s.series("worker_queue_messages").items()
+        for k, v in workload.after.series("worker_queue_messages").items()
     }
     assert backlog == {
         ("default", "ready"): 0, ("default", "delayed"): 1, ("default", "dead"): 4,
@@ -176,15 +189,21 @@ def test_contract_on_a_live_replica_with_two_processes(redis_url, tmp_path):
     }  # fmt: skip
     # nothing waits: every queue's oldest ready message is 0 s old (the delayed job is not
     # ready yet, and the dead letters are not waiting)
-    assert s.series("worker_queue_oldest_message_age_seconds") == {
+    assert workload.after.series("worker_queue_oldest_message_age_seconds") == {
         frozenset({("queue", q)}): 0.0 for q in ("default", "fast", "critical")
     }
+
+
+def test_replica_gauges(workload):
+    s = workload.after
     assert s.value("worker_concurrency") == 2
     assert s.value("worker_build_info", version=__version__) == 1
     assert s.value("worker_redis_connection_status") == 1
     assert s.value("worker_redis_reconnect_attempts_total") == 0
 
-    # every metric of the contract, with its type and exactly its labels
+
+def test_every_contract_metric_has_its_type_labels_and_buckets(workload):
+    s = workload.after
     for name, (typ, labels) in {**JOB_METRICS, **REPLICA_METRICS}.items():
         family = s.families[name]
         assert family.type == typ, name
@@ -205,18 +224,18 @@ def test_contract_on_a_live_replica_with_two_processes(redis_url, tmp_path):
     assert wait_edges == set(map(float, QUEUE_WAIT_BUCKETS))
     assert promtool_problems(s.text) == ""
 
-    # no label value is an organization, job or message id
-    ids = {f"org-{i}" for i in range(10)} | {f"job-{i}" for i in range(20)}
-    ids |= {m.message_id for m in [*sent, later]} | {"garbage-1", "bad-0", "bad-1", "x", "y"}
-    values = {v for (_, labels) in s.samples for _, v in labels}
-    assert not values & ids
+
+def test_no_label_value_is_an_organization_job_or_message_id(workload):
+    values = {v for (_, labels) in workload.after.samples for _, v in labels}
+    assert not values & workload.ids
     uuid = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-")
     assert not [v for v in values if uuid.search(v)]
 
-    # the counts really come from two worker processes, each with its own file
+
+def test_counts_come_from_two_worker_processes_each_with_its_own_file(workload):
     workers_with_jobs = {
         f.name
-        for f in metrics_dir.glob("counter_*.db")
+        for f in workload.metrics_dir.glob("counter_*.db")
         if any(
             json.loads(key)[0] == "worker_jobs" and value > 0
             for key, value, _, _ in MmapedDict.read_all_values_from_file(str(f))
@@ -225,7 +244,7 @@ def test_contract_on_a_live_replica_with_two_processes(redis_url, tmp_path):
     assert len(workers_with_jobs) == 2, workers_with_jobs
 
 
-def test_openmetrics_and_liveness(redis_url, tmp_path):
+def test_openmetrics_and_liveness(redis_url, tmp_path, metrics_env, start_replica):
     port = free_port()
     replica = start_replica(metrics_env(redis_url, port), tmp_path / "w.log")
     try:
@@ -246,7 +265,9 @@ def test_openmetrics_and_liveness(redis_url, tmp_path):
         scrape(port, "/healthz", timeout=1)  # the endpoint stops with the replica
 
 
-def test_stale_metrics_directory_does_not_leak_old_counts(redis_url, tmp_path):
+def test_stale_metrics_directory_does_not_leak_old_counts(
+    redis_url, tmp_path, metrics_env, start_replica
+):
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     # What a replica killed with SIGKILL leaves behind: its processes' files, full counts.
@@ -297,7 +318,7 @@ def test_stale_metrics_directory_does_not_leak_old_counts(redis_url, tmp_path):
             == 2
         )
     finally:
-        assert replica.stop() == 0, replica.log[-3000:]
+        assert replica.stop() == 0, replica.output[-3000:]
 
 
 def test_metrics_port_in_use_stops_the_replica_at_start(tmp_path):
@@ -324,6 +345,7 @@ def test_metrics_port_in_use_stops_the_replica_at_start(tmp_path):
 _CHILD = """
 import os, sys
 from worker import metrics
+
 metrics.jobs_started.labels("fast", "job.status_update").inc(3)
 metrics.job_duration.labels("fast", "job.status_update").observe(17.0)
 metrics.jobs_processing.labels("fast", "job.status_update").inc()  # dies mid-job
@@ -378,7 +400,7 @@ def test_backlog_reads_ready_delayed_and_dead_from_the_broker(redis_url):
     for i in range(2):
         actors.crm_sync.send_with_options(kwargs={"job_id": f"c{i}", "org_id": "o",
                                                   "record": {}}, delay=60_000)  # fmt: skip
-    client.zadd("agent-jobs:fast.XQ", {"dead-1": time.time() * 1000})
+    client.zadd(dead_letter_keys("agent-jobs", "fast")[0], {"dead-1": time.time() * 1000})
     read = redis_backlog(client, "agent-jobs", ["default", "critical", "fast"])
     assert read() == {"default": (5, 0, 0), "critical": (0, 2, 0), "fast": (0, 0, 1)}
     assert broker is not None

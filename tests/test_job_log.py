@@ -10,9 +10,11 @@ from __future__ import annotations
 import pytest
 import redis
 
-from stack.fleet import completed_ids, in_process_worker, settings_for, wait_until
+from stack.fleet import completed_ids, in_process_worker, settings_for
+from stack.poll import wait_until
 from stack.servers import redis_server, running
 from worker.app import setup
+from worker.brokers.redis import claimed_keys_pattern
 from worker.jobs import job
 
 pytestmark = pytest.mark.timeout(60)
@@ -20,7 +22,7 @@ pytestmark = pytest.mark.timeout(60)
 
 def claimed(client: redis.Redis) -> int:
     """Messages fetched and not acknowledged, on every queue."""
-    return sum(client.scard(key) for key in client.keys("agent-jobs:__acks__.*"))
+    return sum(client.scard(key) for key in client.keys(claimed_keys_pattern("agent-jobs")))
 
 
 def test_every_completion_is_recorded_once_and_the_record_keeps_the_newest(redis_url):

@@ -13,11 +13,11 @@ from collections import Counter
 import pytest
 import redis
 
-from stack.fleet import settings_for, setup
+from stack.fleet import python_env, settings_for, setup
 from stack.loadgen import DEFAULT_MIX, main, parse_mix, payload, run
 from stack.servers import HttpServer, free_port
-from stack.twin import _python_env
 from worker.backends import Simulation, SimulationKnobs
+from worker.brokers.redis import messages_key
 
 
 def queued(client: redis.Redis) -> Counter:
@@ -25,7 +25,7 @@ def queued(client: redis.Redis) -> Counter:
     kinds: Counter = Counter()
     for queue in ("critical", "default", "fast"):
         for message_id in client.lrange(f"agent-jobs:{queue}", 0, -1):
-            body = json.loads(client.hget(f"agent-jobs:{queue}.msgs", message_id))
+            body = json.loads(client.hget(messages_key("agent-jobs", queue), message_id))
             assert body["queue_name"] == queue and body["args"] == []
             kinds[body["actor_name"]] += 1
     return kinds
@@ -144,7 +144,7 @@ def receiver(tmp_path):
     server = HttpServer(
         [sys.executable, "-m", "stack", "alert-receiver", "--port", str(port),
          "--store", str(tmp_path / "alerts.jsonl")],
-        port, tmp_path, name="receiver", env=_python_env(), ready_path="/healthz",
+        port, tmp_path, name="receiver", env=python_env(), ready_path="/healthz",
     )  # fmt: skip
     server.start()
     yield server

@@ -8,12 +8,10 @@ test ends by checking that nothing it started still runs and every port is free 
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import subprocess
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,16 +19,12 @@ import redis
 import yaml
 
 from alerts.render import render_rules
-from stack.fleet import ROOT, wait_until
+from stack import prom
+from stack.fleet import ROOT
+from stack.poll import wait_until
 from stack.servers import port_is_free, require_binary
-from stack.twin import (
-    ALERTMANAGER_CONFIG,
-    PROMETHEUS_CONFIG,
-    LocalStack,
-    twin_alertmanager_config,
-    twin_prometheus_config,
-    with_route_timing,
-)
+from stack.twin import ALERTMANAGER_CONFIG, PROMETHEUS_CONFIG, LocalStack
+from stack.twin_config import twin_alertmanager_config, twin_prometheus_config, with_route_timing
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -40,11 +34,6 @@ QUICK_JOBS = {"SIM_LATENCY_SECONDS": "0.05-0.2", "REDIS_HEALTH_INTERVAL_SECONDS"
 
 def worker_up(stack: LocalStack) -> dict[str, str]:
     return {r["metric"]["instance"]: r["value"][1] for r in stack.query('up{job="worker"}')}
-
-
-def prometheus_api(stack: LocalStack, path: str) -> dict:
-    with urllib.request.urlopen(f"{stack.prometheus.url}/api/v1/{path}", timeout=5) as r:
-        return json.load(r)["data"]
 
 
 def assert_nothing_left(stack: LocalStack) -> None:
@@ -65,12 +54,12 @@ def test_twin_scrapes_both_replicas_runs_load_and_stops_cleanly(tmp_path):
         # Prometheus finds both replicas and scrapes them successfully.
         wait_until(lambda: worker_up(stack) == dict.fromkeys(replicas, "1"), timeout=30)
         # It loaded the committed rules and sends alerts to the twin's Alertmanager.
-        groups = {g["name"] for g in prometheus_api(stack, "rules")["groups"]}
+        groups = {g["name"] for g in prom.api(stack.prometheus.url, "rules", timeout=5)["groups"]}
         committed = set()
         for rule_file in (ROOT / "prometheus" / "rules").glob("*.yml"):
             committed |= {g["name"] for g in yaml.safe_load(rule_file.read_text())["groups"]}
         assert groups == committed and groups
-        active = prometheus_api(stack, "alertmanagers")["activeAlertmanagers"]
+        active = prom.api(stack.prometheus.url, "alertmanagers", timeout=5)["activeAlertmanagers"]
         assert [a["url"] for a in active] == [f"{stack.alertmanager.url}/api/v2/alerts"]
         # The load generator's jobs are processed by both replicas, in every queue.
         completed = 'sum by (instance, queue) (worker_jobs_completed_total{job="worker"})'

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from stack.fleet import Replica, completed_ids, dead_letters, replica_env, wait_until
+from stack.fleet import Replica, completed_ids, dead_letters, replica_env
+from stack.poll import wait_until
 from stack.servers import rabbitmq_server, running
 from worker.app import setup
 from worker.config import Settings
@@ -39,7 +40,7 @@ def test_round_trip_with_retries_and_dead_letters(redis_url, tmp_path):
             ).message_id
             wait_until(lambda: len(completed_ids(client)) == 3 and dead_letters(client), timeout=60)
         finally:
-            assert replica.stop() == 0, replica.log
+            assert replica.stop() == 0, replica.output
     assert sorted(completed_ids(client)) == sorted(ids)
     [dead] = dead_letters(client)
     assert dead["message_id"] == bad and dead["reason"].startswith("permanent error: invalid")

@@ -16,8 +16,10 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage, Middleware, SkipMessage
 from prometheus_client import REGISTRY
 
+from stack.poll import wait_until
 from stack.servers import redis_server, running
 from tests.ratelimit_load import max_in_any_interval
+from worker.brokers.redis import dead_letter_keys, delayed_messages_key, queue_key
 from worker.middleware.ratelimit import RateLimit
 from worker.ratelimit import RateLimiter
 
@@ -62,10 +64,11 @@ class Stack:
         return ids
 
     def wait_for_runs(self, count: int, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while len(self.runs) < count and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert len(self.runs) >= count, f"{len(self.runs)} of {count} jobs ran; {self.where()}"
+        wait_until(
+            lambda: len(self.runs) >= count,
+            timeout,
+            lambda: f"{count} jobs run ({len(self.runs)} did); {self.where()}",
+        )
 
     def where(self) -> dict[str, int]:
         """Where the broker holds messages: queue lengths and ack sets (for failures)."""
@@ -80,7 +83,7 @@ class Stack:
         return held
 
     def dead_letters(self) -> int:
-        return self.broker.client.zcard(f"{NAMESPACE}:default.XQ")
+        return self.broker.client.zcard(dead_letter_keys(NAMESPACE, "default")[0])
 
 
 @contextlib.contextmanager
@@ -161,9 +164,7 @@ def test_actors_without_the_option_are_not_limited(redis_url):
             status_update.send(job_id=f"s{i}", org_id="org-1")
         stack.send("org-1", 2)
         stack.wait_for_runs(1, timeout=10)
-        deadline = time.monotonic() + 10
-        while len(free_runs) < 5 and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: len(free_runs) >= 5, 10, "the 5 unlimited jobs run")
         assert len(free_runs) == 5
         assert len(stack.runs) == 1  # the second rate-limited job waits a minute
 
@@ -227,7 +228,7 @@ def test_with_broker_and_limiter_down_the_message_is_held_until_redis_returns(re
     redis_srv.start()
     deciding.join(10.0)
     assert outcome == ["deferred"]  # Redis back: the minute window is full, so it waits
-    assert broker.client.llen(f"{NAMESPACE}:default.DQ") == 1  # the deferred copy
+    assert broker.client.llen(queue_key(NAMESPACE, "default.DQ")) == 1  # the deferred copy
     broker.close()
 
 
@@ -275,7 +276,7 @@ def test_repeated_deferrals_spread_out_instead_of_waking_in_a_herd(redis_url):
     client = redis.Redis.from_url(redis_url)
 
     def delays(waited: int) -> list[float]:
-        client.delete("spread:default.DQ", "spread:default.DQ.msgs")
+        client.delete(queue_key("spread", "default.DQ"), delayed_messages_key("spread", "default"))
         message = dramatiq.Message(
             queue_name="default",
             actor_name="spread.job",
@@ -288,7 +289,7 @@ def test_repeated_deferrals_spread_out_instead_of_waking_in_a_herd(redis_url):
             middleware._defer(broker, message, 2.0)
         etas = [
             dramatiq.Message.decode(m).options["eta"]
-            for m in client.hvals("spread:default.DQ.msgs")
+            for m in client.hvals(delayed_messages_key("spread", "default"))
         ]
         return [(eta - before) / 1000 - 2.0 for eta in etas]
 

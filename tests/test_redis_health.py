@@ -8,10 +8,11 @@ import time
 
 import redis
 
-from stack.fleet import scraped, settings_for, wait_until
+from stack.fleet import scraped, settings_for
+from stack.poll import wait_until
 from stack.servers import free_port, redis_server
-from tests.test_exposition import metrics_env, start_replica
 from worker.app import setup
+from worker.brokers.redis import claimed_keys_pattern
 from worker.middleware.redis_health import RedisWatch, probe_client
 
 
@@ -23,7 +24,9 @@ def reconnects(port: int) -> float:
     return scraped(port).value("worker_redis_reconnect_attempts_total")
 
 
-def test_outage_sets_status_0_counts_reconnects_and_recovers_without_restart(redis_srv, tmp_path):
+def test_outage_sets_status_0_counts_reconnects_and_recovers_without_restart(
+    redis_srv, tmp_path, metrics_env, start_replica
+):
     port = free_port()
     env = metrics_env(
         redis_srv.url, port, WORKER_PROCESSES=2, JOB_CONCURRENCY=2, SIM_LATENCY_SECONDS="0.1"
@@ -67,15 +70,15 @@ def test_outage_sets_status_0_counts_reconnects_and_recovers_without_restart(red
             timeout=20,
         )
     finally:
-        assert replica.stop() == 0, replica.log[-3000:]
-    log = replica.log
+        assert replica.stop() == 0, replica.output[-3000:]
+    log = replica.output
     # one line per process and state change, however many attempts were made
     assert 1 <= log.count("unreachable (") <= 3, log[-3000:]
     assert log.count("unreachable (") == log.count("reachable again after")
     assert log.count("Consumer encountered a connection error") <= 2 * 3, log[-3000:]
 
 
-def test_broker_connection_lost_mid_job_is_counted(redis_srv, tmp_path):
+def test_broker_connection_lost_mid_job_is_counted(redis_srv, tmp_path, metrics_env, start_replica):
     """The probe is idle (30 s interval) while Redis drops under a running job: the
     broker's own reconnects are counted, the job completes once, the slot frees."""
     port = free_port()
@@ -102,14 +105,19 @@ def test_broker_connection_lost_mid_job_is_counted(redis_srv, tmp_path):
         wait_until(lambda: scraped(port).value("worker_jobs_completed_total", **labels), 10)
         assert status(port) == 1, "the probe never ran during the outage"
         client = redis.Redis.from_url(redis_srv.url)
-        wait_until(lambda: not any(client.scard(k) for k in client.keys("*__acks__*")), 15)
+        wait_until(
+            lambda: (
+                not any(client.scard(k) for k in client.keys(claimed_keys_pattern("agent-jobs")))
+            ),
+            15,
+        )
         s = scraped(port)
     finally:
-        assert replica.stop() == 0, replica.log[-3000:]
+        assert replica.stop() == 0, replica.output[-3000:]
     assert s.value("worker_jobs_total", **labels) == 1
     assert s.value("worker_jobs_completed_total", **labels) == 1
     assert s.value("worker_redis_reconnect_attempts_total") >= 1
-    assert "Redis (broker) unreachable" in replica.log
+    assert "Redis (broker) unreachable" in replica.output
 
 
 def test_reconnects_back_off_to_a_bound_and_log_once(tmp_path, caplog):

@@ -10,8 +10,10 @@ import dramatiq
 import pytest
 import redis
 
-from stack.fleet import dead_letters, in_process_worker, settings_for, wait_until
+from stack.fleet import dead_letters, in_process_worker, settings_for
+from stack.poll import wait_until
 from worker.app import setup
+from worker.brokers.redis import dead_letter_keys
 from worker.errors import PermanentError, TransientError
 from worker.jobs import JOB_CLASSES, job
 from worker.middleware.retries import ClassRetries
@@ -97,7 +99,9 @@ def test_permanent_error_dead_letters_at_once(redis_url):
         "attempts": "1",
     }
     # the dead message itself stays in Dramatiq's dead-letter queue for replay
-    assert client.zscore("agent-jobs:critical.XQ", message.options["redis_message_id"])
+    assert client.zscore(
+        dead_letter_keys("agent-jobs", "critical")[0], message.options["redis_message_id"]
+    )
 
 
 def test_invalid_payload_is_not_retried(redis_url):
@@ -139,8 +143,9 @@ def test_dead_letter_queue_is_capped_by_count(redis_url):
             actor.send(job_id=f"j{i}", org_id="o1")
         wait_until(lambda: len(attempts) == 8, timeout=10)
         time.sleep(0.5)  # the last nack and trim follow the attempt
-    assert client.zcard("agent-jobs:fast.XQ") == 5
-    assert client.hlen("agent-jobs:fast.XQ.msgs") == 5
+    dead, dead_bodies = dead_letter_keys("agent-jobs", "fast")
+    assert client.zcard(dead) == 5
+    assert client.hlen(dead_bodies) == 5
     assert client.xlen("agent-jobs:dead") == 5
 
 

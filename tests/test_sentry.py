@@ -19,8 +19,8 @@ from stack.fleet import (
     dead_letters,
     in_process_worker,
     settings_for,
-    wait_until,
 )
+from stack.poll import wait_until
 from tests.protocol_servers import OpenRouterServer, Reply, SentryServer
 from worker import __version__
 from worker.app import setup
@@ -274,7 +274,7 @@ def test_a_worker_replica_reports_to_sentry(redis_url, sentry_server, tmp_path):
         wait_until(lambda: dead_letters(client), timeout=30)
         wait_until(sentry_server.events, timeout=10)
     finally:
-        assert replica.stop() == 0, replica.log
+        assert replica.stop() == 0, replica.output
     [event] = sentry_server.events()
     assert event["tags"]["job_type"] == "job.status_update"
     assert event["tags"]["dead_lettered"] == "yes"

@@ -7,7 +7,8 @@ import time
 import pytest
 import redis
 
-from stack.fleet import completed_ids, dead_letters, in_process_worker, settings_for, wait_until
+from stack.fleet import completed_ids, dead_letters, in_process_worker, settings_for
+from stack.poll import wait_until
 from stack.servers import free_port
 from tests.protocol_servers import SCHEMA_SQL, OpenRouterServer, PostgrestServer, Reply
 from worker import __version__

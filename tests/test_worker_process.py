@@ -9,8 +9,10 @@ import time
 
 import redis
 
-from stack.fleet import ROOT, Replica, completed_ids, dead_letters, replica_env, wait_until
+from stack.fleet import ROOT, Replica, completed_ids, dead_letters, replica_env
+from stack.poll import wait_until
 from worker.app import setup
+from worker.brokers.redis import claimed_keys_pattern, dead_letter_keys, messages_key
 from worker.config import Settings
 
 
@@ -40,7 +42,7 @@ def test_processes_jobs_of_all_three_classes(redis_url, tmp_path):
         ids += enqueue(redis_url, 2, "job_status_update", status="running")
         wait_until(lambda: len(completed_ids(client)) >= len(ids), timeout=30)
     finally:
-        assert replica.stop() == 0, replica.log
+        assert replica.stop() == 0, replica.output
     assert sorted(completed_ids(client)) == sorted(ids)
     queues = {f[b"queue"] for _, f in client.xrange("agent-jobs:completed")}
     assert queues == {b"critical", b"default", b"fast"}
@@ -55,11 +57,12 @@ def test_sigterm_finishes_running_jobs_and_loses_nothing(redis_url, tmp_path):
     first = Replica(env, tmp_path / "first.log").start()
     ids = enqueue(redis_url, 20)
     wait_until(
-        lambda: client.scard(next(iter(client.keys("agent-jobs:__acks__.*")), "x")), timeout=15
+        lambda: client.scard(next(iter(client.keys(claimed_keys_pattern("agent-jobs"))), "x")),
+        timeout=15,
     )
     time.sleep(0.5)  # jobs are mid-flight now
     started = time.monotonic()
-    assert first.stop() == 0, first.log
+    assert first.stop() == 0, first.output
     stop_took = time.monotonic() - started
     done_by_first = completed_ids(client)
     # the in-flight jobs were finished (not abandoned), the rest are still in the broker
@@ -101,7 +104,8 @@ def test_job_of_a_killed_worker_is_redelivered_after_the_lock_timeout(redis_url,
     doomed = Replica(env, tmp_path / "doomed.log").start()
     [job] = enqueue(redis_url, 1)
     wait_until(
-        lambda: any(client.scard(k) for k in client.keys("agent-jobs:__acks__.*")), timeout=15
+        lambda: any(client.scard(k) for k in client.keys(claimed_keys_pattern("agent-jobs"))),
+        timeout=15,
     )
     doomed.kill()
     killed_at = time.monotonic()
@@ -118,13 +122,15 @@ def test_job_of_a_killed_worker_is_redelivered_after_the_lock_timeout(redis_url,
 
 def test_malformed_message_is_dead_lettered_and_the_worker_survives(redis_url, tmp_path):
     client = redis.Redis.from_url(redis_url)
-    client.hset("agent-jobs:fast.msgs", "bad-1", b"\xff{not json")
+    client.hset(messages_key("agent-jobs", "fast"), "bad-1", b"\xff{not json")
     client.rpush("agent-jobs:fast", "bad-1")
     replica = Replica(
         replica_env(redis_url, SIM_LATENCY_SECONDS="0.1", JOB_CONCURRENCY=2), tmp_path / "w.log"
     ).start()
     try:
-        wait_until(lambda: client.zscore("agent-jobs:fast.XQ", "bad-1"), timeout=20)
+        wait_until(
+            lambda: client.zscore(dead_letter_keys("agent-jobs", "fast")[0], "bad-1"), timeout=20
+        )
         ids = enqueue(redis_url, 2, "job_status_update", status="completed")
         wait_until(lambda: len(completed_ids(client)) == 2, timeout=20)
         assert replica.proc.poll() is None, "the worker survived"
@@ -133,7 +139,7 @@ def test_malformed_message_is_dead_lettered_and_the_worker_survives(redis_url, t
     assert sorted(completed_ids(client)) == sorted(ids)
     [dead] = dead_letters(client)
     assert dead["message_id"] == "bad-1" and dead["reason"].startswith("undecodable message")
-    assert not client.hexists("agent-jobs:fast.msgs", "bad-1")
+    assert not client.hexists(messages_key("agent-jobs", "fast"), "bad-1")
 
 
 def run_worker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

@@ -3,8 +3,8 @@ how a test reads what an operator would see (the receiver, Alertmanager, Prometh
 
 from __future__ import annotations
 
+import functools
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ import redis
 
 from alerts.detect import Detection, time_to_detect
 from stack.fleet import ROOT, settings_for
+from stack.poll import wait_until
 from stack.twin import LocalStack
 
 NAMESPACE = "agent-jobs"
@@ -87,22 +88,8 @@ RUNBOOKS = ROOT / "docs" / "runbooks"
 RUNBOOK_URL_BASE = "https://github.com/example/worker-monitoring/blob/main/docs/runbooks"
 
 
-def wait_for(
-    predicate: Callable[[], Any],
-    timeout: float,
-    what: str | Callable[[], str],
-    interval: float = 0.2,
-):
-    """``predicate()``'s first truthy value; AssertionError saying ``what`` (a text, or a
-    function that describes the state at the time) after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"not within {timeout:.0f}s: {what() if callable(what) else what}")
-        time.sleep(interval)
+#: The end-to-end tests poll HTTP APIs: every 0.2 s is often enough.
+wait_for = functools.partial(wait_until, interval=0.2)
 
 
 def client(stack: LocalStack) -> redis.Redis:

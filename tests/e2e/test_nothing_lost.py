@@ -18,6 +18,7 @@ import redis
 
 from stack.fleet import scraped
 from tests.e2e.support import NAMESPACE, client, send_jobs, wait_for
+from worker.brokers.redis import claimed_key, claimed_keys_pattern, dead_letter_keys, messages_key
 from worker.jobs import QUEUES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -58,16 +59,18 @@ def claimed_jobs(r) -> dict[str, dict[str, set[str]]]:
     prefetched, or delayed in its hands). Redis knows them by ``redis_message_id``; the
     bodies, kept until the ack, name the message."""
     claimed: dict[str, dict[str, set[str]]] = {}
-    for key in r.scan_iter(f"{NAMESPACE}:__acks__.*"):
-        broker, queue = key.decode().removeprefix(f"{NAMESPACE}:__acks__.").split(".", 1)
-        bodies = r.hmget(f"{NAMESPACE}:{queue}.msgs", list(r.smembers(key)))
+    for key in r.scan_iter(claimed_keys_pattern(NAMESPACE)):
+        # <prefix><broker id>.<queue>, the prefix being the pattern without its "*"
+        prefix = claimed_keys_pattern(NAMESPACE).removesuffix("*")
+        broker, queue = key.decode().removeprefix(prefix).split(".", 1)
+        bodies = r.hmget(messages_key(NAMESPACE, queue), list(r.smembers(key)))
         ids = {json.loads(body)["message_id"] for body in bodies if body}
         claimed.setdefault(broker, {})[queue] = ids
     return claimed
 
 
 def claims_left(r, broker: str) -> bool:
-    return any(r.scan_iter(f"{NAMESPACE}:__acks__.{broker}.*"))
+    return any(r.scan_iter(claimed_key(NAMESPACE, broker, "*")))
 
 
 def left_in_broker(r) -> dict[str, int]:
@@ -76,9 +79,9 @@ def left_in_broker(r) -> dict[str, int]:
     for queue in QUEUES:
         for name in (queue, f"{queue}.DQ"):
             held[name] = r.llen(f"{NAMESPACE}:{name}")
-            held[f"{name}.msgs"] = r.hlen(f"{NAMESPACE}:{name}.msgs")
-        held[f"{queue}.XQ"] = r.zcard(f"{NAMESPACE}:{queue}.XQ")
-    held["claimed (acks)"] = sum(r.scard(k) for k in r.scan_iter(f"{NAMESPACE}:__acks__.*"))
+            held[f"{name}.msgs"] = r.hlen(messages_key(NAMESPACE, name))
+        held[f"{queue}.XQ"] = r.zcard(dead_letter_keys(NAMESPACE, queue)[0])
+    held["claimed (acks)"] = sum(r.scard(k) for k in r.scan_iter(claimed_keys_pattern(NAMESPACE)))
     return {k: v for k, v in held.items() if v}
 
 
@@ -126,7 +129,7 @@ def test_nothing_is_lost_when_a_replica_is_killed_and_redis_restarts(twin, repor
                     last_beat[broker.decode()] = max(at, last_beat[broker.decode()])
             return not any(claims_left(r, b) for b in silent())
 
-        wait_for(requeued, 3 * LOCK_TIMEOUT, "the killed replica's jobs requeued", 0.05)
+        wait_for(requeued, 3 * LOCK_TIMEOUT, "the killed replica's jobs requeued", interval=0.05)
         requeued_ms = time.time() * 1000
         [dead] = silent()
         held = {m: q for q, ids in claimed[dead].items() for m in ids if m in sent}

@@ -225,14 +225,14 @@ class _SafeConsumer(_RedisConsumer):
 
     Dramatiq's consumer raises on undecodable data, drops the rest of its prefetched
     batch and restarts, leaving the bad message claimed forever. Here the bad message is
-    found among this consumer's claimed ids and moved to the dead-letter queue, and every
-    middleware with an ``after_undecodable_message(broker, queue, message_id, reason)``
-    hook hears of it (to count and record it).
+    found among this consumer's claimed ids and moved to the dead-letter queue, and the
+    worker's middleware hear of it through ``after_undecodable_message`` (to count and
+    record it; see ``worker.middleware.base``).
 
     A connection lost while fetching, acking, nacking or requeueing (mid-job: the job
-    ran, its ack cannot reach Redis) goes to ``after_connection_error(broker, queue,
-    error)`` hooks before Dramatiq restarts the consumer or retries the ack
-    (``RedisHealth`` paces and counts the reconnects).
+    ran, its ack cannot reach Redis) goes to ``after_connection_error`` before Dramatiq
+    restarts the consumer or retries the ack (``RedisHealth`` paces and counts the
+    reconnects).
     """
 
     @contextlib.contextmanager
@@ -299,7 +299,7 @@ class _SafeConsumer(_RedisConsumer):
 
 class WorkerRedisBroker(RedisBroker):
     """Dramatiq's Redis broker with a consumer that survives undecodable messages and
-    reports lost connections; ``before_consume(broker, queue)`` hooks may hold a
+    reports lost connections; the worker's ``before_consume`` hook may hold a
     consumer's (re)start back while Redis is known to be down.
 
     It also gives back the delayed messages a connection error orphans. A delay queue's
