@@ -1,7 +1,7 @@
 # One target per artifact or job. Every target uses the project's virtual environment.
 PY := .venv/bin/python
 
-.PHONY: help venv test lint format rules check dashboards dashboards-preview up down up-local bench
+.PHONY: help venv test lint format rules check dashboards dashboards-preview docs up down up-local bench
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -35,6 +35,9 @@ dashboards: venv  ## render dashboards/*.dashboard.py into dashboards/generated/
 
 dashboards-preview: venv  ## draw each dashboard from a short live run into docs/img/<uid>.png
 	$(PY) -m dashboards.preview
+
+docs: venv  ## rewrite the generated reference tables in docs/*.md from the code
+	$(PY) -m stack.reference
 
 rules: venv  ## render alerts/*.libsonnet into prometheus/rules/*.yml
 	$(PY) -m alerts.render

@@ -1,6 +1,6 @@
 """Worst-case time from a fault to its notification, computed from the configuration.
 
-    python -m alerts.detect                      # the README's time-to-detect table
+    python -m alerts.detect                      # the time-to-detect table of docs/alerts.md
     python -m alerts.detect --set '{"alerts": {"WorkerDown": {"for": "15s"}}}'
 
 For each alert: the scrape that first sees the fault, the rule evaluations that turn the
@@ -11,7 +11,7 @@ fires once the long window holds enough of the burn, after long x factor / b (th
 window, shorter, is there by then); the alert fires with its first pair.
 
 Inputs: the alerts' config (alerts/config.libsonnet), prometheus/prometheus.yml and
-alertmanager/alertmanager.yml, so the README's table cannot drift from them.
+alertmanager/alertmanager.yml, so the table in docs/alerts.md cannot drift from them.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ scraping them every second; see stack/fleet.py), so it needs no running stack.
 Each panel's queries are sent as Grafana would send them (variables: "All", the first
 replica on the replica dashboard) and drawn with matplotlib: time series with the alert
 threshold as a dashed line, stats, the duration heatmap, the alert list from the rules'
-state. The images go to docs/img/<uid>.png, for the README and for people without Grafana.
+state. The images go to docs/img/<uid>.png, for docs/dashboards.md and for people
+without Grafana.
 """
 
 from __future__ import annotations

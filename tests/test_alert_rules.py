@@ -28,8 +28,8 @@ PROMETHEUS_DIR = REPO / "prometheus"
 UNIT_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*_test.yml"))
 RUNBOOKS = REPO / "docs" / "runbooks"
 
-# DESIGN.md, "The seven alerts": severity and `for` of each.
-DESIGN = {
+# docs/contract.md, "Alerts": severity and `for` of each.
+CONTRACT = {
     "WorkerDown": ("critical", "1m"),
     "HighJobFailureRate": ("warning", "5m"),
     "RedisDisconnected": ("critical", "1m"),
@@ -40,7 +40,7 @@ DESIGN = {
 }
 
 
-# DESIGN.md, "SLO alerts": the severities each one fires with.
+# docs/contract.md, "SLO alerts": the severities each one fires with.
 SLO_ALERTS = {
     "JobQueueWaitBudgetBurn": {"critical", "warning"},
     "JobSuccessBudgetBurn": {"critical", "warning"},
@@ -75,7 +75,7 @@ def test_render_is_deterministic(tmp_path):
 
 def test_the_seven_alerts_have_designs_severity_and_for():
     rules = alert_rules()
-    assert {r["alert"]: (r["labels"]["severity"], r["for"]) for r in rules} == DESIGN
+    assert {r["alert"]: (r["labels"]["severity"], r["for"]) for r in rules} == CONTRACT
     for rule in rules:
         assert set(rule["annotations"]) == {
             "summary",
@@ -171,7 +171,7 @@ def test_promtool_unit_tests(test_file):
 
 
 def test_every_alert_has_unit_tests_that_expect_it_to_fire_and_not_fire():
-    for name in [*DESIGN, *SLO_ALERTS]:
+    for name in [*CONTRACT, *SLO_ALERTS]:
         expectations = [
             t
             for f in UNIT_TESTS
@@ -240,7 +240,7 @@ RUNBOOK_SECTIONS = [
 ]
 
 
-@pytest.mark.parametrize("name", sorted([*DESIGN, *SLO_ALERTS]))
+@pytest.mark.parametrize("name", sorted([*CONTRACT, *SLO_ALERTS]))
 def test_every_alert_has_a_runbook(name):
     text = (RUNBOOKS / f"{name}.md").read_text()
     assert text.startswith(f"# {name}\n")
@@ -252,8 +252,8 @@ def test_every_alert_has_a_runbook(name):
 
 
 def test_critical_alerts_notify_within_three_minutes():
-    rows = {d.alert: d for d in time_to_detect() if d.alert in DESIGN}
-    assert set(rows) == set(DESIGN)
+    rows = {d.alert: d for d in time_to_detect() if d.alert in CONTRACT}
+    assert set(rows) == set(CONTRACT)
     for d in time_to_detect():
         assert d.receiver == {"critical": "pager", "warning": "chat"}[d.severity]
         # A burn-rate page takes as long as its windows need at the burn rate (below).
@@ -265,9 +265,9 @@ def test_critical_alerts_notify_within_three_minutes():
     assert parse_duration("1m30s") == 90
 
 
-def test_readme_shows_the_computed_time_to_detect_table():
-    readme = (REPO / "README.md").read_text()
-    assert markdown_table() in readme, "README's table is stale: python -m alerts.detect"
+def test_alerts_page_shows_the_computed_time_to_detect_table():
+    page = (REPO / "docs" / "alerts.md").read_text()
+    assert markdown_table() in page, "docs/alerts.md's table is stale: make docs"
 
 
 def test_time_to_detect_command_prints_the_table_and_refuses_a_bad_duration(capsys):

@@ -22,7 +22,7 @@ from stack.poll import wait_until
 from stack.servers import alertmanager_server, require_binary, running
 
 AM_DIR = ALERTMANAGER_CONFIG.parent
-# DESIGN.md: critical alerts page, warnings go to chat.
+# docs/contract.md, "Alerts": critical alerts page, warnings go to chat.
 RECEIVER_OF_SEVERITY = {"critical": "pager", "warning": "chat"}
 RUNBOOK = "https://github.com/example/worker-monitoring/blob/main/docs/runbooks"
 DASHBOARD = "http://localhost:3000/d/worker-overview/worker-overview"

@@ -15,7 +15,7 @@ from stack.prom import backfill_openmetrics
 from stack.servers import free_port, prometheus_server, running
 from worker.config import parse_limits
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+CAPACITY_PAGE = Path(__file__).resolve().parents[1] / "docs" / "capacity.md"
 
 
 # --- arithmetic -----------------------------------------------------------------------
@@ -260,17 +260,22 @@ def test_module_runs_as_a_script():
     assert json.loads(done.stdout)["required_concurrency"] == pytest.approx(27.34, abs=0.01)
 
 
-def test_readme_table_matches_the_planner():
-    section = README.read_text().split("## Capacity planning", 1)[1].split("\n## ", 1)[0]
+def test_capacity_page_table_matches_the_planner():
+    text = CAPACITY_PAGE.read_text()
+    section = text.split("## Today's and the planned load", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| ([\d,]+) \| ([\d.]+) \| (.+) \|$", section, re.MULTILINE)
     assert len(rows) == 6
     for jobs, seconds, rest in rows:
-        p = plan(jobs_per_day=float(jobs.replace(",", "")), job_seconds=float(seconds))
+        p = plan(
+            jobs_per_day=float(jobs.replace(",", "")), job_seconds=float(seconds),
+            wait_slo=(0.99, 60),
+        )  # fmt: skip
         expected = [
             f"{p.arrival_rate_per_s:.2f}",
             f"{p.required_concurrency:.1f}",
             str(p.recommended_concurrency),
             str(p.replicas),
+            str(p.slots_for_wait_slo),
             str(p.min_organizations),
         ]
         assert [cell.strip() for cell in rest.split("|")] == expected, (jobs, seconds)

@@ -18,7 +18,7 @@ from dashboards import promql
 from dashboards.render import GENERATED_DIR, REPO_DIR, definitions, rendered, stale_files
 from stack.servers import require_binary
 
-#: DESIGN.md "Metrics contract", plus Prometheus' own `up` (a replica's liveness).
+#: docs/contract.md "Metrics", plus Prometheus' own `up` (a replica's liveness).
 CONTRACT = {
     "worker_jobs_total",
     "worker_jobs_completed_total",

@@ -240,16 +240,16 @@ def test_unknown_actor_is_one_dead_letter_with_bounded_labels(broker):
     )
 
 
-def test_readme_table_is_the_metrics_module():
-    """The README's metric table and worker/metrics.py name the same metrics, types and
+def test_metrics_page_table_is_the_metrics_module():
+    """docs/metrics.md's metric table and worker/metrics.py name the same metrics, types and
     labels (the module is where they are defined, once)."""
     import re
     from pathlib import Path
 
     from worker import metrics as module
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme.split("## Metrics", 1)[1].split("\n## ", 1)[0]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "metrics.md").read_text()
+    section = page.split("## Metric reference", 1)[1].split("\n## ", 1)[0]
     rows = re.findall(r"^\| `(worker_\w+)` \| (\w+) \|\s*([\w, ]*?)\s*\|", section, re.MULTILINE)
     documented = {
         name: (typ, tuple(x.strip() for x in labels.split(",") if x.strip()))

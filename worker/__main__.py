@@ -47,8 +47,8 @@ def run(argv: list[str]) -> int:
             "Run one worker replica: consumes the critical, default and fast queues with "
             "JOB_CONCURRENCY job slots (WORKER_PROCESSES processes x threads), serves "
             "metrics on METRICS_HOST:METRICS_PORT. Configuration comes from the environment "
-            "(see README). SIGTERM or Ctrl-C stops fetching, lets running jobs finish for "
-            "SHUTDOWN_GRACE_SECONDS and leaves every other job in the broker."
+            "(see docs/configuration.md). SIGTERM or Ctrl-C stops fetching, lets running jobs "
+            "finish for SHUTDOWN_GRACE_SECONDS and leaves every other job in the broker."
         ),
     )
     parser.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Every metric the worker exports, defined once: the "Metrics contract" of DESIGN.md.
+"""Every metric the worker exports, defined once: the "Metrics" of docs/contract.md.
 
 Labels are bounded sets: ``queue`` (a declared Dramatiq queue) and ``job_type`` (a
 declared actor name, or ``unknown`` for a message no actor of this worker can read).
