@@ -18,11 +18,11 @@ lint: venv  ## ruff lint and format check
 format: venv  ## apply ruff's fixes and formatting
 	.venv/bin/ruff check --fix . && .venv/bin/ruff format .
 
-up:  ## bring up the stack (docker compose, or local processes without Docker)
+up:  ## bring up the stack (docker compose on Docker or Podman, else local processes)
 	./scripts/up
 
-down:  ## stop the docker compose stack (its volumes, i.e. queued jobs and metrics, are kept)
-	docker compose --profile demo down
+down:  ## stop the compose stack, Docker or Podman (volumes kept; ARGS=-v deletes them)
+	./scripts/down $(ARGS)
 
 up-local:  ## the stack as local processes, for machines without Docker; Ctrl-C stops it
 	./scripts/up --local $(ARGS)

@@ -23,7 +23,7 @@ import redis
 from stack.fleet import Replica, replica_env
 from stack.servers import redis_server
 from worker.app import setup
-from worker.config import Settings
+from worker.config import MAX_THREADS_PER_PROCESS, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -61,6 +61,7 @@ def run(redis_url: str, workdir: Path, replicas: int, concurrency: int, seconds:
         redis_url,
         SIM_LATENCY_SECONDS=str(JOB_SECONDS),
         JOB_CONCURRENCY=concurrency,
+        WORKER_PROCESSES=-(-concurrency // MAX_THREADS_PER_PROCESS),
         METRICS_PORT=0,
         COMPLETED_JOBS_MAX=n,
     )
@@ -91,7 +92,8 @@ def main() -> int:
     parser.add_argument("--plot", default=str(ROOT / "docs/img/throughput-vs-concurrency.png"))
     args = parser.parse_args()
     seconds = 6 if args.quick else 12
-    sweep = [25, 50, 100, 200] if args.quick else [25, 50, 100, 200, 400, 800]
+    # Up to JOB_CONCURRENCY's bound: 256 threads per process, 512 slots per replica.
+    sweep = [25, 50, 100, 200] if args.quick else [25, 50, 100, 200, 256, 512]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         server = redis_server(work / "redis", None, "--appendonly", "no").start()

@@ -49,7 +49,8 @@ def queries(*pairs: tuple[str, str], format: str = "time_series") -> list[PromQu
 
 @attr.s
 class Variable(G.Template):
-    """A template variable as Grafana 10+ saves it (query object, definition, description)."""
+    """A template variable as Grafana 10+ saves it (definition, description), valid against
+    Grafana's dashboard schema (dashboards/schema/)."""
 
     description = attr.ib(default="")
 
@@ -62,13 +63,14 @@ class Variable(G.Template):
         if self.type == "datasource":
             data["current"] = {"selected": True, "text": DATASOURCE_NAME, "value": DATASOURCE_UID}
         if self.type == "query":
-            data["definition"] = self.query
-            data["query"] = {
-                "query": self.query,
-                "refId": "PrometheusVariableQueryEditor-VariableQuery",
-            }
+            # A string: Grafana's schema has no room for the query editor's object (Grafana
+            # reads the string and builds the object itself).
+            data["definition"] = data["query"] = self.query
         if self.type == "query" and not self.includeAll and self.default is None:
-            data["current"] = {}  # Grafana selects the first value the query returns
+            del data["current"]  # Grafana selects the first value the query returns
+        for unset in ("datasource", "allValue"):  # null where the schema wants an object/text
+            if data[unset] is None:
+                del data[unset]
         if self.includeAll:
             data["current"] = (
                 {"selected": True, "text": ["All"], "value": ["$__all"]}

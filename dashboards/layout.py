@@ -77,8 +77,25 @@ def variables(alerts: Alerting, *, replica: bool) -> G.Templating:
     )
 
 
-def runbook_link(alerts: Alerting, name: str) -> G.DataLink:
-    return G.DataLink(title=f"Runbook: {name}", linkUrl=alerts.runbook_url(name), isNewTab=True)
+def link(title: str, url: str, *, new_tab: bool) -> dict:
+    """A panel or data link with every field Grafana's schema requires of one (grafanalib's
+    DataLink writes only title, url and targetBlank)."""
+    return {
+        "title": title,
+        "type": "link",
+        "icon": "external link",
+        "tooltip": "",
+        "url": url,
+        "tags": [],
+        "asDropdown": False,
+        "targetBlank": new_tab,
+        "includeVars": False,
+        "keepTime": False,
+    }
+
+
+def runbook_link(alerts: Alerting, name: str) -> dict:
+    return link(f"Runbook: {name}", alerts.runbook_url(name), new_tab=True)
 
 
 def base_step(color: str = "green") -> dict:
@@ -103,7 +120,7 @@ def timeseries(
     unit: str,
     *,
     thresholds: list[dict] | None = None,
-    links: Sequence[G.DataLink] = (),
+    links: Sequence[dict] = (),
     field_links: Sequence[dict] = (),
     min: int | None = None,
     max: int | None = None,
@@ -146,7 +163,7 @@ def stat(
     *,
     thresholds: list[dict] | None = None,
     decimals: int | None = None,
-    links: Sequence[G.DataLink] = (),
+    links: Sequence[dict] = (),
 ) -> G.Stat:
     return G.Stat(
         id=id,

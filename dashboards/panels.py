@@ -5,7 +5,16 @@ from __future__ import annotations
 from grafanalib import core as G
 
 from dashboards.grafana import DATASOURCE, DATASOURCE_NAME, AlertList, DurationHeatmap, queries
-from dashboards.layout import Layout, above, base_step, below, runbook_link, stat, timeseries
+from dashboards.layout import (
+    Layout,
+    above,
+    base_step,
+    below,
+    link,
+    runbook_link,
+    stat,
+    timeseries,
+)
 from dashboards.scope import RATE, Scope
 
 REPLICA_UID = "worker-replica"
@@ -59,11 +68,12 @@ def replica_drilldown(scope: Scope) -> list[dict]:
     if scope.replica:
         return []
     return [
-        {
-            "title": "Replica detail: ${__field.labels.instance}",
-            "url": f"/d/{REPLICA_UID}/{REPLICA_UID}?var-instance=${{__field.labels.instance}}"
+        link(
+            "Replica detail: ${__field.labels.instance}",
+            f"/d/{REPLICA_UID}/{REPLICA_UID}?var-instance=${{__field.labels.instance}}"
             "&${datasource:queryparam}&${__url_time_range}",
-        }
+            new_tab=False,
+        )
     ]
 
 

@@ -6,8 +6,17 @@ stack sees an alert arrive: Alertmanager's ``pager`` and ``chat`` receivers POST
 the receiver logs one line and appends one JSON line to its store. It understands both
 formats Alertmanager sends: its own webhook payload (``webhook_configs``) and a Slack
 incoming-webhook message (``slack_configs``, which alertmanager/alertmanager.yml uses).
-``GET /alerts`` returns what it kept (filter with ``?receiver=``, ``?alertname=``,
-``?status=``), ``GET /healthz`` answers 200.
+``GET /alerts`` returns what it kept, oldest first, a page at a time (filter with
+``?receiver=``, ``?alertname=``, ``?status=``; page with ``?offset=`` and ``?limit=``, at
+most ``MAX_PAGE`` records; a ``Link: <...>; rel="next"`` header points to the next page
+and ``X-Total-Count`` says how many match), ``GET /healthz`` answers 200.
+
+Bounds, for a server anything on the network may reach: the store keeps the newest
+``--max-records`` alerts (default 10,000); a notification needs a ``Content-Length`` of
+at most 1 MiB (411 without one, 400 if it is not a number, 413 above), JSON nested deeper
+than Python can parse is a 400; connections are served by a fixed pool of threads and
+closed after 10 s of silence (``worker.http_pool``). Alert text is logged with control
+characters escaped, so a newline in a summary cannot forge a log line.
 
     stack alert-receiver --host 0.0.0.0 --port 9095 --store /data/alerts.jsonl
 """
@@ -23,36 +32,56 @@ import sys
 import threading
 import time
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+from worker.http_pool import READ_TIMEOUT, PooledMixIn
+from worker.logs import MAX_LINE_CHARS, cut, escape
+from worker.logs import install as install_safe_logs
 
 log = logging.getLogger("alert_receiver")
 
 #: Alertmanager batches alerts into one notification; a sane one is far below this.
 MAX_BODY_BYTES = 1 << 20
+#: Most records one ``GET /alerts`` returns.
+MAX_PAGE = 1000
 _RECEIVER_PATH = re.compile(r"^/([A-Za-z0-9_-]{1,64})$")
 
 
 class AlertStore:
-    """Received alerts as JSON lines in a file (kept across restarts), read back whole."""
+    """Received alerts as JSON lines in a file (kept across restarts), at most
+    ``max_records``: when the file holds half of them it becomes ``<file>.1`` (replacing
+    the previous one) and a new file starts, so the newest half to all are kept."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, max_records: int = 10_000) -> None:
+        if max_records < 2:
+            raise ValueError("max_records must be at least 2")
         self.path = path
+        self.rotated = path.with_name(path.name + ".1")
+        self.half = max_records // 2
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.path.touch(exist_ok=True)
         self._lock = threading.Lock()
+        with open(self.path, encoding="utf-8") as f:
+            self._lines = sum(1 for _ in f)
 
     def append(self, records: list[dict[str, Any]]) -> None:
-        lines = "".join(json.dumps(r, sort_keys=True) + "\n" for r in records)
-        with self._lock, open(self.path, "a", encoding="utf-8") as f:
-            f.write(lines)
+        with self._lock:
+            for record in records:
+                if self._lines >= self.half:
+                    self.path.replace(self.rotated)
+                    self.path.touch()
+                    self._lines = 0
+                with open(self.path, "a", encoding="utf-8") as f:
+                    f.write(json.dumps(record, sort_keys=True) + "\n")
+                self._lines += 1
 
     def read(self, **filters: str) -> list[dict[str, Any]]:
         with self._lock:
-            text = self.path.read_text(encoding="utf-8")
-        records = [json.loads(line) for line in text.splitlines() if line.strip()]
+            texts = [p.read_text(encoding="utf-8") for p in (self.rotated, self.path) if p.exists()]
+        records = [json.loads(line) for text in texts for line in text.splitlines() if line]
         return [r for r in records if all(r.get(k) == v for k, v in filters.items() if v)]
 
 
@@ -145,28 +174,39 @@ def _slack_records(receiver: str, notification: dict[str, Any]) -> list[dict[str
 
 
 def log_line(record: dict[str, Any]) -> str:
-    labels = record["labels"]
+    """One line per alert; every value has its control characters escaped."""
+    labels = record["labels"] if isinstance(record["labels"], dict) else {}
     where = "".join(
-        f" {k}={labels[k]}" for k in ("severity", "instance", "queue", "job_type") if k in labels
+        f" {k}={escape(str(labels[k]))}"
+        for k in ("severity", "instance", "queue", "job_type")
+        if k in labels
     )
-    return (
+    return escape(
         f"{record['receiver']}: {record['status'].upper() or '?'} {record['alertname'] or '?'}"
-        f"{where} - {record['summary']}"
-    )
+    ) + cut(f"{where} - {escape(record['summary'])}", MAX_LINE_CHARS - 200)
 
 
 class _Handler(BaseHTTPRequestHandler):
     server: ReceiverServer
     server_version = "alert-receiver"
 
+    @property
+    def timeout(self) -> float:  # read by StreamRequestHandler.setup() for the socket
+        return self.server.read_timeout
+
     def log_message(self, format: str, *args: Any) -> None:  # access log: not wanted
         pass
 
-    def _reply(self, status: int, body: Any) -> None:
+    def _reply(self, status: int, body: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(body).encode()
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        if status >= 400:
+            self.close_connection = True  # the rest of a refused request is not read
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
 
@@ -177,7 +217,21 @@ class _Handler(BaseHTTPRequestHandler):
         elif url.path == "/alerts":
             query = {k: v[-1] for k, v in parse_qs(url.query).items()}
             filters = {k: query.get(k, "") for k in ("receiver", "alertname", "status")}
-            self._reply(HTTPStatus.OK, self.server.store.read(**filters))
+            try:
+                offset = int(query.get("offset", 0))
+                limit = int(query.get("limit", MAX_PAGE))
+            except ValueError:
+                offset = limit = -1
+            if offset < 0 or not 0 < limit <= MAX_PAGE:
+                self._reply(HTTPStatus.BAD_REQUEST,
+                            {"error": f"offset >= 0 and 0 < limit <= {MAX_PAGE}"})  # fmt: skip
+                return
+            records = self.server.store.read(**filters)
+            headers = {"X-Total-Count": str(len(records))}
+            if offset + limit < len(records):
+                following = urlencode({**query, "offset": offset + limit, "limit": limit})
+                headers["Link"] = f'</alerts?{following}>; rel="next"'
+            self._reply(HTTPStatus.OK, records[offset : offset + limit], headers)
         else:
             self._reply(HTTPStatus.NOT_FOUND, {"error": "GET /alerts or /healthz"})
 
@@ -186,18 +240,24 @@ class _Handler(BaseHTTPRequestHandler):
         if match is None:
             self._reply(HTTPStatus.NOT_FOUND, {"error": "POST to /<receiver>, e.g. /pager"})
             return
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
+        declared = self.headers.get("Content-Length")
+        if declared is None or "chunked" in self.headers.get("Transfer-Encoding", "").lower():
             self._reply(HTTPStatus.LENGTH_REQUIRED, {"error": "Content-Length required"})
             return
+        if not declared.strip().isdigit():  # "-1" read until the client closed
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": "Content-Length must be a number"})
+            return
+        length = int(declared)
         if length > MAX_BODY_BYTES:
             self._reply(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, {"error": "body too large"})
             return
         try:
             records = records_of(match.group(1), json.loads(self.rfile.read(length)))
-        except (ValueError, AttributeError) as exc:
-            self._reply(HTTPStatus.BAD_REQUEST, {"error": str(exc)[:200]})
+        except RecursionError:
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": "JSON nested too deeply"})
+            return
+        except (ValueError, AttributeError, TypeError) as exc:
+            self._reply(HTTPStatus.BAD_REQUEST, {"error": escape(str(exc))[:200]})
             return
         self.server.store.append(records)
         for record in records:
@@ -206,11 +266,12 @@ class _Handler(BaseHTTPRequestHandler):
         self._reply(HTTPStatus.OK, {"ok": True, "received": len(records)})
 
 
-class ReceiverServer(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, address: tuple[str, int], store: AlertStore) -> None:
+class ReceiverServer(PooledMixIn, HTTPServer):
+    def __init__(
+        self, address: tuple[str, int], store: AlertStore, read_timeout: float = READ_TIMEOUT
+    ) -> None:
         self.store = store
+        self.read_timeout = read_timeout
         super().__init__(address, _Handler)
 
 
@@ -226,12 +287,29 @@ def main(argv: list[str] | None = None) -> int:
         default=Path("alerts.jsonl"),
         help="JSON lines file the received alerts are appended to (default %(default)s)",
     )
+    parser.add_argument(
+        "--max-records",
+        type=int,
+        default=10_000,
+        help="most alerts kept; older ones are dropped (default %(default)s)",
+    )
+    parser.add_argument(
+        "--read-timeout",
+        type=float,
+        default=READ_TIMEOUT,
+        help="seconds of silence after which a connection is closed (default %(default)s)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stdout, force=True
     )
+    install_safe_logs()
+    if args.max_records < 2:
+        print("alert-receiver: --max-records must be at least 2", file=sys.stderr)
+        return 2
     try:
-        server = ReceiverServer((args.host, args.port), AlertStore(args.store))
+        store = AlertStore(args.store, args.max_records)
+        server = ReceiverServer((args.host, args.port), store, args.read_timeout)
     except OSError as exc:
         print(f"alert-receiver: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2

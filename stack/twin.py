@@ -224,7 +224,6 @@ class LocalStack:
             self.run_dir / "prometheus",
             yaml.safe_dump(prom_config, sort_keys=False),
             prometheus_port,
-            "--web.enable-lifecycle",
         )
         self.prometheus.name = "prometheus"
         self.prometheus.log = self.prometheus.workdir / "prometheus.log"

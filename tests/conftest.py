@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -46,3 +47,13 @@ def start_replica():
     yield start
     for replica in started:
         replica.stop()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """What the compose end-to-end run measured (build times, time to healthy, WorkerDown's
+    time to notify against its computed worst case, the counts of the no-loss checks)."""
+    test_compose_e2e = sys.modules.get("tests.test_compose_e2e")
+    if test_compose_e2e is not None and test_compose_e2e.REPORT:
+        terminalreporter.write_sep("=", "compose end-to-end (Podman)")
+        for what, value in test_compose_e2e.REPORT.items():
+            terminalreporter.write_line(f"{what}: {value}")

@@ -27,7 +27,7 @@ from worker.config import Settings
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE_BINARY = Path(compose.__file__).parent / "docker-compose"
-DEMO_ENV = {"GRAFANA_ADMIN_PASSWORD": "test-only-password"}
+DEMO_ENV = {"GRAFANA_ADMIN_PASSWORD": "test-only-password", "REDIS_PASSWORD": "test0only0redis"}
 PUBLISHED = {"grafana", "prometheus", "alertmanager"}
 
 
@@ -72,10 +72,43 @@ def test_compose_v2_validates_the_file():
         assert result.returncode == 0, result.stderr
 
 
-def test_grafana_admin_password_has_no_default():
-    result = docker_compose("config", "--quiet", env={})
+@pytest.mark.parametrize("password", sorted(DEMO_ENV))
+def test_passwords_have_no_default(password):
+    env = {k: v for k, v in DEMO_ENV.items() if k != password}
+    result = docker_compose("config", "--quiet", env=env)
     assert result.returncode != 0
-    assert "GRAFANA_ADMIN_PASSWORD" in result.stderr
+    assert password in result.stderr
+
+
+def test_every_redis_client_uses_the_password_and_none_passes_it_on_a_command_line():
+    services = resolved()["services"]
+    password = DEMO_ENV["REDIS_PASSWORD"]
+    redis = services["redis"]
+    # No `sh -c` wrapper: the image's entrypoint sees `redis-server` and switches to redis.
+    assert redis["command"][0] == "redis-server"
+    assert redis["command"][redis["command"].index("--requirepass") + 1] == password
+    assert redis["environment"]["REDISCLI_AUTH"] == password
+    assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
+    for name in ("worker", "loadgen"):
+        assert services[name]["environment"]["REDIS_URL"] == f"redis://:{password}@redis:6379/0"
+
+
+def test_every_service_is_hardened():
+    """No privilege escalation, no capability but those Redis' entrypoint uses to switch to
+    the user redis, a memory limit each, a read-only root wherever the service runs so
+    (checked on running containers by tests/test_compose_e2e.py; Grafana cannot run here)."""
+    for name, service in resolved()["services"].items():
+        assert service.get("security_opt") == ["no-new-privileges:true"], name
+        assert service.get("cap_drop") == ["ALL"], name
+        assert service.get("cap_add", []) == (
+            ["CHOWN", "SETUID", "SETGID"] if name == "redis" else []
+        ), name
+        assert int(service.get("mem_limit", 0)) > 0, name
+        assert bool(service.get("read_only")) is (name != "grafana"), name
+
+
+def test_prometheus_cannot_be_shut_down_over_http():
+    assert not any("lifecycle" in arg for arg in resolved()["services"]["prometheus"]["command"])
 
 
 def test_the_topology_is_the_one_documented():
@@ -262,3 +295,80 @@ def test_compose_commands_exist_in_the_image_cli(command):
     with pytest.raises(SystemExit) as exit_info:
         main([command[1], "--help"])
     assert exit_info.value.code == 0
+
+
+def test_health_checks_are_single_words_podman_does_not_split():
+    """Podman's Docker API splits an exec-form check's arguments on spaces: no argument of
+    a check may hold one (``python -c "<code>"`` failed with a SyntaxError there)."""
+    for name, service in resolved()["services"].items():
+        test = service.get("healthcheck", {}).get("test")
+        if test:
+            assert test[0] == "CMD" and all(" " not in arg for arg in test), (name, test)
+
+
+@pytest.mark.parametrize(("status", "exit_code"), [(200, 0), (503, 1), (None, 1)])
+def test_worker_healthcheck_exits_0_only_on_200(status, exit_code):
+    import http.server
+    import threading
+
+    from worker.__main__ import main
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(status if self.path == "/healthz" else 404)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    port = server.server_address[1]
+    if status is None:
+        server.server_close()  # nothing listens: connection refused
+    else:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert main(["healthcheck", "--port", str(port), "--timeout", "2"]) == exit_code
+    finally:
+        if status is not None:
+            server.shutdown()
+            server.server_close()
+
+
+def ensure_env_passwords(directory: Path) -> str:
+    """scripts/lib.sh's ensure_env_passwords (what scripts/up runs first) in ``directory``."""
+    (directory / ".env.example").write_text((ROOT / ".env.example").read_text())
+    done = subprocess.run(
+        ["bash", "-c", f"source {ROOT / 'scripts' / 'lib.sh'} && ensure_env_passwords"],
+        cwd=directory, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return done.stdout
+
+
+def env_values(path: Path) -> dict[str, str]:
+    return dict(re.findall(r"^([A-Z_]+)=(.*)$", path.read_text(), re.M))
+
+
+def test_scripts_up_generates_every_required_password_into_env(tmp_path):
+    out = ensure_env_passwords(tmp_path)
+    env = tmp_path / ".env"
+    values = env_values(env)
+    for name in ("GRAFANA_ADMIN_PASSWORD", "REDIS_PASSWORD"):
+        assert re.fullmatch(r"[0-9a-f]{32}", values[name]), name
+        assert values[name] not in out  # named, never printed
+    assert values["GRAFANA_ADMIN_PASSWORD"] != values["REDIS_PASSWORD"]
+    assert env.stat().st_mode & 0o077 == 0
+    # The stack starts from that .env alone.
+    result = docker_compose("--env-file", str(env), "config", "--quiet", env={})
+    assert result.returncode == 0, result.stderr
+    # A second run keeps them.
+    ensure_env_passwords(tmp_path)
+    assert env_values(env) == values
+
+
+def test_scripts_up_adds_redis_password_to_an_older_env(tmp_path):
+    (tmp_path / ".env").write_text("GRAFANA_ADMIN_PASSWORD=kept\nPROMETHEUS_PORT=9999\n")
+    ensure_env_passwords(tmp_path)
+    values = env_values(tmp_path / ".env")
+    assert values["GRAFANA_ADMIN_PASSWORD"] == "kept" and values["PROMETHEUS_PORT"] == "9999"
+    assert re.fullmatch(r"[0-9a-f]{32}", values["REDIS_PASSWORD"])

@@ -225,6 +225,20 @@ def test_log_recognizers_match_dramatiq_lines():
     assert ours.WORKER_THREAD_LOGGER == dramatiq.worker.__name__ + ".WorkerThread"
 
 
+def test_the_consumer_fetches_through_do_fetch_and_pops_its_cache_from_the_front():
+    """``WorkerRedisBroker.do_fetch`` returns the bodies with their ids; the consumer must
+    still fill ``message_cache`` from ``broker.do_fetch(queue, n)`` and take ``pop(0)``, and
+    the fetch must pop the head of the queue's list, for the ids to match the bodies."""
+    source = inspect.getsource(dramatiq_redis._RedisConsumer.__next__)
+    assert "self.broker.do_fetch(" in source and "self.message_cache.pop(0)" in source, changed(
+        "how _RedisConsumer fills and reads its message_cache"
+    )
+    fetch = DISPATCH_LUA[DISPATCH_LUA.index('command == "fetch"') :]
+    fetch = fetch[: fetch.index("elseif")]
+    assert 'redis.call("lpop", queue_full_name)' in fetch, changed("the fetch command's pop")
+    assert "math.min(ARGS[1], max_unpack_size)" in fetch, changed("the fetch command's batch")
+
+
 def test_a_queue_is_served_from_its_head():
     """``redis_queue_heads`` reads a queue's next ready message at index 0 of its list:
     the dispatch script pushes new messages to the tail and fetches from the head."""

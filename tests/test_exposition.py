@@ -116,7 +116,8 @@ def workload(tmp_path_factory, metrics_env) -> Workload:
             for i in range(20):
                 sent.append(actors.job_status_update.send(job_id=f"job-{i}", org_id=f"org-{i % 3}",
                                                           status="running"))  # fmt: skip
-            for i in range(2):  # a permanent error: dead-lettered at its first attempt
+            # An invalid payload: dead-lettered by ValidatePayload before it is an attempt.
+            for i in range(2):
                 sent.append(actors.job_status_update.send(job_id=f"bad-{i}", org_id="org-9",
                                                           status="bogus"))  # fmt: skip
             for i in range(4):  # 5 attempts each (standard class), then dead-lettered
@@ -164,8 +165,8 @@ def test_attempts_outcomes_retries_and_dead_letters_are_counted_exactly(workload
     """N jobs with K failures give exactly those numbers, added up over 2 processes."""
     s = workload.after
     assert jobs(s, "fast", "job.status_update") == {
-        "total": 22, "completed_total": 20, "failed_total": 2, "retried_total": 0,
-        "dead_lettered_total": 2, "processing": 0, "observed": 22, "waited": 22,
+        "total": 20, "completed_total": 20, "failed_total": 0, "retried_total": 0,
+        "dead_lettered_total": 2, "processing": 0, "observed": 20, "waited": 20,
     }  # fmt: skip
     assert jobs(s, "default", "agent.run") == {
         "total": 20, "completed_total": 0, "failed_total": 20, "retried_total": 16,
@@ -406,13 +407,36 @@ def test_backlog_reads_ready_delayed_and_dead_from_the_broker(redis_url):
     assert broker is not None
 
 
+def test_every_rate_limit_window_and_decision_is_exported_at_zero_from_the_start(
+    redis_url, tmp_path, metrics_env, start_replica
+):
+    port = free_port()
+    env = metrics_env(
+        redis_url,
+        port,
+        RATE_LIMITS="minute=100/60,hour=5000/3600",
+        RATE_LIMIT_OVERRIDES='{"org-vip": "burst=10/1"}',
+    )
+    replica = start_replica(env, tmp_path / "worker.log")
+    try:
+        wait_until(lambda: scraped(port).series("worker_rate_limit_decisions_total"), timeout=15)
+        series = scraped(port).series("worker_rate_limit_decisions_total")
+    finally:
+        replica.stop()
+    assert {tuple(sorted(dict(k).items())): v for k, v in series.items()} == {
+        (("decision", d), ("window", w)): 0.0
+        for w in ("minute", "hour", "burst")
+        for d in ("allowed", "throttled", "unavailable")
+    }
+
+
 def test_oldest_ready_message_age_counts_from_when_it_became_runnable(redis_url):
     """The head of each ready queue is its oldest message: its age counts from its enqueue,
     or from the eta of its last delay (a retry or a deferral is not waiting)."""
     broker = setup(settings_for(redis_url))
     from worker import actors
 
-    now_ms = time.time() * 1000
+    now_ms = int(time.time() * 1000)  # Dramatiq's timestamps are whole milliseconds
     enqueued_long_ago = actors.agent_run.message(job_id="a", org_id="o", prompt="p")
     broker.enqueue(dataclasses.replace(enqueued_long_ago, message_timestamp=now_ms - 120_000))
     actors.agent_run.send(job_id="b", org_id="o", prompt="p")  # younger, behind it

@@ -106,7 +106,7 @@ def test_cli_errors_are_one_line_and_never_echo_secrets():
     bad_key = "too-short-secret-value"
     bad = run_cli("--org-id", "o", stdin=PLAINTEXT, env={"ENCRYPTION_KEY": bad_key})
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
-    assert bad.stderr.startswith("configuration error: ENCRYPTION_KEY: must be exactly 32 bytes")
+    assert bad.stderr.startswith("configuration error: ENCRYPTION_KEY: must be 32 random bytes")
     assert bad_key not in bad.stderr and PLAINTEXT not in bad.stderr
 
     empty = run_cli("--org-id", "o", stdin="\n", env={"ENCRYPTION_KEY": KEY.hex()})

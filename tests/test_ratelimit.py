@@ -184,3 +184,24 @@ def test_redis_down_admits_nothing_and_is_counted(client, redis_srv):
 def test_bad_limits_are_refused(client, limits):
     with pytest.raises(ValueError):
         RateLimiter(client, limits)
+
+
+def test_two_deployments_sharing_a_redis_keep_their_own_counters(client, redis_url):
+    """Keys live under JOB_QUEUE_NAME, so one deployment's organization at its limit does
+    not throttle the same organization id of another; the {org} hash tag stays."""
+    from stack.fleet import settings_for
+
+    limiters = [
+        RateLimiter.from_settings(
+            client, settings_for(redis_url, JOB_QUEUE_NAME=name, RATE_LIMITS="minute=2/60")
+        )
+        for name in ("billing-jobs", "agent-jobs")
+    ]
+    first, second = ([lim.try_acquire("org-1").allowed for _ in range(3)] for lim in limiters)
+    assert first == second == [True, True, False]
+    keys = [lim.keys_for("org-1")[0] for lim in limiters]
+    assert keys == [
+        "billing-jobs:ratelimit:{org-1}:minute:60",
+        "agent-jobs:ratelimit:{org-1}:minute:60",
+    ]
+    assert all(client.exists(k) for k in keys)

@@ -279,3 +279,31 @@ def test_a_worker_replica_reports_to_sentry(redis_url, sentry_server, tmp_path):
     assert event["tags"]["job_type"] == "job.status_update"
     assert event["tags"]["dead_lettered"] == "yes"
     assert event["exception"]["values"][-1]["type"] == "InvalidPayload"
+
+
+def test_url_passwords_never_reach_sentry_nor_the_settings_repr(sentry_server):
+    """The userinfo of every URL setting is a secret: events and repr leave it out."""
+    password, short = "PLANTED-url-pw-41c9", "pw9"  # short: found only by its place in a URL
+    settings = settings_for(
+        f"redis://:{password}@127.0.0.1:6390/0",
+        BROKER_URL=f"redis://worker:{short}@127.0.0.1:6391/0",
+        SUPABASE_URL=f"https://svc:{password}x@db.example.test",
+        SUPABASE_SERVICE_ROLE_KEY="service-role-key-for-tests",
+        CRM_ENDPOINT_URL=f"https://crm:{password}y@crm.example.test/hook",
+        SENTRY_DSN=sentry_server.dsn,
+    )
+    for text in (repr(settings), str(settings)):
+        assert password not in text and f":{short}@" not in text
+    init_sentry(settings)
+    logging.getLogger("test.urls").error(
+        "cannot reach %s or %s (%r)", settings.redis_url, settings.broker_url, settings
+    )
+    try:
+        raise ConnectionError(f"Error connecting to {settings.supabase_url} and {password}")
+    except ConnectionError:
+        sentry_sdk.capture_exception()
+    events = error_events(sentry_server)
+    assert len(events) == 2
+    raw = b"".join(env.raw for env in sentry_server.envelopes())
+    assert password.encode() not in raw and f":{short}@".encode() not in raw
+    assert b"[Filtered]@127.0.0.1:6390" in raw

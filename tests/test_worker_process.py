@@ -157,7 +157,7 @@ def test_bad_configuration_exits_2_with_one_line_and_no_secret():
     secret = "sk-or-v1-very-secret-value"
     cases = {
         "JOB_CONCURRENCY": ("zero", "JOB_CONCURRENCY"),
-        "ENCRYPTION_KEY": (secret, "ENCRYPTION_KEY: must be exactly 32 bytes"),
+        "ENCRYPTION_KEY": (secret, "ENCRYPTION_KEY: must be 32 random bytes"),
         "REDIS_URL": (f"http://user:{secret}@host", "REDIS_URL: must start with"),
         "SIM_LATENCY_SECONDS": ("20-15", "SIM_LATENCY_SECONDS"),
         "RATE_LIMITS": ("minute=100", "RATE_LIMITS: 'minute=100' is not name=count/seconds"),
@@ -224,3 +224,44 @@ def test_agent_runs_are_rate_limited_per_organization_without_spending_attempts(
     # the other organization did not wait behind org-a's deferrals
     assert entries[quiet] - done[0] < 1.0
     assert dead_letters(client) == [], "a deferral never spends an attempt"
+
+
+def test_a_replica_at_the_concurrency_bound_stops_within_the_grace_period(redis_url, tmp_path):
+    """JOB_CONCURRENCY at its maximum (512 slots: 2 processes x 256 threads) still stops on
+    SIGTERM within SHUTDOWN_GRACE_SECONDS, with its running jobs finished."""
+    from stack.fleet import scraped
+    from stack.servers import free_port
+    from worker.config import MAX_JOB_CONCURRENCY, MAX_THREADS_PER_PROCESS
+
+    client = redis.Redis.from_url(redis_url)
+    port, grace = free_port(), 10
+    processes = MAX_JOB_CONCURRENCY // MAX_THREADS_PER_PROCESS
+    env = replica_env(
+        redis_url,
+        METRICS_PORT=port,
+        JOB_CONCURRENCY=MAX_JOB_CONCURRENCY,
+        WORKER_PROCESSES=processes,
+        SHUTDOWN_GRACE_SECONDS=grace,
+        SIM_LATENCY_SECONDS="1",
+    )
+    replica = Replica(env, tmp_path / "worker.log").start()
+    try:
+        wait_until(lambda: _concurrency(scraped, port) == MAX_JOB_CONCURRENCY, timeout=60)
+        ids = enqueue(redis_url, 40)
+        wait_until(lambda: completed_ids(client), timeout=30)  # jobs are flowing
+    finally:
+        started = time.monotonic()
+        code = replica.stop(timeout=grace + 20)
+        took = time.monotonic() - started
+    print(f"\n{MAX_JOB_CONCURRENCY} slots: stopped in {took:.1f}s (grace {grace}s)")
+    assert code == 0, replica.output[-3000:]
+    assert took <= grace + 5, took
+    done = completed_ids(client)
+    assert set(done) <= set(ids) and len(done) == len(set(done))  # none twice
+
+
+def _concurrency(scraped, port: int) -> float | None:
+    try:
+        return scraped(port).value("worker_concurrency")
+    except OSError:
+        return None

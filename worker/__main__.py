@@ -3,6 +3,7 @@
 Subcommands:
   run (default)  run one replica: WORKER_PROCESSES processes sharing JOB_CONCURRENCY slots
   encrypt-key    encrypt an organization's LLM API key (read from stdin) for storage
+  healthcheck    exit 0 when this container's /healthz answers 200 (the image's health check)
 
 The tooling around the worker (local twin, load generator, alert receiver, capacity
 planner) is the ``stack`` command.
@@ -11,7 +12,10 @@ planner) is the ``stack`` command.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import urllib.error
+import urllib.request
 
 from worker import __version__
 from worker.config import ConfigError, Settings, load_settings
@@ -65,11 +69,42 @@ def run(argv: list[str]) -> int:
         return dramatiq.cli.main(args) or 0
 
 
+def healthcheck(argv: list[str]) -> int:
+    """One word for the compose health checks: Podman's Docker API splits an exec-form
+    check's arguments on spaces, so ``python -c "<code>"`` cannot be the check."""
+    parser = argparse.ArgumentParser(
+        prog="worker healthcheck",
+        description="Exit 0 when http://127.0.0.1:PORT/healthz answers 200, else 1.",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=os.environ.get("METRICS_PORT", "9191"),
+        help="port of the endpoint (default: METRICS_PORT, else 9191)",
+    )
+    parser.add_argument("--timeout", type=float, default=4.0, help="seconds (default 4)")
+    args = parser.parse_args(argv)
+    url = f"http://127.0.0.1:{args.port}/healthz"
+    try:
+        with urllib.request.urlopen(url, timeout=args.timeout) as response:
+            status = response.status
+    except urllib.error.HTTPError as error:
+        status = error.code
+    except (OSError, ValueError) as error:
+        print(f"unhealthy: {url}: {error}", file=sys.stderr)
+        return 1
+    if status != 200:
+        print(f"unhealthy: {url} answered {status}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {
         "run": run,
         "encrypt-key": _lazy("worker.keys"),
+        "healthcheck": healthcheck,
     }
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__.strip())

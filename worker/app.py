@@ -13,7 +13,6 @@ import dramatiq
 import httpx
 import redis
 from dramatiq.middleware import (
-    AgeLimit,
     Callbacks,
     CurrentMessage,
     Pipelines,
@@ -37,13 +36,18 @@ from worker.brokers.redis import (
     redis_client,
 )
 from worker.config import Settings, load_settings
+from worker.envelope import CheckedJSONEncoder
+from worker.logs import install as install_safe_logs
+from worker.middleware.age_limit import AgeLimitWithReason
 from worker.middleware.heartbeat import BrokerHeartbeat
 from worker.middleware.job_log import JobLog
 from worker.middleware.metrics import JobMetrics
+from worker.middleware.payload import ValidatePayload
 from worker.middleware.ratelimit import RateLimit
 from worker.middleware.redis_health import RedisHealth
 from worker.middleware.retries import ClassRetries
 from worker.organizations import RedisOrganizations
+from worker.payloads import PayloadLimits
 from worker.ratelimit import RateLimiter
 from worker.services import Services, install
 
@@ -120,6 +124,8 @@ def build_llm(settings: Settings, organizations: Any, rate_limit: Any = None) ->
 def middleware_stack(settings: Settings, client: redis.Redis) -> list:
     """Dramatiq's useful defaults, minus its ``Retries`` (20 retries, 15 s minimum).
 
+    ``ValidatePayload`` comes first: nothing else may touch a message its actor rejects.
+
     ``JobMetrics`` comes after what skips a message before it runs (``AgeLimit``,
     ``RateLimit``: a deferred job is not an attempt) and before ``TimeLimit``.
     ``JobLog`` and ``ClassRetries`` come before ``JobMetrics``: Dramatiq runs the
@@ -129,7 +135,8 @@ def middleware_stack(settings: Settings, client: redis.Redis) -> list:
     ``TimeLimit`` has disarmed, so it cannot interrupt the wait.
     """
     return [
-        AgeLimit(),
+        ValidatePayload(limits=PayloadLimits.from_settings(settings)),
+        AgeLimitWithReason(),
         RateLimit(RateLimiter.from_settings(client, settings)),
         JobLog(
             client,
@@ -169,6 +176,8 @@ def build_broker(settings: Settings) -> dramatiq.Broker:
     client = redis_client(settings.redis_url)
     middleware = middleware_stack(settings, client)
     url = settings.broker_url or settings.redis_url
+    # Every body is checked as it is decoded (worker.envelope).
+    dramatiq.set_encoder(CheckedJSONEncoder(max_bytes=settings.message_max_bytes))
     if url.startswith("amqp"):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
@@ -194,6 +203,7 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
     """Build this process's broker and services, and bind the actors to the broker."""
     logging.getLogger(WORKER_THREAD_LOGGER).addFilter(_DropResultsAdvice())
     settings = settings or load_settings()
+    install_safe_logs(settings.log_level)
     if settings.sentry_dsn is not None:
         from worker.sentry import add_job_tags, init_sentry
 

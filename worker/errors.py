@@ -8,13 +8,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 
+from dramatiq.middleware import MiddlewareError
+
 
 class PermanentError(Exception):
     """A failure that can never succeed on retry; the job is dead-lettered with this reason."""
 
 
-class InvalidPayload(PermanentError):
-    """The message's arguments do not match what the actor expects."""
+class InvalidPayload(PermanentError, MiddlewareError):
+    """The message's arguments do not match what the actor expects.
+
+    Also a Dramatiq ``MiddlewareError``: Dramatiq lets only those out of a
+    ``before_process_message`` hook, so ``ValidatePayload`` can fail the attempt with it
+    before the actor, or any later middleware, runs."""
 
 
 class TransientError(Exception):

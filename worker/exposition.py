@@ -24,7 +24,6 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
-from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from dramatiq import get_encoder
@@ -35,7 +34,9 @@ from prometheus_client.mmap_dict import MmapedDict
 from worker import __version__, metrics
 from worker.brokers.redis import Counts, redis_backlog, redis_queue_heads
 from worker.config import Settings, load_settings
+from worker.http_pool import READ_TIMEOUT, PooledMixIn
 from worker.jobs import QUEUES
+from worker.logs import install as install_safe_logs
 from worker.middleware.metrics import runnable_since
 from worker.middleware.redis_health import RedisWatch, probe_client
 from worker.replica import ENV
@@ -221,11 +222,14 @@ def backlog_for(settings: Settings) -> tuple[Callable[[], Counts], Callable[[], 
 # --- HTTP -------------------------------------------------------------------------------------
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+class _Server(PooledMixIn, WSGIServer):
+    """A fixed pool of threads (``worker.http_pool``): scrapers are few; a flood of
+    connections waits or is closed instead of starting a thread each."""
 
 
 class _QuietHandler(WSGIRequestHandler):
+    timeout = READ_TIMEOUT  # a silent connection is closed, not held forever
+
     def log_message(self, format, *args):  # Prometheus scrapes every 15 s: no access log
         pass
 
@@ -233,6 +237,14 @@ class _QuietHandler(WSGIRequestHandler):
 def make_app(registry: CollectorRegistry, backlog: QueueBacklog | None, alive: Callable[[], bool]):
     def app(environ, start_response):
         path = environ.get("PATH_INFO", "/")
+        method = environ.get("REQUEST_METHOD", "GET")
+        if method not in ("GET", "HEAD"):
+            start_response("405 Method Not Allowed", [*_TEXT, ("Allow", "GET, HEAD")])
+            return [b"only GET and HEAD\n"]
+        body = _route(path, environ, start_response)
+        return [] if method == "HEAD" else body
+
+    def _route(path, environ, start_response):
         if path == "/metrics":
             if backlog is not None:
                 backlog.refresh()
@@ -265,6 +277,7 @@ def make_http_server(host: str, port: int, app) -> WSGIServer:
 def serve(settings: Settings | None = None) -> int:
     """Run the replica's endpoint, Redis probe and backlog sampler until SIGTERM."""
     settings = settings or load_settings()
+    install_safe_logs(settings.log_level)
     path = os.environ[ENV]
     parent = os.getppid()
 

@@ -36,8 +36,10 @@ than ``N``; then it is counted once in bucket ``k`` of every window, else nothin
   admissions early, the one way this guarantee depends on the clock.
 
 Every key of one organization carries the hash tag ``{org}``, so the script runs unchanged
-on Redis Cluster. The script is sent with EVALSHA; on NOSCRIPT (new server, failover,
-SCRIPT FLUSH) that one call falls back to EVAL, which also caches it on that server.
+on Redis Cluster; keys are ``<prefix>:{<org>}:<window>:<seconds>``, the prefix
+``<JOB_QUEUE_NAME>:ratelimit`` for a worker (``from_settings``). The script is sent with
+EVALSHA; on NOSCRIPT (new server, failover, SCRIPT FLUSH) that one call falls back to
+EVAL, which also caches it on that server.
 """
 
 from __future__ import annotations
@@ -63,6 +65,9 @@ R = TypeVar("R")
 LimitsSpec = Mapping[str, tuple[int, float]]
 
 DEFAULT_BUCKETS = 60
+
+#: Values of the ``decision`` label of ``worker_rate_limit_decisions_total``.
+DECISIONS = ("allowed", "throttled", "unavailable")
 
 _WINDOW_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -273,9 +278,18 @@ class RateLimiter:
             for org, spec in (overrides or {}).items()
         }
 
+        # Every configured window x decision exists at 0 from the start: a dashboard shows
+        # 0, not "no data", before the first decision.
+        for name in {w.name for ws in (self.default_windows, *self.overrides.values()) for w in ws}:
+            for decision in DECISIONS:
+                rate_limit_decisions.labels(name, decision)
+
     @classmethod
     def from_settings(cls, redis_client: Any, settings: Any, **options: Any) -> RateLimiter:
-        """Build from ``Settings.rate_limits`` and ``Settings.rate_limit_overrides``."""
+        """Build from ``Settings.rate_limits`` and ``Settings.rate_limit_overrides``, with
+        keys under ``<JOB_QUEUE_NAME>:ratelimit``: deployments sharing one Redis (two
+        queue names) never share an organization's counters."""
+        options.setdefault("key_prefix", f"{settings.job_queue_name}:ratelimit")
         return cls(
             redis_client,
             settings.rate_limits,

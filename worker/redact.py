@@ -3,8 +3,9 @@
 Two nets: the exact values this process knows to be secret (its configured keys, and
 every organization key it has decrypted), and patterns of credentials it cannot know in
 advance (OpenRouter / OpenAI style keys, bearer tokens, JWTs such as Supabase keys,
-Supabase ``sb_secret_`` keys). Secret values shorter than 8 characters are not
-registered: redacting every "abc" in an event would destroy it and protect nothing.
+Supabase ``sb_secret_`` keys, the ``user:password`` of any URL). Secret values shorter
+than 8 characters are not registered: redacting every "abc" in an event would destroy it
+and protect nothing (a URL's short password is still found by its place in the URL).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"(?i)\bbearer\s+[A-Za-z0-9._~+/=-]{8,}"),
     re.compile(r"eyJ[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]{4,}\.[A-Za-z0-9_-]*"),  # JWTs
     re.compile(r"sb_secret_[A-Za-z0-9_-]{8,}"),
+    # The userinfo of any URL (redis://:password@host, https://user:password@host): a
+    # password may be short and anything, so it is found by its place, not its look.
+    re.compile(r"(?<=://)[^/\s@'\"]*:[^/\s@'\"]*(?=@)"),
 )
 
 _MIN_SECRET_LENGTH = 8

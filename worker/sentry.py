@@ -33,6 +33,7 @@ import base64
 import logging
 import warnings
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import dramatiq
 import sentry_sdk
@@ -42,7 +43,7 @@ from sentry_sdk.integrations.dramatiq import DramatiqIntegration, SentryMiddlewa
 from sentry_sdk.integrations.logging import LoggingIntegration, ignore_logger
 
 from worker import __version__
-from worker.config import Settings
+from worker.config import URL_FIELDS, Settings
 from worker.middleware.sentry_tags import SentryJobTags
 from worker.redact import FILTERED, REDACTOR
 
@@ -143,6 +144,11 @@ def secret_values(settings: Settings) -> list[str]:
         )
         if s is not None
     ]
+    for name in URL_FIELDS:  # a URL's password also appears alone (an AUTH error, say)
+        url = getattr(settings, name)
+        if url:
+            password = urlsplit(url).password
+            values += [password, unquote(password)] if password else []
     key = settings.encryption_key_bytes
     if key is not None:
         values += [key.hex(), base64.b64encode(key).decode(), repr(key)[2:-1]]

@@ -30,6 +30,7 @@ from dramatiq.brokers.redis import RedisBroker, _RedisConsumer
 from dramatiq.common import current_millis, dq_name, q_name, xq_name
 from dramatiq.errors import ConnectionClosed, DecodeError
 
+from worker.envelope import InvalidMessage
 from worker.middleware.base import emit
 
 log = logging.getLogger(__name__)
@@ -219,15 +220,34 @@ def _writes_with_ack(message: object) -> list:
 # --- the broker ----------------------------------------------------------------------------
 
 
-class _SafeConsumer(_RedisConsumer):
-    """A consumer that dead-letters a message it cannot decode instead of stalling, and
-    reports a lost connection.
+class _Fetched(list):
+    """The bodies of one fetch, with the ids they were stored under: ``pop`` remembers the
+    id of the body it hands out (``popped``)."""
 
-    Dramatiq's consumer raises on undecodable data, drops the rest of its prefetched
-    batch and restarts, leaving the bad message claimed forever. Here the bad message is
-    found among this consumer's claimed ids and moved to the dead-letter queue, and the
-    worker's middleware hear of it through ``after_undecodable_message`` (to count and
-    record it; see ``worker.middleware.base``).
+    def __init__(self, ids: list[str], bodies: list) -> None:
+        super().__init__(bodies)
+        self.ids = ids
+        self.popped: str | None = None
+
+    def pop(self, index=-1):
+        self.popped = self.ids.pop(index)
+        return super().pop(index)
+
+
+class _SafeConsumer(_RedisConsumer):
+    """A consumer that knows the id each message was stored under, dead-letters what it
+    cannot run instead of stalling, and reports a lost connection.
+
+    Dramatiq's consumer takes a message's Redis id from its body
+    (``options.redis_message_id``); a producer that omits it, or writes another, leaves
+    the message claimed forever after it ran. Here the fetch also returns the ids
+    (``WorkerRedisBroker.do_fetch``) and the id the body says is replaced by the one it
+    was stored under. A body that cannot be decoded or fails the envelope check
+    (``worker.envelope``), one that names another queue, one of an unknown actor, and an
+    id stored with no body are dead-lettered at once with their reason, and every
+    middleware with an ``after_undecodable_message(broker, queue, message_id, reason)``
+    hook hears of those that never became a message (to count and record them; see
+    ``worker.middleware.base``).
 
     A connection lost while fetching, acking, nacking or requeueing (mid-job: the job
     ran, its ack cannot reach Redis) goes to ``after_connection_error`` before Dramatiq
@@ -246,10 +266,38 @@ class _SafeConsumer(_RedisConsumer):
     def __next__(self):
         try:
             with self._reporting_lost_connection():
-                return super().__next__()
+                message = super().__next__()
         except DecodeError as exc:
-            self._dead_letter_raw(exc.data, f"undecodable message: {type(exc.error).__name__}")
+            if isinstance(exc.error, InvalidMessage):
+                reason = f"invalid message: {exc.error}"
+            else:
+                reason = f"undecodable message: {type(exc.error).__name__}"
+            self._dead_letter_raw(self._fetched().popped, reason)
+            message = None
+        if message is None:
             return None
+        message.options["redis_message_id"] = self._fetched().popped
+        if message.queue_name != self.queue_name:
+            # Dramatiq would settle it through the consumer of the queue its body names,
+            # which may not exist: it would stay claimed forever.
+            return self._reject(message, f"invalid message: names queue {message.queue_name!r}")
+        if message.actor_name not in self.broker.actors:
+            return self._reject(message, f"unknown actor {message.actor_name!r}")
+        return message
+
+    def _fetched(self) -> _Fetched:
+        cache = self.message_cache
+        return cache if isinstance(cache, _Fetched) else _Fetched([], [])
+
+    def _reject(self, message, reason: str) -> None:
+        """Dead-letter a decoded message no actor of this worker can run, with ``reason``."""
+        message.options["dead_letter_reason"] = reason
+        message.fail()
+        log.error("dead-lettered %s on queue %s: %s", message.message_id, self.queue_name, reason)
+        self.broker.emit_before("nack", message)
+        self.nack(message)
+        self.broker.emit_after("nack", message)
+        return None
 
     def ack(self, message):
         writes = _writes_with_ack(message)
@@ -277,24 +325,9 @@ class _SafeConsumer(_RedisConsumer):
             emit(self.broker, "after_connection_error", self.queue_name, exc)
             raise ConnectionClosed(exc) from None
 
-    def _dead_letter_raw(self, data: bytes, reason: str) -> None:
-        broker = self.broker
-        acks = claimed_key(broker.namespace, broker.broker_id, self.queue_name)
-        claimed = list(broker.client.smembers(acks))
-        bodies = broker.client.hmget(messages_key(broker.namespace, self.queue_name), claimed)
-        for message_id, body in zip(claimed, bodies, strict=True):
-            if body == data:
-                broker.do_nack(self.queue_name, message_id.decode())
-                log.error(
-                    "dead-lettered %s on queue %s: %s", message_id.decode(), self.queue_name, reason
-                )
-                emit(
-                    broker,
-                    "after_undecodable_message",
-                    self.queue_name,
-                    message_id.decode(),
-                    reason,
-                )
+    def _dead_letter_raw(self, message_id: str | None, reason: str) -> None:
+        if message_id is not None:  # None: not from a fetch of ours, nothing to settle
+            self.broker.dead_letter_raw(self.queue_name, message_id, reason)
 
 
 class WorkerRedisBroker(RedisBroker):
@@ -311,6 +344,42 @@ class WorkerRedisBroker(RedisBroker):
     (re)starts, nothing of that queue is in this process's memory, so everything Redis
     lists as claimed by this broker on that queue is requeued first.
     """
+
+    def do_fetch(self, queue_name: str, prefetch: int) -> _Fetched:
+        """Dramatiq's fetch, and in the same transaction (one round trip) the ids it pops:
+        the first ``prefetch`` of the queue's list, as the script takes them."""
+        prefetch = min(int(prefetch), self._max_unpack_size())
+        script = self.scripts["dispatch"]
+        for attempt in (1, 2):
+            # EVALSHA by hand: a registered Script in a pipeline costs a SCRIPT EXISTS
+            # round trip on every execute.
+            with self.client.pipeline(transaction=True) as pipe:
+                pipe.lrange(queue_key(self.namespace, queue_name), 0, prefetch - 1)
+                args = dispatch_args(self, "fetch", queue_name, prefetch)
+                pipe.evalsha(script.sha, 1, self.namespace, *args)
+                ids, bodies = pipe.execute(raise_on_error=False)
+            if isinstance(bodies, redis.exceptions.NoScriptError) and attempt == 1:
+                # A restarted Redis lost its scripts; nothing was popped: load and fetch.
+                self.client.script_load(script.script)
+                continue
+            if isinstance(bodies, Exception):
+                raise bodies
+            break
+        fetched = _Fetched([], [])
+        for message_id, body in zip((i.decode() for i in ids), bodies, strict=True):
+            if body is None:  # an id pushed without its body: nothing to run, nothing to keep
+                self.dead_letter_raw(queue_name, message_id, "no message body is stored under it")
+            else:
+                fetched.ids.append(message_id)
+                fetched.append(body)
+        return fetched
+
+    def dead_letter_raw(self, queue_name: str, message_id: str, reason: str) -> None:
+        """Dead-letter what is stored under ``message_id``, a body that never became a
+        message (``after_undecodable_message`` hooks count it as ``job_type`` unknown)."""
+        self.do_nack(queue_name, message_id)
+        log.error("dead-lettered %s on queue %s: %s", message_id, queue_name, reason)
+        emit(self, "after_undecodable_message", queue_name, message_id, reason)
 
     def write_with_ack(self, message, client: redis.Redis, write) -> bool:
         """Have ``write(pipeline)`` sent in the same round trip as ``message``'s ack, just

@@ -14,6 +14,7 @@ from dramatiq.middleware import Middleware
 from worker.backoff import capped_backoff
 from worker.errors import PermanentError, TransientError
 from worker.jobs import job_class_of
+from worker.logs import brief, cut, escape
 
 log = logging.getLogger(__name__)
 
@@ -77,12 +78,10 @@ class ClassRetries(Middleware):
         attempts = message.options.get("retries", 0) + 1
         max_attempts = job_class_of(actor).max_attempts
         if isinstance(exception, PermanentError):
-            return self.dead_letter(message, f"permanent error: {exception}")
+            return self.dead_letter(message, f"permanent error: {cut(escape(str(exception)), 500)}")
         if attempts >= max_attempts:
             return self.dead_letter(
-                message,
-                f"{attempts} of {max_attempts} attempts failed, last: "
-                f"{type(exception).__name__}: {exception}",
+                message, f"{attempts} of {max_attempts} attempts failed, last: {brief(exception)}"
             )
         delay = self.delay_for(actor, attempts, exception)
         message.options["retries"] = attempts
@@ -102,10 +101,9 @@ class ClassRetries(Middleware):
                 # Giving up here would let the message be acked with no retry scheduled:
                 # the job would be lost. Unacked, it is redelivered if this process dies.
                 log.warning(
-                    "cannot schedule the retry of job %s (%s: %s); holding it %.1fs",
+                    "cannot schedule the retry of job %s (%s); holding it %.1fs",
                     message.message_id,
-                    type(exc).__name__,
-                    exc,
+                    brief(exc),
                     hold,
                 )
                 time.sleep(hold)
