@@ -100,6 +100,55 @@
         panelId: 7,
       },
     },
+
+    // Service level objectives: what the senders of jobs feel (alerts/slo.libsonnet).
+    // Each SLO holds for every queue; `queues` overrides it for named ones, e.g.
+    //   slo+: { queueWait+: { queues+: { critical: { objective: 0.999 } } } }
+    // Every queue-wait threshold must be a bucket edge of worker_job_queue_wait_seconds
+    // (QUEUE_WAIT_BUCKETS in worker/metrics.py), or its SLI cannot be read.
+    slo: {
+      // The period the objectives and the error budget are counted over.
+      window: '28d',
+      // Share of attempts that start within `thresholdSeconds` of becoming runnable.
+      queueWait: {
+        objective: 0.99,
+        thresholdSeconds: 60,
+        queues: { default: { thresholdSeconds: 300 } },
+      },
+      // Share of jobs reaching a final outcome that complete: the error ratio is
+      // dead-lettered / (completed + dead-lettered).
+      success: {
+        objective: 0.995,
+        queues: {},
+      },
+      // The SRE workbook's multiwindow, multi-burn-rate alerts: an alert of `severity`
+      // fires while the budget burns faster than `factor` times the rate that spends it
+      // exactly over `window`, over both the `long` and the `short` window (the short one
+      // makes it reset soon after the burn stops). Burn rate = error ratio / (1 - objective).
+      burnRates: [
+        { severity: 'critical', long: '1h', short: '5m', factor: 14.4 },
+        { severity: 'critical', long: '6h', short: '30m', factor: 6 },
+        { severity: 'warning', long: '1d', short: '2h', factor: 3 },
+        { severity: 'warning', long: '3d', short: '6h', factor: 1 },
+      ],
+      alerts: {
+        // JobQueueWaitBudgetBurn, JobSuccessBudgetBurn: one alert per queue and severity
+        // of burnRates, firing at once (`for`): the two windows already ask for a burn
+        // that lasts.
+        JobQueueWaitBudgetBurn: { 'for': '0m', panelId: 30 },
+        JobSuccessBudgetBurn: { 'for': '0m', panelId: 31 },
+        // HighJobQueueLatency: the oldest ready message of a queue has waited more than
+        // `thresholdSeconds` for `for` (max across replicas). Nothing starts at all, so
+        // the queue-wait SLO, which counts attempts as they start, cannot see it.
+        HighJobQueueLatency: {
+          severity: 'warning',
+          'for': '5m',
+          thresholdSeconds: 120,
+          queues: { default: { thresholdSeconds: 600 } },
+          panelId: 32,
+        },
+      },
+    },
   },
 }
 

@@ -6,9 +6,14 @@
 For each alert: the scrape that first sees the fault, the part of a range the fault must
 fill before the condition holds (``max_over_time(x[5m]) == 0`` only once the whole 5m is
 bad), the rule evaluations that turn the sample into a firing alert, the alert's `for`, and
-the group_wait of the Alertmanager route it reaches. Inputs: the alerts' config
-(alerts/config.libsonnet), prometheus/prometheus.yml and alertmanager/alertmanager.yml, so
-the table in docs/alerts.md cannot drift from them.
+the group_wait of the Alertmanager route it reaches. A burn-rate alert (alerts/slo.libsonnet)
+also waits for its windows: at a constant burn rate b from a clean history, a pair (long,
+short, factor) with b > factor fires once the long window holds enough of the burn, after
+long x factor / b (the short window, shorter, is there by then); the alert fires with its
+first pair.
+
+Inputs: the alerts' config (alerts/config.libsonnet), prometheus/prometheus.yml and
+alertmanager/alertmanager.yml, so the table in docs/alerts.md cannot drift from them.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from alerts.render import REPO_DIR, config_parser, exit_code, rendered
+from alerts.render import REPO_DIR, config_parser, exit_code, load_config, rendered
 from stack.prom import parse_duration
 
 PROMETHEUS_CONFIG = REPO_DIR / "prometheus" / "prometheus.yml"
@@ -29,14 +34,18 @@ ALERTMANAGER_CONFIG = REPO_DIR / "alertmanager" / "alertmanager.yml"
 WORKER_JOB = "worker"
 # Critical alerts must reach the pager within this long of the fault.
 CRITICAL_BUDGET_SECONDS = 180
+# The multiwindow, multi-burn-rate alerts, and the burn rate their row of the table is
+# computed at: a fast burn for the page, a slow one for the ticket.
+BURN_RATE_ALERTS = ("JobQueueWaitBudgetBurn", "JobSuccessBudgetBurn")
+REFERENCE_BURN_RATES = {"critical": 20.0, "warning": 4.0}
 
 
 def format_duration(seconds: float) -> str:
-    seconds = int(seconds)
-    minutes, rest = divmod(seconds, 60)
-    if minutes and rest:
-        return f"{minutes}m{rest}s"
-    return f"{minutes}m" if minutes else f"{rest}s"
+    """'1m55s', '18h2m45s', '0s': the units that are not zero."""
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, rest = divmod(rest, 60)
+    text = "".join(f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (rest, "s")) if n)
+    return text or "0s"
 
 
 _MATCHER = re.compile(r'^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"?(.*?)"?\s*$')
@@ -91,10 +100,31 @@ class Detection:
     for_: float
     group_wait: float
     window: float = 0.0  # until the fault fills the range the condition reads
+    windows: float = 0.0  # burn-rate alerts: until the windows cross at `burn_rate`
+    burn_rate: float | None = None
 
     @property
     def total(self) -> float:
-        return self.scrape + self.window + self.evaluation + self.for_ + self.group_wait
+        return (
+            self.scrape + self.window + self.evaluation + self.windows + self.for_ + self.group_wait
+        )
+
+    @property
+    def name(self) -> str:
+        return self.alert if self.burn_rate is None else f"{self.alert} at {self.burn_rate:g}x"
+
+
+def windows_to_fire(pairs: Sequence[dict], burn_rate: float) -> float:
+    """Seconds until the first of the (long, short, factor) pairs fires at a constant
+    ``burn_rate`` from a clean history; ValueError when none ever does."""
+    times = [
+        parse_duration(p["long"]) * p["factor"] / burn_rate
+        for p in pairs
+        if burn_rate > p["factor"]
+    ]
+    if not times:
+        raise ValueError(f"no window pair fires at a burn rate of {burn_rate:g}")
+    return min(times)
 
 
 def time_to_detect(
@@ -102,7 +132,12 @@ def time_to_detect(
     alertmanager_config: Path = ALERTMANAGER_CONFIG,
     overrides: dict | None = None,
     config_files: Sequence[Path | str] = (),
+    burn_rates: dict[str, float] | None = None,
 ) -> list[Detection]:
+    """One row per alert and severity; a burn-rate alert's at ``burn_rates[severity]``
+    (default ``REFERENCE_BURN_RATES``)."""
+    burn_rates = {**REFERENCE_BURN_RATES, **(burn_rates or {})}
+    pairs = load_config(overrides, config_files)["slo"]["burnRates"]
     prom = yaml.safe_load(prometheus_config.read_text())
     am = yaml.safe_load(alertmanager_config.read_text())
     glob = prom.get("global", {})
@@ -119,20 +154,22 @@ def time_to_detect(
         for rule in group["rules"]
         if "record" in rule
     }
-    rows: dict[str, Detection] = {}
+    rows: dict[tuple[str, str], Detection] = {}
     for doc in files.values():
         for group in doc["groups"]:
             for rule in group["rules"]:
-                if "alert" not in rule or rule["alert"] in rows:
+                if "alert" not in rule or (rule["alert"], rule["labels"]["severity"]) in rows:
                     continue
                 name, severity = rule["alert"], rule["labels"]["severity"]
+                burn = burn_rates[severity] if name in BURN_RATE_ALERTS else None
+                mine = [p for p in pairs if p["severity"] == severity]
                 route = route_for({"alertname": name, "severity": severity}, am["route"])
                 # A recording rule group runs on its own clock: the alert may read the
                 # record one evaluation late.
                 hops = 1 + any(record in rule["expr"] for record in records)
                 # A hung replica is declared down only when its scrape times out.
                 scrape = scrape_interval + (scrape_timeout if name == "WorkerDown" else 0)
-                rows[name] = Detection(
+                rows[name, severity] = Detection(
                     alert=name,
                     severity=severity,
                     receiver=route["receiver"],
@@ -141,22 +178,30 @@ def time_to_detect(
                     for_=parse_duration(rule.get("for", "0s")),
                     group_wait=parse_duration(route.get("group_wait", "30s")),
                     window=range_to_fill(rule["expr"]),
+                    windows=0.0 if burn is None else windows_to_fire(mine, burn),
+                    burn_rate=burn,
                 )
     return list(rows.values())
 
 
 def markdown_table(overrides: dict | None = None, config_files: Sequence[Path | str] = ()) -> str:
     lines = [
-        "| alert | severity | receiver | scrape | range | evaluation | for | group_wait "
+        "| alert | severity | receiver | scrape | range | evaluation | windows | for "
+        "| group_wait "
         "| worst case |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for d in time_to_detect(overrides=overrides, config_files=config_files):
         cells = [
-            d.alert,
+            d.name,
             d.severity,
             d.receiver,
-            *map(format_duration, (d.scrape, d.window, d.evaluation, d.for_, d.group_wait)),
+            format_duration(d.scrape),
+            format_duration(d.window),
+            format_duration(d.evaluation),
+            format_duration(d.windows) if d.burn_rate else "-",
+            format_duration(d.for_),
+            format_duration(d.group_wait),
             f"**{format_duration(d.total)}**",
         ]
         lines.append("| " + " | ".join(cells) + " |")

@@ -4,4 +4,5 @@
 (import 'config.libsonnet')
 + (import 'rules.libsonnet')
 + (import 'alerts.libsonnet')
++ (import 'slo.libsonnet')
 + (import 'pipeline.libsonnet')

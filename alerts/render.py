@@ -74,8 +74,17 @@ def load_config(overrides: Mapping | None = None, config_files: Sequence[Path | 
 def record_names(
     overrides: Mapping | None = None, config_files: Sequence[Path | str] = ()
 ) -> dict[str, str]:
-    """The recording rules' names by role (e.g. 'queueMessages'), for dashboard queries."""
+    """The recording rules' names by role (e.g. 'queueMessages'), for dashboard queries;
+    under 'slo', those of alerts/slo.libsonnet (see slo_record_names)."""
     return _mixin(overrides, config_files)["records"]
+
+
+def slo_record_names(
+    overrides: Mapping | None = None, config_files: Sequence[Path | str] = ()
+) -> dict:
+    """The SLO recording rules' names (alerts/slo.libsonnet): per SLO (queueWait,
+    success) its error ratio per window, budget and budget left; and oldestAge."""
+    return _mixin(overrides, config_files)["records"]["slo"]
 
 
 class _Dumper(yaml.SafeDumper):

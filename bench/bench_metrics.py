@@ -123,9 +123,10 @@ def throughput(
     }
 
 
-def hooks_child(attempts: int) -> None:
+def hooks_child(attempts: int, queue_wait: bool = True) -> None:
     """CPU time of JobMetrics' hooks for one successful attempt, multiprocess mode, one
-    thread: the cost the middleware adds to every job, free of others' load."""
+    thread: the cost the middleware adds to every job, free of others' load. Without
+    ``queue_wait``, the queue-wait histogram is left out (what it costs is the difference)."""
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="bench-metrics-")
     import dramatiq
     from dramatiq.broker import MessageProxy
@@ -133,8 +134,13 @@ def hooks_child(attempts: int) -> None:
 
     from worker.middleware.metrics import JobMetrics
 
+    class WithoutQueueWait(JobMetrics):
+        @staticmethod
+        def observe_wait(metric, message) -> None:
+            pass
+
     broker = StubBroker(middleware=[])
-    middleware = JobMetrics()
+    middleware = JobMetrics() if queue_wait else WithoutQueueWait()
     broker.add_middleware(middleware)
     dramatiq.actor(lambda: None, actor_name="bench.noop", queue_name="fast", broker=broker)
     messages = [
@@ -146,6 +152,39 @@ def hooks_child(attempts: int) -> None:
         middleware.after_process_message(broker, message, result=None)
         middleware.after_ack(broker, message)
     print(f"{(time.process_time() - cpu) / attempts * 1e6:.1f}")
+
+
+def oldest_age_cost(redis_url: str, samples: int) -> dict[str, float]:
+    """Median milliseconds of one backlog sample with and without reading each queue's
+    oldest ready message, with 1,000 messages waiting per queue."""
+    from worker.app import setup
+    from worker.brokers.redis import redis_backlog
+    from worker.config import Settings
+    from worker.exposition import redis_oldest_ages
+    from worker.jobs import QUEUES
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushall()
+    broker = setup(Settings(_env_file=None, REDIS_URL=redis_url))
+    from worker import actors
+
+    for i in range(1000):
+        actors.agent_run.send(job_id=f"a{i}", org_id="o", prompt="p")
+        actors.crm_sync.send(job_id=f"c{i}", org_id="o", record={})
+        actors.job_status_update.send(job_id=f"s{i}", org_id="o", status="running")
+    counts = redis_backlog(client, "agent-jobs", QUEUES)
+    oldest = redis_oldest_ages(client, "agent-jobs", QUEUES)
+    times: dict[str, list[float]] = {"backlog_ms": [], "both_ms": []}
+    for _ in range(samples):
+        started = time.perf_counter()
+        counts()
+        times["backlog_ms"].append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        counts(), oldest()
+        times["both_ms"].append((time.perf_counter() - started) * 1000)
+    client.flushall()
+    assert broker is not None
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 # --- 2-4. live replicas ---------------------------------------------------------------------
@@ -290,10 +329,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--scrapes", type=int, default=50)
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
-    parser.add_argument("--hooks-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--hooks-child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.hooks_child:
-        hooks_child(args.hooks_child)
+        attempts, variant = args.hooks_child
+        hooks_child(int(attempts), queue_wait=variant == "with")
         return
     if args.child:
         variant, url, jobs, threads = args.child
@@ -320,16 +360,28 @@ def main() -> None:
                 f"     metrics alone: stack / stack-no-metrics = {full / no_m:.2f} (jobs/s), "
                 f"{full_cpu - no_m_cpu:.0f} us CPU per job"
             )
-        hooks = [
-            float(
-                subprocess.run(
-                    [sys.executable, __file__, "--hooks-child", "20000"],
-                    capture_output=True, text=True, check=True, cwd=ROOT,
-                ).stdout
-            )
-            for _ in range(3)
-        ]  # fmt: skip
-        print(f"   JobMetrics hooks alone: {min(hooks):.1f} us CPU per attempt (best of 3)")
+        hooks: dict[str, list[float]] = {"with": [], "without": []}
+        for _ in range(5):  # alternated, so both see the same machine
+            for variant in hooks:
+                hooks[variant].append(
+                    float(
+                        subprocess.run(
+                            [sys.executable, __file__, "--hooks-child", "20000", variant],
+                            capture_output=True, text=True, check=True, cwd=ROOT,
+                        ).stdout
+                    )
+                )  # fmt: skip
+        with_wait, without_wait = min(hooks["with"]), min(hooks["without"])
+        print(f"   JobMetrics hooks alone: {with_wait:.1f} us CPU per attempt (best of 5)")
+        print(
+            f"   queue-wait histogram: hooks with it {with_wait:.1f} us, without it "
+            f"{without_wait:.1f} us: {with_wait - without_wait:.1f} us CPU per job (target <= 5)"
+        )
+        ages = oldest_age_cost(srv.url, args.scrapes)
+        print(
+            f"   oldest-message age, per backlog sample (not per job): backlog read "
+            f"{ages['backlog_ms']:.2f} ms, with the oldest-age read {ages['both_ms']:.2f} ms"
+        )
 
         print("\n2. scrape time of a live replica after jobs of every actor in every process")
         live = {}

@@ -128,8 +128,12 @@ def alerts_table(overrides: Mapping | None = None, rules_dir: Path = RULES_DIR) 
     from alerts.render import load_config
 
     loaded = load_config(overrides)
-    # The alerting pipeline's own alerts have their block (`pipelineAlerts`).
-    config = {**loaded.get("pipelineAlerts", {}), **loaded.get("alerts", {})}
+    # The SLO alerts and the alerting pipeline's own alerts have their blocks.
+    config = {
+        **loaded.get("alerts", {}),
+        **loaded.get("slo", {}).get("alerts", {}),
+        **loaded.get("pipelineAlerts", {}),
+    }
     rows = []
     for path in sorted(rules_dir.glob("*.yml")):
         for group in (yaml.safe_load(path.read_text()) or {}).get("groups", []):
@@ -170,6 +174,8 @@ def time_to_detect_table() -> str:
 
 #: Today's and the planned load, each at the shortest, typical and longest LLM call.
 CAPACITY_LOADS = [(jobs, seconds) for jobs in (135_000, 450_000) for seconds in (15, 17.5, 20)]
+#: The queue-wait SLO of `critical` and `fast`, as `--wait-slo 0.99:60`.
+CAPACITY_WAIT_SLO = (0.99, 60.0)
 
 
 def capacity_table() -> str:
@@ -177,7 +183,7 @@ def capacity_table() -> str:
 
     rows = []
     for jobs, seconds in CAPACITY_LOADS:
-        p = plan(jobs_per_day=jobs, job_seconds=seconds)
+        p = plan(jobs_per_day=jobs, job_seconds=seconds, wait_slo=CAPACITY_WAIT_SLO)
         rows.append(
             [
                 f"{jobs:,}",
@@ -186,6 +192,7 @@ def capacity_table() -> str:
                 f"{p.required_concurrency:.1f}",
                 str(p.recommended_concurrency),
                 str(p.replicas),
+                str(p.slots_for_wait_slo),
                 str(p.min_organizations),
             ]
         )
@@ -196,6 +203,7 @@ def capacity_table() -> str:
         "required concurrency (L)",
         "recommended slots",
         "replicas",
+        "slots for 99 % within 60 s",
         "organizations at full quota",
     ]
     table = _table(header, rows)

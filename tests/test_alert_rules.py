@@ -12,7 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from alerts.detect import CRITICAL_BUDGET_SECONDS, markdown_table, time_to_detect
+from alerts.detect import (
+    CRITICAL_BUDGET_SECONDS,
+    markdown_table,
+    time_to_detect,
+    windows_to_fire,
+)
 from alerts.render import ALERTS_FILE, RECORDS_FILE, RULES_DIR, load_config, render_rules, rendered
 from stack.prom import parse_duration
 from stack.servers import require_binary
@@ -31,6 +36,14 @@ CONTRACT = {
     "HighJobProcessingQueue": ("warning", "10m"),
     "HighRedisReconnectAttempts": ("warning", "0m"),
     "LowWorkerThroughput": ("warning", "15m"),
+}
+
+
+# docs/contract.md, "SLO alerts": the severities each one fires with.
+SLO_ALERTS = {
+    "JobQueueWaitBudgetBurn": {"critical", "warning"},
+    "JobSuccessBudgetBurn": {"critical", "warning"},
+    "HighJobQueueLatency": {"warning"},
 }
 
 
@@ -157,7 +170,7 @@ def test_promtool_unit_tests(test_file):
 
 
 def test_every_alert_has_unit_tests_that_expect_it_to_fire_and_not_fire():
-    for name in CONTRACT:
+    for name in [*CONTRACT, *SLO_ALERTS]:
         expectations = [
             t
             for f in UNIT_TESTS
@@ -229,7 +242,7 @@ RUNBOOK_SECTIONS = [
 ]
 
 
-@pytest.mark.parametrize("name", sorted(CONTRACT))
+@pytest.mark.parametrize("name", sorted([*CONTRACT, *SLO_ALERTS]))
 def test_every_alert_has_a_runbook(name):
     text = (RUNBOOKS / f"{name}.md").read_text()
     assert text.startswith(f"# {name}\n")
@@ -241,12 +254,13 @@ def test_every_alert_has_a_runbook(name):
 
 
 def test_critical_alerts_notify_within_three_minutes():
-    rows = {d.alert: d for d in time_to_detect()}
-    assert set(CONTRACT) <= set(rows)
-    for d in rows.values():
+    rows = {d.alert: d for d in time_to_detect() if d.alert in CONTRACT}
+    assert set(rows) == set(CONTRACT)
+    for d in time_to_detect():
         assert d.receiver == {"critical": "pager", "warning": "chat", "none": "deadman"}[d.severity]
-        # The worker's faults; the pipeline's own alerts keep the upstream mixins' longer
-        # durations (tests/test_pipeline_alerts.py).
+        # A burn-rate page takes as long as its windows need at the burn rate (below); the
+        # pipeline's own alerts keep the upstream mixins' longer durations
+        # (tests/test_pipeline_alerts.py).
         if d.severity == "critical" and d.alert in CONTRACT:
             assert d.total <= CRITICAL_BUDGET_SECONDS, (d.alert, d.total)
     # WorkerDown: 15s scrape + 10s timeout + 15s evaluation + 1m + 15s group_wait.
@@ -268,3 +282,140 @@ def test_time_to_detect_command_prints_the_table_and_refuses_a_bad_duration(caps
     assert main(["--set", '{"alerts": {"WorkerDown": {"for": 15}}}']) == 2
     err = capsys.readouterr().err
     assert err == "alerts.detect: not a Prometheus duration: 15\n"
+
+
+# --- SLOs (alerts/slo.libsonnet) --------------------------------------------------------
+
+
+def slo_rules() -> list[dict]:
+    groups = yaml.safe_load(rendered()[ALERTS_FILE])["groups"]
+    return next(g for g in groups if g["name"] == "worker-slo-alerts")["rules"]
+
+
+def test_slo_alerts_have_designs_severities_labels_and_annotations():
+    rules = slo_rules()
+    got: dict[str, set[str]] = {}
+    for rule in rules:
+        got.setdefault(rule["alert"], set()).add(rule["labels"]["severity"])
+        assert set(rule["labels"]) == {"severity"}, rule["alert"]  # + queue, from the expr
+        assert "by (queue)" not in rule["expr"] and "queue" in rule["annotations"]["summary"]
+        assert set(rule["annotations"]) == {
+            "summary", "description", "value", "runbook_url", "dashboard_url",
+        }  # fmt: skip
+        assert "$value" in rule["annotations"]["description"], rule["alert"]
+    assert got == SLO_ALERTS
+
+
+def test_every_queue_wait_threshold_is_a_bucket_edge():
+    """The SLI counts attempts within the threshold from the histogram's bucket at that
+    edge; a threshold between two edges would read no bucket and yield no ratio."""
+    from worker.metrics import QUEUE_WAIT_BUCKETS
+
+    wait = load_config()["slo"]["queueWait"]
+    thresholds = [wait["thresholdSeconds"]]
+    thresholds += [
+        q["thresholdSeconds"] for q in wait["queues"].values() if "thresholdSeconds" in q
+    ]
+    assert thresholds == [60, 300]
+    assert set(thresholds) <= set(QUEUE_WAIT_BUCKETS)
+
+
+def test_slo_is_overridable_per_queue():
+    override = {"slo": {"queueWait": {"queues": {"critical": {"objective": 0.999}}}}}
+    records = yaml.safe_load(rendered(override)[RECORDS_FILE])["groups"]
+    slo = next(g for g in records if g["name"] == "worker-slo-records")["rules"]
+    budget = next(r for r in slo if r["record"].endswith("wait_slo_errors:budget_ratio"))
+    assert (
+        '0.001 * group by (queue) (worker_job_queue_wait_seconds_count{job="worker", '
+        'queue="critical"})' in budget["expr"]
+    )
+    assert 'queue!~"critical|default"' in budget["expr"]  # the rest keep 0.01
+    assert "0.01 * group by (queue)" in budget["expr"]
+
+
+def test_burn_rate_time_to_fire_is_the_long_window_share_of_the_budget():
+    """At 20x, the page's 1h pair (14.4x) fires after 1h x 14.4 / 20 = 43m12s, before the
+    6h pair (6h x 6 / 20 = 1h48m); at 4x both ticket pairs need 18h."""
+    pairs = load_config()["slo"]["burnRates"]
+    page = [p for p in pairs if p["severity"] == "critical"]
+    assert windows_to_fire(page, 20) == 43 * 60 + 12
+    assert windows_to_fire(page, 10) == 6 * 3600 * 6 / 10  # 10 < 14.4: only the 6h pair
+    with pytest.raises(ValueError):
+        windows_to_fire(page, 5)
+    rows = {(d.alert, d.severity): d for d in time_to_detect()}
+    assert rows["JobQueueWaitBudgetBurn", "critical"].windows == 43 * 60 + 12
+    assert rows["JobSuccessBudgetBurn", "warning"].windows == 18 * 3600
+
+
+# The burn-rate and latency tests must fail when a window, factor or threshold is off.
+SLO_MUTATIONS = [
+    # the page's 1h pair at 12x would page at 13x
+    (
+        "job_queue_wait_budget_burn",
+        {
+            "burnRates": [
+                {"severity": "critical", "long": "1h", "short": "5m", "factor": 12},
+                {"severity": "critical", "long": "6h", "short": "30m", "factor": 6},
+                {"severity": "warning", "long": "1d", "short": "2h", "factor": 3},
+                {"severity": "warning", "long": "3d", "short": "6h", "factor": 1},
+            ]
+        },
+    ),
+    # a 15m short window keeps paging 10 minutes after the burn stopped
+    (
+        "job_queue_wait_budget_burn",
+        {
+            "burnRates": [
+                {"severity": "critical", "long": "1h", "short": "15m", "factor": 14.4},
+                {"severity": "critical", "long": "6h", "short": "30m", "factor": 6},
+                {"severity": "warning", "long": "1d", "short": "2h", "factor": 3},
+                {"severity": "warning", "long": "3d", "short": "6h", "factor": 1},
+            ]
+        },
+    ),
+    # the 6h pair over 5h pages sooner than 6h x 6 / 8 = 4h30m
+    (
+        "job_queue_wait_budget_burn",
+        {
+            "burnRates": [
+                {"severity": "critical", "long": "1h", "short": "5m", "factor": 14.4},
+                {"severity": "critical", "long": "5h", "short": "30m", "factor": 6},
+                {"severity": "warning", "long": "1d", "short": "2h", "factor": 3},
+                {"severity": "warning", "long": "3d", "short": "6h", "factor": 1},
+            ]
+        },
+    ),
+    # the ticket's 3d pair at 0.8x would open a ticket at 0.9x
+    (
+        "job_queue_wait_budget_burn_ticket",
+        {
+            "burnRates": [
+                {"severity": "critical", "long": "1h", "short": "5m", "factor": 14.4},
+                {"severity": "critical", "long": "6h", "short": "30m", "factor": 6},
+                {"severity": "warning", "long": "1d", "short": "2h", "factor": 3},
+                {"severity": "warning", "long": "3d", "short": "6h", "factor": 0.8},
+            ]
+        },
+    ),
+    ("job_success_budget_burn", {"success": {"objective": 0.99}}),
+    ("slo_records", {"queueWait": {"queues": {"default": {"thresholdSeconds": 60}}}}),
+    ("slo_records", {"success": {"objective": 0.999}}),
+    ("high_job_queue_latency", {"alerts": {"HighJobQueueLatency": {"thresholdSeconds": 90}}}),
+    ("high_job_queue_latency", {"alerts": {"HighJobQueueLatency": {"for": "4m"}}}),
+    ("high_job_queue_latency", {"alerts": {"HighJobQueueLatency": {"queues": {"default": None}}}}),
+]
+
+
+@pytest.mark.parametrize(
+    ("test_name", "change"),
+    SLO_MUTATIONS,
+    ids=[f"{t}-{i}" for i, (t, _) in enumerate(SLO_MUTATIONS)],
+)
+def test_slo_unit_tests_catch_a_rule_off_by_one_step(tmp_path, test_name, change):
+    render_rules({"slo": change}, tmp_path / "rules")
+    test_file = PROMETHEUS_DIR / "tests" / f"{test_name}_test.yml"
+    (tmp_path / "tests").mkdir()
+    shutil.copy(test_file, tmp_path / "tests")
+    result = promtool("test", "rules", f"tests/{test_file.name}", cwd=tmp_path)
+    assert result.returncode != 0, f"{test_file.name} passes with slo {change}"
+    assert "FAILED" in result.stdout + result.stderr

@@ -49,10 +49,11 @@ def test_amtool_routes_alert_to_its_receiver(case):
 
 def test_route_cases_cover_every_alert_with_its_rendered_labels():
     groups = yaml.safe_load(rendered()["worker-alerts.yml"])["groups"]
-    cases = {c["labels"]["alertname"]: c for c in route_cases()}
+    alerts = [rule for group in groups for rule in group["rules"]]
+    cases = {(c["labels"]["alertname"], c["labels"].get("severity")): c for c in route_cases()}
     receivers = {**RECEIVER_OF_SEVERITY, "none": "deadman"}
-    for rule in (rule for group in groups for rule in group["rules"]):
-        case = cases[rule["alert"]]
+    for rule in alerts:
+        case = cases[rule["alert"], rule["labels"]["severity"]]
         assert case["labels"]["severity"] == rule["labels"]["severity"], rule["alert"]
         assert case["receiver"] == receivers[rule["labels"]["severity"]], rule["alert"]
     # The dead man's switch hears the Watchdog and nothing else.

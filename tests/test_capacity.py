@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from stack.capacity import main, plan
+from stack.capacity import erlang_c, main, plan, slots_for_wait, wait_longer_than
 from stack.prom import backfill_openmetrics
 from stack.servers import free_port, prometheus_server, running
 from worker.config import parse_limits
@@ -142,6 +142,62 @@ def test_cli_json_has_the_documented_keys(capsys):
     assert data["min_organizations"] == 5
 
 
+# --- sizing from the queue-wait SLO (Erlang C) ------------------------------------------
+
+
+def test_erlang_c_matches_published_values():
+    """Published Erlang C figures, to their printed precision:
+
+    - the step-by-step example of the Erlang-C formula (Mitan Ltd, "The Erlang-C
+      formula", www.mitan.co.uk/erlang/elgcmath.htm, repeated by call-centre staffing
+      guides): 360 calls per half hour of 4 minutes on 55 agents, 48 Erlangs: a 24 %
+      probability of waiting, an average speed of answer of 8.2 s, 85 % of calls
+      answered within the 15 s target;
+    - Erlang C tables of C(n, A) (e.g. ITU-D's Teletraffic Engineering Handbook):
+      C(11, 10) = 0.682;
+    - with one server, M/M/c is M/M/1: P(wait) = utilization, P(wait > t) =
+      rho x exp(-(mu - lambda) t) (any queueing text, e.g. Kleinrock, Queueing Systems I).
+    """
+    pw = erlang_c(55, 48.0)
+    assert pw == pytest.approx(0.24, abs=0.005)
+    assert pw * 240 / (55 - 48) == pytest.approx(8.2, abs=0.05)
+    assert 1 - wait_longer_than(55, 360 / 1800, 240, 15) == pytest.approx(0.85, abs=0.005)
+    assert erlang_c(11, 10.0) == pytest.approx(0.682, abs=5e-4)
+    assert erlang_c(1, 0.75) == pytest.approx(0.75)
+    assert wait_longer_than(1, 0.75, 1.0, 2.0) == pytest.approx(0.75 * math.exp(-0.25 * 2))
+    assert erlang_c(48, 48.0) == 1  # as many slots as Erlangs: the queue never drains
+
+
+def test_slots_for_the_wait_slo_are_the_fewest_that_meet_it():
+    rate = 450_000 / 86_400  # 91.1 Erlangs at 17.5 s
+    slots = slots_for_wait(rate, 17.5, 0.99, 60)
+    assert slots == 93
+    assert wait_longer_than(93, rate, 17.5, 60) <= 0.01 < wait_longer_than(92, rate, 17.5, 60)
+    # A stricter objective needs more slots, never fewer than the load itself.
+    assert slots_for_wait(rate, 17.5, 0.999, 60) > slots
+    assert slots_for_wait(rate, 17.5, 0.99, 0) > slots_for_wait(rate, 17.5, 0.99, 60)
+    assert slots_for_wait(rate, 17.5, 0.5, 3600) == 92  # just above 91.1 Erlangs
+    with pytest.raises(ValueError, match="share"):
+        slots_for_wait(rate, 17.5, 1.0, 60)
+
+
+def test_cli_wait_slo_beside_littles_law(capsys):
+    argv = ["--jobs-per-day", "450000", "--job-seconds", "17.5", "--wait-slo", "0.99:60"]
+    code, out, _ = run(capsys, *argv)
+    assert code == 0
+    assert re.search(r"recommended concurrency\s+114 slots", out)
+    assert re.search(r"slots for the wait SLO\s+93 slots: 99 % of jobs start within 60 s", out)
+    code, out, _ = run(capsys, *argv, "--json")
+    data = json.loads(out)
+    assert (data["recommended_concurrency"], data["slots_for_wait_slo"]) == (114, 93)
+    # At a peak of twice the average rate the SLO must hold at the peak.
+    code, out, _ = run(capsys, *argv, "--peak-factor", "2", "--json")
+    assert json.loads(out)["slots_for_wait_slo"] == slots_for_wait(2 * 450_000 / 86_400, 17.5,
+                                                                   0.99, 60)  # fmt: skip
+    code, out, _ = run(capsys, "--jobs-per-day", "450000", "--job-seconds", "17.5", "--json")
+    assert json.loads(out)["slots_for_wait_slo"] is None
+
+
 def test_cli_text_names_the_answer(capsys):
     code, out, _ = run(
         capsys, "--jobs-per-second", "5.2083", "--p95-seconds", "17.5", "--replicas", "4"
@@ -169,6 +225,9 @@ def test_cli_text_names_the_answer(capsys):
         (["--jobs-per-day", "1000"], "give --job-seconds"),
         (["--job-seconds", "17"], "give --jobs-per-day"),
         (["--jobs-per-day", "1", "--from-prometheus", "ftp://x"], "http:// or https://"),
+        (["--jobs-per-day", "1", "--job-seconds", "17", "--wait-slo", "0.99"], "SHARE:SECONDS"),
+        (["--jobs-per-day", "1", "--job-seconds", "17", "--wait-slo", "1:60"], "share in (0, 1)"),
+        (["--jobs-per-day", "1", "--job-seconds", "17", "--wait-slo", "0.9:-1"], "seconds >= 0"),
     ],
 )
 def test_cli_bad_input_is_one_line_and_exit_2(capsys, argv, says):
@@ -207,12 +266,16 @@ def test_capacity_page_table_matches_the_planner():
     rows = re.findall(r"^\| ([\d,]+) \| ([\d.]+) \| (.+) \|$", section, re.MULTILINE)
     assert len(rows) == 6
     for jobs, seconds, rest in rows:
-        p = plan(jobs_per_day=float(jobs.replace(",", "")), job_seconds=float(seconds))
+        p = plan(
+            jobs_per_day=float(jobs.replace(",", "")), job_seconds=float(seconds),
+            wait_slo=(0.99, 60),
+        )  # fmt: skip
         expected = [
             f"{p.arrival_rate_per_s:.2f}",
             f"{p.required_concurrency:.1f}",
             str(p.recommended_concurrency),
             str(p.replicas),
+            str(p.slots_for_wait_slo),
             str(p.min_organizations),
         ]
         assert [cell.strip() for cell in rest.split("|")] == expected, (jobs, seconds)

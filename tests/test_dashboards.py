@@ -33,8 +33,14 @@ CONTRACT = {
     "worker_queue_messages",
     "worker_rate_limit_decisions_total",
     "worker_build_info",
+    "worker_job_queue_wait_seconds",
+    "worker_queue_oldest_message_age_seconds",
 }
-HISTOGRAM_SERIES = {f"worker_job_duration_seconds_{s}" for s in ("bucket", "sum", "count")}
+HISTOGRAM_SERIES = {
+    f"{h}_{s}"
+    for h in ("worker_job_duration_seconds", "worker_job_queue_wait_seconds")
+    for s in ("bucket", "sum", "count")
+}
 PROMETHEUS_OWN = {"up"}
 RECORDS_FILE = REPO_DIR / "prometheus" / "rules" / "worker-records.yml"
 ALERTS_FILE = REPO_DIR / "prometheus" / "rules" / "worker-alerts.yml"
@@ -46,6 +52,7 @@ THRESHOLD_KEYS = {
     "HighJobProcessingQueue": "threshold",
     "HighRedisReconnectAttempts": "threshold",
     "LowWorkerThroughput": "minCompletedPerSecond",
+    "HighJobQueueLatency": "thresholdSeconds",
 }
 
 
@@ -191,9 +198,10 @@ def test_each_alert_links_to_the_overview_panel_that_shows_its_signal_and_thresh
     rules = {
         r["alert"]: r for g in yaml.safe_load(ALERTS_FILE.read_text())["groups"] for r in g["rules"]
     }
+    every = {**config["alerts"], **config["slo"]["alerts"]}
     # The pipeline's own alerts link the Prometheus or Alertmanager page instead.
-    assert set(rules) == set(config["alerts"]) | set(config["pipelineAlerts"])
-    for name, alert in config["alerts"].items():
+    assert set(rules) == set(every) | set(config["pipelineAlerts"])
+    for name, alert in every.items():
         panel = by_id[alert["panelId"]]
         url = rules[name]["annotations"]["dashboard_url"]
         assert f"/d/{overview['uid']}/" in url and f"viewPanel={alert['panelId']}&" in url
@@ -255,6 +263,7 @@ def test_fleet_queries_read_the_recording_rules_the_alerts_read():
         "worker_job_duration_seconds_sum",  # mean duration W of the capacity row
         "worker_job_duration_seconds_count",
         "worker_rate_limit_decisions_total",
+        "worker_job_queue_wait_seconds_bucket",  # queue-wait quantiles per queue
     }, raw
 
 

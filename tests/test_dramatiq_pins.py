@@ -1,4 +1,5 @@
-"""Every private name of Dramatiq that ``worker/brokers/redis.py`` relies on, pinned.
+"""Every private name of Dramatiq that ``worker/brokers/redis.py`` relies on, pinned (and
+the delayed-message handling the queue-wait metric relies on).
 
 Dramatiq keeps its Redis consumer, its ``dispatch`` script, its key layout and its log
 lines to itself, and may change any of them in a release. The worker's behaviour tests
@@ -236,3 +237,21 @@ def test_the_consumer_fetches_through_do_fetch_and_pops_its_cache_from_the_front
     fetch = fetch[: fetch.index("elseif")]
     assert 'redis.call("lpop", queue_full_name)' in fetch, changed("the fetch command's pop")
     assert "math.min(ARGS[1], max_unpack_size)" in fetch, changed("the fetch command's batch")
+
+
+def test_a_queue_is_served_from_its_head():
+    """``redis_queue_heads`` reads a queue's next ready message at index 0 of its list:
+    the dispatch script pushes new messages to the tail and fetches from the head."""
+    assert 'redis.call("rpush", queue_full_name, message_id)' in DISPATCH_LUA, changed("enqueue")
+    assert 'redis.call("lpop", queue_full_name)' in DISPATCH_LUA, changed("fetch")
+
+
+def test_a_delayed_message_loses_its_eta_when_it_is_moved_to_its_queue():
+    """``JobMetrics.before_delay_message`` keeps a delayed message's eta as ``ready_at``:
+    the copy Dramatiq enqueues once the eta passes has no eta, and keeps the first
+    enqueue's ``message_timestamp``."""
+    assert 'self.broker.emit_before("delay_message", message)' in WORKER_SOURCE, changed(
+        "the delay_message hook"
+    )
+    assert 'del new_message.options["eta"]' in WORKER_SOURCE, changed("the delayed-message move")
+    assert "message.copy(queue_name=queue_name)" in WORKER_SOURCE, changed("the delayed copy")

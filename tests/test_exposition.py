@@ -3,6 +3,7 @@ scraped over HTTP and linted by ``promtool check metrics``."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -25,8 +26,9 @@ from stack.servers import free_port, redis_server, require_binary, running
 from worker import __version__
 from worker.app import setup
 from worker.brokers.redis import dead_letter_keys, messages_key, redis_backlog
-from worker.exposition import compact_dead_processes, replica_registry
-from worker.metrics import DURATION_BUCKETS
+from worker.exposition import compact_dead_processes, redis_oldest_ages, replica_registry
+from worker.jobs import QUEUES as QUEUE_NAMES
+from worker.metrics import DURATION_BUCKETS, QUEUE_WAIT_BUCKETS
 
 JOB_METRICS = {
     # family name as the parser gives it -> (type, labels)
@@ -37,12 +39,14 @@ JOB_METRICS = {
     "worker_jobs_dead_lettered": ("counter", {"queue", "job_type"}),
     "worker_jobs_processing": ("gauge", {"queue", "job_type"}),
     "worker_job_duration_seconds": ("histogram", {"queue", "job_type"}),
+    "worker_job_queue_wait_seconds": ("histogram", {"queue", "job_type"}),
 }
 REPLICA_METRICS = {
     "worker_redis_connection_status": ("gauge", set()),
     "worker_redis_reconnect_attempts": ("counter", set()),
     "worker_concurrency": ("gauge", set()),
     "worker_queue_messages": ("gauge", {"queue", "state"}),
+    "worker_queue_oldest_message_age_seconds": ("gauge", {"queue"}),
     "worker_build_info": ("gauge", {"version"}),
 }
 
@@ -68,6 +72,7 @@ def jobs(s: Scrape, queue: str, job_type: str) -> dict[str, float]:
     got = {n: s.value(f"worker_jobs_{n}", **labels) for n in names}
     got["processing"] = s.value("worker_jobs_processing", **labels)
     got["observed"] = s.value("worker_job_duration_seconds_count", **labels)
+    got["waited"] = s.value("worker_job_queue_wait_seconds_count", **labels)
     return got
 
 
@@ -151,7 +156,7 @@ def workload(tmp_path_factory, metrics_env) -> Workload:
 def test_replica_starts_with_every_job_series_at_zero_and_stops_cleanly(workload):
     assert jobs(workload.before, "fast", "job.status_update") == dict.fromkeys(
         ["total", "completed_total", "failed_total", "retried_total",
-         "dead_lettered_total", "processing", "observed"], 0.0,
+         "dead_lettered_total", "processing", "observed", "waited"], 0.0,
     )  # fmt: skip
     assert workload.exit_code == 0
 
@@ -161,11 +166,11 @@ def test_attempts_outcomes_retries_and_dead_letters_are_counted_exactly(workload
     s = workload.after
     assert jobs(s, "fast", "job.status_update") == {
         "total": 20, "completed_total": 20, "failed_total": 0, "retried_total": 0,
-        "dead_lettered_total": 2, "processing": 0, "observed": 20,
+        "dead_lettered_total": 2, "processing": 0, "observed": 20, "waited": 20,
     }  # fmt: skip
     assert jobs(s, "default", "agent.run") == {
         "total": 20, "completed_total": 0, "failed_total": 20, "retried_total": 16,
-        "dead_lettered_total": 4, "processing": 0, "observed": 20,
+        "dead_lettered_total": 4, "processing": 0, "observed": 20, "waited": 20,
     }  # fmt: skip
     assert s.value("worker_jobs_dead_lettered_total", queue="critical", job_type="unknown") == 1
     assert s.value("worker_jobs_dead_lettered_total", queue="fast", job_type="unknown") == 1
@@ -183,6 +188,11 @@ def test_backlog_is_reported_as_the_broker_holds_it(workload):
         ("fast", "ready"): 0, ("fast", "delayed"): 0, ("fast", "dead"): 3,
         ("critical", "ready"): 0, ("critical", "delayed"): 0, ("critical", "dead"): 1,
     }  # fmt: skip
+    # nothing waits: every queue's oldest ready message is 0 s old (the delayed job is not
+    # ready yet, and the dead letters are not waiting)
+    assert workload.after.series("worker_queue_oldest_message_age_seconds") == {
+        frozenset({("queue", q)}): 0.0 for q in ("default", "fast", "critical")
+    }
 
 
 def test_replica_gauges(workload):
@@ -206,6 +216,13 @@ def test_every_contract_metric_has_its_type_labels_and_buckets(workload):
         if dict(k)["le"] != "+Inf"
     }
     assert {15.0, 20.0, 30.0, 60.0} <= edges == set(map(float, DURATION_BUCKETS))
+    wait_edges = {
+        float(dict(k)["le"])
+        for k in s.series("worker_job_queue_wait_seconds_bucket")
+        if dict(k)["le"] != "+Inf"
+    }
+    assert min(wait_edges) == 0.05 and max(wait_edges) == 3600
+    assert wait_edges == set(map(float, QUEUE_WAIT_BUCKETS))
     assert promtool_problems(s.text) == ""
 
 
@@ -411,3 +428,27 @@ def test_every_rate_limit_window_and_decision_is_exported_at_zero_from_the_start
         for w in ("minute", "hour", "burst")
         for d in ("allowed", "throttled", "unavailable")
     }
+
+
+def test_oldest_ready_message_age_counts_from_when_it_became_runnable(redis_url):
+    """The head of each ready queue is its oldest message: its age counts from its enqueue,
+    or from the eta of its last delay (a retry or a deferral is not waiting)."""
+    broker = setup(settings_for(redis_url))
+    from worker import actors
+
+    now_ms = int(time.time() * 1000)  # Dramatiq's timestamps are whole milliseconds
+    enqueued_long_ago = actors.agent_run.message(job_id="a", org_id="o", prompt="p")
+    broker.enqueue(dataclasses.replace(enqueued_long_ago, message_timestamp=now_ms - 120_000))
+    actors.agent_run.send(job_id="b", org_id="o", prompt="p")  # younger, behind it
+    # sent 1,000 s ago, delayed by a retry until 30 s ago
+    retried = actors.crm_sync.message(job_id="c", org_id="o", record={})
+    retried = dataclasses.replace(
+        retried, message_timestamp=now_ms - 1_000_000, options={"ready_at": now_ms - 30_000}
+    )
+    broker.enqueue(retried)
+    read = redis_oldest_ages(redis.Redis.from_url(redis_url), "agent-jobs", QUEUE_NAMES)
+    ages = read()
+    assert set(ages) == set(QUEUE_NAMES)
+    assert 120 <= ages["default"] < 130
+    assert 30 <= ages["critical"] < 40
+    assert ages["fast"] == 0

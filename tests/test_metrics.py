@@ -24,7 +24,13 @@ def counts(queue: str, job_type: str) -> dict[str, float]:
     got = {n: REGISTRY.get_sample_value(f"worker_jobs_{n}", labels) for n in NAMES}
     got["processing"] = REGISTRY.get_sample_value("worker_jobs_processing", labels)
     got["observed"] = REGISTRY.get_sample_value("worker_job_duration_seconds_count", labels)
+    got["waited"] = REGISTRY.get_sample_value("worker_job_queue_wait_seconds_count", labels)
     return got
+
+
+def waited_seconds(queue: str, job_type: str) -> float:
+    labels = {"queue": queue, "job_type": job_type}
+    return REGISTRY.get_sample_value("worker_job_queue_wait_seconds_sum", labels)
 
 
 def attempt() -> int:
@@ -39,7 +45,7 @@ def broker(redis_url):
 def test_series_exist_at_zero_before_the_first_job(broker):
     job("test.metrics.idle", "critical")(lambda **kw: None)
     assert counts("critical", "test.metrics.idle") == dict.fromkeys(
-        [*NAMES, "processing", "observed"], 0.0
+        [*NAMES, "processing", "observed", "waited"], 0.0
     )
 
 
@@ -70,7 +76,7 @@ def test_success_failure_retry_and_dead_letter(broker):
     # hold, ok, flaky x2 (fails, then succeeds), broken x3 (fast class: 3 attempts)
     assert counts("fast", "test.metrics.mixed") == {
         "total": 7, "completed_total": 3, "failed_total": 4, "retried_total": 3,
-        "dead_lettered_total": 1, "processing": 0, "observed": 7,
+        "dead_lettered_total": 1, "processing": 0, "observed": 7, "waited": 7,
     }  # fmt: skip
 
 
@@ -103,7 +109,7 @@ def test_a_job_that_kills_its_thread_is_counted_and_leaves_no_slot_busy(broker):
     for name in ("test.metrics.exits", "test.metrics.too_slow"):
         assert counts("fast", name) == {
             "total": 2, "completed_total": 1, "failed_total": 1, "retried_total": 1,
-            "dead_lettered_total": 0, "processing": 0, "observed": 2,
+            "dead_lettered_total": 0, "processing": 0, "observed": 2, "waited": 2,
         }, name  # fmt: skip
 
 
@@ -145,6 +151,60 @@ def test_rate_limit_deferral_is_not_an_attempt_and_leaves_no_slot_busy(broker, w
         0,
         0,
     )
+
+
+def test_queue_wait_counts_time_in_the_queue_from_enqueue(broker):
+    """A job sent while no worker runs waited from its enqueue to its attempt's start."""
+    job("test.metrics.queued", "fast")(lambda **kw: None)
+    broker.get_actor("test.metrics.queued").send()
+    time.sleep(1.0)
+    with in_process_worker(broker):
+        wait_until(lambda: counts("fast", "test.metrics.queued")["completed_total"], 10)
+    assert counts("fast", "test.metrics.queued")["waited"] == 1
+    assert waited_seconds("fast", "test.metrics.queued") >= 1.0
+
+
+def test_queue_wait_leaves_out_retry_backoff_and_sender_delays(redis_url):
+    """A retry's backoff (2 s) and a delay asked by the sender (2 s) are not waiting: each
+    attempt waits from its eta, not from the message's first enqueue."""
+    broker = setup(settings_for(redis_url, RETRY_TIME_SCALE=1, RETRY_JITTER=0))
+
+    @job("test.metrics.backoff", "fast")
+    def backoff(**kw):
+        if attempt() == 1:
+            raise RuntimeError("first attempt fails; retried after 2 s")
+
+    job("test.metrics.delayed", "fast")(lambda **kw: None)
+    with in_process_worker(broker):
+        backoff.send()
+        broker.get_actor("test.metrics.delayed").send_with_options(delay=2000)
+        wait_until(
+            lambda: (
+                counts("fast", "test.metrics.backoff")["completed_total"]
+                and counts("fast", "test.metrics.delayed")["completed_total"]
+            ),
+            timeout=15,
+        )
+    assert counts("fast", "test.metrics.backoff")["waited"] == 2
+    assert counts("fast", "test.metrics.delayed")["waited"] == 1
+    # Counted from the first enqueue, each would have waited 2 s or more.
+    assert waited_seconds("fast", "test.metrics.backoff") < 1.5
+    assert waited_seconds("fast", "test.metrics.delayed") < 1.5
+
+
+def test_a_body_with_a_bad_ready_at_still_runs_and_waits_from_its_enqueue(broker):
+    """A message's body is outside the worker's control: a ready_at that is no number is
+    ignored, the job runs, and its wait counts from its enqueue."""
+    import dramatiq
+
+    job("test.metrics.odd_body", "fast")(lambda **kw: None)
+    broker.enqueue(dramatiq.Message("fast", "test.metrics.odd_body", (), {}, {"ready_at": "soon"}))
+    time.sleep(0.5)
+    with in_process_worker(broker):
+        wait_until(lambda: counts("fast", "test.metrics.odd_body")["completed_total"], 10)
+    got = counts("fast", "test.metrics.odd_body")
+    assert (got["failed_total"], got["waited"]) == (0, 1)
+    assert waited_seconds("fast", "test.metrics.odd_body") >= 0.5
 
 
 def test_unknown_actor_is_one_dead_letter_with_bounded_labels(broker):

@@ -26,16 +26,18 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+from dramatiq import get_encoder
 from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.exposition import choose_encoder
 from prometheus_client.mmap_dict import MmapedDict
 
 from worker import __version__, metrics
-from worker.brokers.redis import Counts, redis_backlog
+from worker.brokers.redis import Counts, redis_backlog, redis_queue_heads
 from worker.config import Settings, load_settings
 from worker.http_pool import READ_TIMEOUT, PooledMixIn
 from worker.jobs import QUEUES
 from worker.logs import install as install_safe_logs
+from worker.middleware.metrics import runnable_since
 from worker.middleware.redis_health import RedisWatch, probe_client
 from worker.replica import ENV
 
@@ -118,6 +120,32 @@ def replica_registry(path: str) -> CollectorRegistry:
 
 # --- the broker's backlog -------------------------------------------------------------------
 
+#: queue -> age in seconds of its oldest ready message
+Ages = dict[str, float]
+
+
+def redis_oldest_ages(client, namespace: str, queues: Iterable[str]) -> Callable[[], Ages]:
+    """Age of each queue's next ready message since it became runnable (its ``ready_at``
+    after a delay, else its enqueue time), 0 for an empty queue; one round trip.
+
+    The head is the oldest message in the queue's order. A message a stopping or lost
+    worker hands back goes to the tail: older than the head, it is seen once it reaches
+    the head (the stall this gauge is for moves no message, so misses nothing)."""
+    read_heads = redis_queue_heads(client, namespace, queues)
+
+    def read() -> Ages:
+        heads, now, ages = read_heads(), time.time(), {}
+        for queue, body in heads.items():
+            try:
+                message = get_encoder().decode(body)
+                since = runnable_since(message.get("options", {}), message["message_timestamp"])
+            except Exception:  # none waits, or the head is dead-lettered when fetched
+                since = None
+            ages[queue] = 0.0 if since is None else max(now - since, 0.0)
+        return ages
+
+    return read
+
 
 def rabbitmq_backlog(url: str, queues: Iterable[str]) -> Callable[[], Counts]:
     """Counts of Dramatiq's RabbitMQ broker from a passive declare of each queue, its
@@ -131,10 +159,11 @@ def rabbitmq_backlog(url: str, queues: Iterable[str]) -> Callable[[], Counts]:
 
 
 class QueueBacklog:
-    """Sets ``worker_queue_messages`` at most once per ``min_interval`` seconds, when a
-    scrape asks. While ``available()`` says the broker is unreachable, or for
-    ``retry_after_failure`` seconds after a failed read, no read is tried and the last
-    values stay: an outage never makes every scrape wait on a connection timeout."""
+    """Sets ``worker_queue_messages`` (and, given ``oldest``, the age of each queue's oldest
+    ready message) at most once per ``min_interval`` seconds, when a scrape asks. While
+    ``available()`` says the broker is unreachable, or for ``retry_after_failure`` seconds
+    after a failed read, no read is tried and the last values stay: an outage never makes
+    every scrape wait on a connection timeout."""
 
     def __init__(
         self,
@@ -143,8 +172,10 @@ class QueueBacklog:
         min_interval: float = 10.0,
         available: Callable[[], bool] = lambda: True,
         retry_after_failure: float = 30.0,
+        oldest: Callable[[], Ages] | None = None,
     ) -> None:
         self.read, self.min_interval, self.available = read, min_interval, available
+        self.oldest = oldest
         self.retry_after_failure = retry_after_failure
         self._next_read = float("-inf")
         self._lock = threading.Lock()
@@ -158,6 +189,7 @@ class QueueBacklog:
             self._next_read = now + self.min_interval
             try:
                 counts = self.read()
+                ages = self.oldest() if self.oldest is not None else {}
             except Exception as exc:
                 if not self._failing:
                     log.warning("cannot sample the queue backlog: %s: %s", type(exc).__name__, exc)
@@ -170,13 +202,21 @@ class QueueBacklog:
             for queue, values in counts.items():
                 for state, value in zip(STATES, values, strict=True):
                     metrics.queue_messages.labels(queue, state).set(value)
+            for queue, age in ages.items():
+                metrics.queue_oldest_message_age.labels(queue).set(age)
 
 
-def backlog_for(settings: Settings) -> Callable[[], Counts]:
+def backlog_for(settings: Settings) -> tuple[Callable[[], Counts], Callable[[], Ages] | None]:
+    """The backlog reader of the configured broker and its oldest-message reader (None on
+    RabbitMQ: a queue's head cannot be read there without taking it)."""
     url = settings.broker_url or settings.redis_url
     if url.startswith("amqp"):
-        return rabbitmq_backlog(url, QUEUES)
-    return redis_backlog(probe_client(url, timeout=1.0), settings.job_queue_name, QUEUES)
+        return rabbitmq_backlog(url, QUEUES), None
+    client = probe_client(url, timeout=1.0)
+    return (
+        redis_backlog(client, settings.job_queue_name, QUEUES),
+        redis_oldest_ages(client, settings.job_queue_name, QUEUES),
+    )
 
 
 # --- HTTP -------------------------------------------------------------------------------------
@@ -249,10 +289,12 @@ def serve(settings: Settings | None = None) -> int:
         on_status=lambda up: metrics.redis_connection_status.set(1 if up else 0),
         name="Redis",
     ).start()
+    read, oldest = backlog_for(settings)
     backlog = QueueBacklog(
-        backlog_for(settings),
+        read,
         min_interval=settings.metrics_queue_sample_seconds,
         available=lambda: probe.connected,
+        oldest=oldest,
     )
     server = make_http_server(
         settings.metrics_host,

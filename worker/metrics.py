@@ -29,6 +29,12 @@ UNKNOWN = "unknown"
 #: edges so that LLM-call latency and the 30 s alert threshold are read exactly.
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300)
 
+#: Upper bounds (seconds) for queue waits from 50 ms to an hour. The queue-wait SLO counts
+#: the attempts that started within a queue's threshold (alerts/config.libsonnet: 60 s on
+#: critical and fast, 300 s on default), which a histogram reads exactly only at an edge:
+#: every threshold configured there must be one of these (a test checks it).
+QUEUE_WAIT_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600)
+
 # --- jobs (set by worker.middleware.metrics in every worker process) ------------------
 
 jobs_started = Counter(
@@ -70,6 +76,15 @@ job_duration = Histogram(
     buckets=DURATION_BUCKETS,
 )
 
+job_queue_wait = Histogram(
+    "worker_job_queue_wait_seconds",
+    "Seconds from the moment a message became runnable (enqueued, or its eta when it was "
+    "delayed: retry backoff and rate-limit deferrals are not waiting) to the start of its "
+    "attempt: what the sender of a job feels before it runs.",
+    JOB_LABELS,
+    buckets=QUEUE_WAIT_BUCKETS,
+)
+
 # --- Redis health (worker.middleware.redis_health) --------------------------------------
 
 redis_connection_status = Gauge(
@@ -96,6 +111,15 @@ queue_messages = Gauge(
     "most once per scrape interval; every replica reports the same broker, so aggregate "
     "with max, never sum, across replicas.",
     ("queue", "state"),
+    multiprocess_mode="livemax",
+)
+queue_oldest_message_age = Gauge(
+    "worker_queue_oldest_message_age_seconds",
+    "Age in seconds of the next ready message of each queue (the head of the queue: the "
+    "oldest one waiting), counted from when it became runnable, 0 when none waits; sampled "
+    "with the backlog. Grows while nothing starts at all, which the queue-wait histogram "
+    "cannot see. Every replica reports the same broker: aggregate with max.",
+    ("queue",),
     multiprocess_mode="livemax",
 )
 build_info = Gauge(

@@ -34,7 +34,46 @@ ALERT_OVERRIDES: dict[str, Any] = {
             "minCompletedPerSecond": 1,
             "minReadyMessages": 10,
         },
-    }
+    },
+    # The SLO alerts answer to most faults of test_alerts.py (a killed or stalled worker
+    # makes jobs wait, failures dead-letter jobs) and, with their production windows
+    # (hours), would outlast each test there. test_slo_alerts.py proves them on a twin of
+    # their own with SLO_OVERRIDES; here objectives no fault can miss keep them silent
+    # (a budget of 100 % never burns faster than 1x; no message waits a day).
+    "slo": {
+        "queueWait": {"objective": 0},
+        "success": {"objective": 0},
+        "alerts": {
+            "HighJobQueueLatency": {
+                "thresholdSeconds": 86400,
+                "queues": {"default": {"thresholdSeconds": 86400}},
+            }
+        },
+    },
+}
+
+# The SLOs with seconds instead of hours, for test_slo_alerts.py: every queue-wait
+# threshold 2.5 s (a bucket edge), the four window pairs scaled down (factors as
+# shipped), HighJobQueueLatency above 5 s for 3 s.
+SLO_OVERRIDES: dict[str, Any] = {
+    "alerts": ALERT_OVERRIDES["alerts"],
+    "slo": {
+        "window": "1h",
+        "queueWait": {"thresholdSeconds": 2.5, "queues": {"default": {"thresholdSeconds": 2.5}}},
+        "burnRates": [
+            {"severity": "critical", "long": "30s", "short": "10s", "factor": 14.4},
+            {"severity": "critical", "long": "60s", "short": "20s", "factor": 6},
+            {"severity": "warning", "long": "40s", "short": "10s", "factor": 3},
+            {"severity": "warning", "long": "80s", "short": "20s", "factor": 1},
+        ],
+        "alerts": {
+            "HighJobQueueLatency": {
+                "for": "3s",
+                "thresholdSeconds": 5,
+                "queues": {"default": {"thresholdSeconds": 5}},
+            }
+        },
+    },
 }
 
 # Every route groups and repeats within a second, but warnings keep what production relies
@@ -234,18 +273,21 @@ class Report:
 
     def table(self) -> str:
         lines = [
-            "| alert | fault injected | receiver | computed worst case "
-            "(scrape + range + evaluation + for + group_wait) | measured fault to notification |",
+            "| alert | fault injected | receiver | computed worst case (scrape + range + "
+            "evaluation [+ windows at a burn rate] + for + group_wait) | measured fault to "
+            "notification |",
             "|---|---|---|---|---|",
         ]
         for row in self.notify:
             d = row.computed
+            windows = f" + {d.windows:.1f} (windows at {d.burn_rate:g}x)" if d.burn_rate else ""
             parts = (
-                f"{d.scrape:g} + {d.window:g} + {d.evaluation:g} + {d.for_:g} + {d.group_wait:g}"
+                f"{d.scrape:g} + {d.window:g} + {d.evaluation:g}{windows} + {d.for_:g} "
+                f"+ {d.group_wait:g}"
             )
             note = f" ({row.note})" if row.note else ""
             lines.append(
-                f"| {row.alert} | {row.fault} | {d.receiver} | {d.total:g} s = {parts} "
+                f"| {row.alert} | {row.fault} | {d.receiver} | {d.total:.1f} s = {parts} "
                 f"| {row.measured:.1f} s{note} |"
             )
         return "\n".join(lines) + "\n"
@@ -264,14 +306,18 @@ class Report:
 
 
 def computed_times(
-    stack: LocalStack, overrides: dict[str, Any] | None = None
+    stack: LocalStack,
+    overrides: dict[str, Any] = ALERT_OVERRIDES,
+    burn_rates: dict[str, float] | None = None,
 ) -> dict[str, Detection]:
     """alerts/detect.py's worst case for the configs the twin really runs: its derived
-    prometheus.yml and alertmanager.yml, and the rules rendered with ``overrides``
-    (ALERT_OVERRIDES by default)."""
+    prometheus.yml and alertmanager.yml, and the rules rendered with ``overrides``;
+    a burn-rate alert's page (its critical row) at ``burn_rates``."""
     rows = time_to_detect(
         Path(stack.run_dir) / "prometheus" / "prometheus.yml",
         Path(stack.run_dir) / "alertmanager" / "alertmanager.yml",
-        overrides=ALERT_OVERRIDES if overrides is None else overrides,
+        overrides=overrides,
+        burn_rates=burn_rates,
     )
-    return {row.alert: row for row in rows}
+    pages = {row.alert: row for row in rows if row.severity == "critical"}
+    return {row.alert: pages.get(row.alert, row) for row in rows}

@@ -97,6 +97,33 @@ def redis_backlog(client, namespace: str, queues: Iterable[str]) -> Callable[[],
     return read
 
 
+#: Each queue's next ready message, read atomically: the head of its list (Dramatiq pushes
+#: to the tail and fetches from the head) and that id's body; KEYS are (list, bodies)
+#: pairs, the answer one body or '' per pair.
+_HEADS = """
+local bodies = {}
+for i = 1, #KEYS, 2 do
+  local id = redis.call('lindex', KEYS[i], 0)
+  bodies[#bodies + 1] = id and redis.call('hget', KEYS[i + 1], id) or ''
+end
+return bodies
+"""
+
+
+def redis_queue_heads(
+    client, namespace: str, queues: Iterable[str]
+) -> Callable[[], dict[str, bytes | None]]:
+    """The body of each queue's next ready message (None when none waits), one round trip."""
+    queues = tuple(queues)
+    heads = client.register_script(_HEADS)
+    keys = [k for q in queues for k in (queue_key(namespace, q), messages_key(namespace, q))]
+
+    def read() -> dict[str, bytes | None]:
+        return {q: body or None for q, body in zip(queues, heads(keys=keys), strict=True)}
+
+    return read
+
+
 # --- Dramatiq's dispatch script -------------------------------------------------------------
 
 

@@ -1,7 +1,9 @@
-"""Job metrics: attempts started, completed, failed, retried, dead-lettered, in flight, timed."""
+"""Job metrics: attempts started, completed, failed, retried, dead-lettered, in flight, timed,
+and how long each waited in its queue."""
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -11,6 +13,23 @@ from dramatiq.common import q_name
 from worker import metrics
 from worker.metrics import UNKNOWN
 from worker.middleware.base import WorkerMiddleware
+
+#: Option a delayed message carries once its eta is known (milliseconds since the epoch):
+#: Dramatiq deletes ``eta`` when it moves the message to its queue, and keeps
+#: ``message_timestamp`` (the first enqueue) through every retry and deferral.
+READY_AT = "ready_at"
+
+
+def runnable_since(options: dict, message_timestamp: object) -> float | None:
+    """When a message became runnable, in seconds since the epoch: the eta of its last
+    delay (a retry's backoff, a rate-limit deferral, a ``delay=`` of its sender), else the
+    time it was enqueued; None when the body says neither as a number (a body is outside
+    the worker's control: a bad one must not fail the job)."""
+    for millis in (options.get(READY_AT), message_timestamp):
+        if isinstance(millis, int | float) and not isinstance(millis, bool):
+            if math.isfinite(millis):
+                return millis / 1000
+    return None
 
 
 class JobMetrics(WorkerMiddleware):
@@ -30,6 +49,11 @@ class JobMetrics(WorkerMiddleware):
       acked was re-enqueued by the retry middleware; every nack is a dead letter (the
       retry policy's, an unknown actor's, an expired message's), and so is an
       undecodable message (``after_undecodable_message``, job_type ``unknown``).
+
+    - queue wait, in ``before_process_message``: from ``runnable_since`` to now. A
+      delayed message gets its eta stamped as ``options["ready_at"]`` when a worker's
+      delay consumer receives it (``before_delay_message``, whoever sent it), so the
+      copy Dramatiq enqueues once the eta passes still knows when it became runnable.
 
     An attempt runs start to end in one worker thread, so its state is thread-local:
     no lock on the hot path, and the processing gauge is decremented only for an attempt
@@ -82,7 +106,17 @@ class JobMetrics(WorkerMiddleware):
         metric = self.children(broker, message.queue_name, message.actor_name)
         metric.started.inc()
         metric.processing.inc()
+        self.observe_wait(metric, message)
         local.attempt = (metric, time.perf_counter(), message.message_id)
+
+    @staticmethod
+    def observe_wait(metric: _Children, message) -> None:
+        since = runnable_since(message.options, message.message_timestamp)
+        if since is not None:  # another host's clock may run ahead: at least 0
+            metric.queue_wait.observe(max(time.time() - since, 0.0))
+
+    def before_delay_message(self, broker, message) -> None:
+        message.options[READY_AT] = message.options["eta"]
 
     def after_process_message(self, broker, message, *, result=None, exception=None) -> None:
         attempt = self._end_attempt(message)
@@ -137,7 +171,7 @@ class _Children:
     """The metric children of one (queue, job_type): looked up once, not per job."""
 
     __slots__ = ("started", "completed", "failed", "retried", "dead_lettered", "processing",
-                 "duration")  # fmt: skip
+                 "duration", "queue_wait")  # fmt: skip
 
     def __init__(self, labels: tuple[str, str]) -> None:
         self.started = metrics.jobs_started.labels(*labels)
@@ -147,3 +181,4 @@ class _Children:
         self.dead_lettered = metrics.jobs_dead_lettered.labels(*labels)
         self.processing = metrics.jobs_processing.labels(*labels)
         self.duration = metrics.job_duration.labels(*labels)
+        self.queue_wait = metrics.job_queue_wait.labels(*labels)
