@@ -165,8 +165,10 @@ def _slack_records(receiver: str, notification: dict[str, Any]) -> list[dict[str
         alerts = list(_SLACK_ALERT.finditer(text))
         if not alerts:
             records.append(dict(common, summary=title))
-        for alert, following in zip(alerts, [*alerts[1:], None], strict=True):
-            block = text[alert.start() : following.start() if following else len(text)]
+            continue
+        ends = [following.start() for following in alerts[1:]] + [len(text)]
+        for alert, end in zip(alerts, ends, strict=True):
+            block = text[alert.start() : end]
             record = dict(
                 common, alertname=alert["alertname"], summary=alert["summary"], text=block.strip()
             )

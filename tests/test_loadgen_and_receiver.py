@@ -201,3 +201,13 @@ def test_receiver_keeps_alerts_across_a_restart_and_rejects_garbage(receiver):
     receiver.stop()
     receiver.start()
     assert [a["alertname"] for a in get_alerts(receiver)] == ["WorkerDown"]
+
+
+def test_receiver_keeps_a_slack_attachment_with_a_title_and_no_alert_text(receiver):
+    title_only = {"attachments": [{"title": "[FIRING:1] Watchdog (none)", "color": "good"}]}
+    status, body = post(f"{receiver.url}/chat", json.dumps(title_only).encode())
+    assert (status, body["received"]) == (200, 1)
+    [alert] = get_alerts(receiver)
+    assert (alert["alertname"], alert["status"], alert["summary"]) == (
+        "Watchdog", "firing", "[FIRING:1] Watchdog (none)",
+    )  # fmt: skip
