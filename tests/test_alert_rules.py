@@ -214,21 +214,27 @@ MUTATIONS = [
 ]
 
 
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+def unit_test_file(alert: str) -> Path:
+    """The promtool test file of an alert: HighJobFailureRate -> high_job_failure_rate_test.yml."""
+    return PROMETHEUS_DIR / "tests" / f"{re.sub(r'(?<!^)(?=[A-Z])', '_', alert).lower()}_test.yml"
+
+
+def assert_unit_tests_catch(tmp_path: Path, overrides: dict, alert: str) -> None:
+    """Render the rules with ``overrides`` and check that ``alert``'s promtool test fails."""
+    render_rules(overrides, tmp_path / "rules")
+    test_file = unit_test_file(alert)
+    (tmp_path / "tests").mkdir()
+    shutil.copy(test_file, tmp_path / "tests")
+    result = promtool("test", "rules", f"tests/{test_file.name}", cwd=tmp_path)
+    assert result.returncode != 0, f"{test_file.name} passes with {overrides}"
+    assert "FAILED" in result.stdout + result.stderr
 
 
 @pytest.mark.parametrize(
     ("alert", "change"), MUTATIONS, ids=[f"{a}-{next(iter(c.items()))}" for a, c in MUTATIONS]
 )
 def test_unit_tests_catch_a_rule_off_by_one_step(tmp_path, alert, change):
-    render_rules({"alerts": {alert: change}}, tmp_path / "rules")
-    test_file = PROMETHEUS_DIR / "tests" / f"{_snake(alert)}_test.yml"
-    (tmp_path / "tests").mkdir()
-    shutil.copy(test_file, tmp_path / "tests")
-    result = promtool("test", "rules", f"tests/{test_file.name}", cwd=tmp_path)
-    assert result.returncode != 0, f"{test_file.name} passes with {alert} {change}"
-    assert "FAILED" in result.stdout + result.stderr
+    assert_unit_tests_catch(tmp_path, {"alerts": {alert: change}}, alert)
 
 
 # --- runbooks and time to detect -------------------------------------------------------

@@ -5,14 +5,19 @@ that fail when a rule is one evaluation or one step off, and the config reaching
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 import yaml
 
 from alerts.detect import time_to_detect
-from alerts.render import ALERTS_FILE, load_config, render_rules, rendered
-from tests.test_alert_rules import PROMETHEUS_DIR, RUNBOOK_SECTIONS, RUNBOOKS, UNIT_TESTS, promtool
+from alerts.render import ALERTS_FILE, load_config, rendered
+from tests.test_alert_rules import (
+    RUNBOOK_SECTIONS,
+    RUNBOOKS,
+    UNIT_TESTS,
+    assert_unit_tests_catch,
+    unit_test_file,
+)
 
 # docs/contract.md and docs/alerts.md, "The alerting pipeline's own alerts": severities.
 PIPELINE = {
@@ -32,10 +37,6 @@ def pipeline_rules(overrides: dict | None = None) -> list[dict]:
     groups = yaml.safe_load(rendered(overrides)[ALERTS_FILE])["groups"]
     (group,) = [g for g in groups if g["name"] == "alerting-pipeline"]
     return group["rules"]
-
-
-def _snake(name: str) -> str:
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def test_the_pipeline_alerts_have_designs_names_and_severities():
@@ -72,7 +73,7 @@ def test_every_pipeline_alert_has_a_runbook(name):
 
 @pytest.mark.parametrize("name", sorted(PIPELINE))
 def test_every_pipeline_alert_has_unit_tests_that_expect_it_to_fire_and_not_fire(name):
-    test_file = PROMETHEUS_DIR / "tests" / f"{_snake(name)}_test.yml"
+    test_file = unit_test_file(name)
     assert test_file in UNIT_TESTS
     expectations = [
         t
@@ -119,13 +120,7 @@ MUTATIONS = [
     ("alert", "change"), MUTATIONS, ids=[f"{a}-{next(iter(c.items()))}" for a, c in MUTATIONS]
 )
 def test_unit_tests_catch_a_pipeline_rule_off_by_one_step(tmp_path, alert, change):
-    render_rules({"pipelineAlerts": {alert: change}}, tmp_path / "rules")
-    test_file = PROMETHEUS_DIR / "tests" / f"{_snake(alert)}_test.yml"
-    (tmp_path / "tests").mkdir()
-    shutil.copy(test_file, tmp_path / "tests")
-    result = promtool("test", "rules", f"tests/{test_file.name}", cwd=tmp_path)
-    assert result.returncode != 0, f"{test_file.name} passes with {alert} {change}"
-    assert "FAILED" in result.stdout + result.stderr
+    assert_unit_tests_catch(tmp_path, {"pipelineAlerts": {alert: change}}, alert)
 
 
 def test_config_reaches_promql_and_selectors():
