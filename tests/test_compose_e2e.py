@@ -277,6 +277,8 @@ def test_each_container_runs_as_its_user_hardened(stack):
     (redis_ctr,) = stack.containers("redis")
     users = stack.engine.podman("top", redis_ctr["Id"], "user", "args").splitlines()[1:]
     assert users and all(line.split()[0] == "redis" for line in users), users
+    # So does whatever runs beside it: the health check, an operator's `exec`.
+    assert stack.engine.podman("exec", redis_ctr["Id"], "id", "-un").strip() == "redis"
     # The password: needed by every client, given to redis-cli by environment, never argv.
     refused = stack.engine.podman(
         "exec", "-e", "REDISCLI_AUTH=", redis_ctr["Id"], "redis-cli", "ping", check=False
