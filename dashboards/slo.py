@@ -16,15 +16,12 @@ from grafanalib import core as G
 from dashboards.grafana import queries
 from dashboards.layout import Layout, above, base_step, below, runbook_link, timeseries
 from dashboards.scope import RATE, Scope
+from stack.prom import parse_duration
 
 ROW_ID = 106
 PANEL_IDS = {"budget_left": 33, "queue_wait_burn": 34, "success_burn": 35, "queue_wait": 36}
 #: Colors of the burn-rate factors, slowest first (ticket) to fastest (page).
 FACTOR_COLORS = ("yellow", "orange", "red", "purple")
-
-
-def _seconds(duration: str) -> int:
-    return int(duration[:-1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[duration[-1]]
 
 
 class _Slo:
@@ -104,7 +101,7 @@ def burn_panel(scope: Scope, name: str, panel: str, title: str) -> G.TimeSeries:
     """The worst queue's burn rate over each alert window; the alerts' factors dashed."""
     slo = _Slo(scope, name)
     pairs = slo.config["burnRates"]
-    windows = sorted({w for p in pairs for w in (p["long"], p["short"])}, key=_seconds)
+    windows = sorted({w for p in pairs for w in (p["long"], p["short"])}, key=parse_duration)
     factors = sorted({p["factor"] for p in pairs})
     steps = [base_step()] + [
         {"color": color, "value": factor}
