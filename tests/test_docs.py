@@ -205,21 +205,42 @@ def test_the_readme_is_a_landing_page_that_links_every_docs_page():
 OUTSIDE = ("DESIGN" + ".md", "../" + "shared", "/work/" + "shared")
 
 
-def test_no_file_points_outside_the_repository():
+def _repository_texts() -> dict[str, str]:
+    """Every text file of the checkout (tracked or new, not ignored), by path."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
         cwd=REPO, capture_output=True, text=True, check=True,
     ).stdout.split()  # fmt: skip
-    found = []
+    texts = {}
     for name in files:
         path = REPO / name
-        if not path.is_file():
-            continue
-        try:
-            text = path.read_text()
-        except UnicodeDecodeError:
-            continue  # images
-        found += [f"{name}: {word}" for word in OUTSIDE if word in text]
+        if path.is_file():
+            try:
+                texts[name] = path.read_text()
+            except UnicodeDecodeError:
+                continue  # images
+    return texts
+
+
+def test_no_file_points_outside_the_repository():
+    found = [
+        f"{name}: {word}"
+        for name, text in _repository_texts().items()
+        for word in OUTSIDE
+        if word in text
+    ]
+    assert found == []
+
+
+def test_every_docs_page_a_file_cites_exists():
+    """Comments in the compose file, the configs and the code send readers to docs/ pages
+    (not to README sections: the README is a landing page)."""
+    found = [
+        f"{name}: {page}"
+        for name, text in _repository_texts().items()
+        for page in re.findall(r"\bdocs/[\w/.-]+\.md", text)
+        if not (REPO / page).is_file()
+    ]
     assert found == []
 
 
