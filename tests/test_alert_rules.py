@@ -4,11 +4,6 @@ whose threshold or `for` is off by one step."""
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
-from pathlib import Path
-
 import pytest
 import yaml
 
@@ -20,12 +15,15 @@ from alerts.detect import (
 )
 from alerts.render import ALERTS_FILE, RECORDS_FILE, RULES_DIR, load_config, render_rules, rendered
 from stack.prom import parse_duration
-from stack.servers import require_binary
-
-REPO = RULES_DIR.parent.parent
-PROMETHEUS_DIR = REPO / "prometheus"
-UNIT_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*_test.yml"))
-RUNBOOKS = REPO / "docs" / "runbooks"
+from tests.rule_checks import (
+    PROMETHEUS_DIR,
+    REPO,
+    UNIT_TESTS,
+    assert_runbook,
+    assert_unit_tests_catch,
+    promtool,
+    unit_test_file,
+)
 
 # docs/contract.md, "Alerts": severity and `for` of each.
 CONTRACT = {
@@ -45,12 +43,6 @@ SLO_ALERTS = {
     "JobSuccessBudgetBurn": {"critical", "warning"},
     "HighJobQueueLatency": {"warning"},
 }
-
-
-def promtool(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [require_binary("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=120
-    )
 
 
 def alert_rules() -> list[dict]:
@@ -214,49 +206,19 @@ MUTATIONS = [
 ]
 
 
-def unit_test_file(alert: str) -> Path:
-    """The promtool test file of an alert: HighJobFailureRate -> high_job_failure_rate_test.yml."""
-    return PROMETHEUS_DIR / "tests" / f"{re.sub(r'(?<!^)(?=[A-Z])', '_', alert).lower()}_test.yml"
-
-
-def assert_unit_tests_catch(tmp_path: Path, overrides: dict, alert: str) -> None:
-    """Render the rules with ``overrides`` and check that ``alert``'s promtool test fails."""
-    render_rules(overrides, tmp_path / "rules")
-    test_file = unit_test_file(alert)
-    (tmp_path / "tests").mkdir()
-    shutil.copy(test_file, tmp_path / "tests")
-    result = promtool("test", "rules", f"tests/{test_file.name}", cwd=tmp_path)
-    assert result.returncode != 0, f"{test_file.name} passes with {overrides}"
-    assert "FAILED" in result.stdout + result.stderr
-
-
 @pytest.mark.parametrize(
     ("alert", "change"), MUTATIONS, ids=[f"{a}-{next(iter(c.items()))}" for a, c in MUTATIONS]
 )
 def test_unit_tests_catch_a_rule_off_by_one_step(tmp_path, alert, change):
-    assert_unit_tests_catch(tmp_path, {"alerts": {alert: change}}, alert)
+    assert_unit_tests_catch(tmp_path, {"alerts": {alert: change}}, unit_test_file(alert))
 
 
 # --- runbooks and time to detect -------------------------------------------------------
 
-RUNBOOK_SECTIONS = [
-    "## What it means",
-    "## Likely causes",
-    "## First checks",
-    "## Mitigation",
-    "## Escalation",
-]
-
 
 @pytest.mark.parametrize("name", sorted([*CONTRACT, *SLO_ALERTS]))
 def test_every_alert_has_a_runbook(name):
-    text = (RUNBOOKS / f"{name}.md").read_text()
-    assert text.startswith(f"# {name}\n")
-    positions = [text.find(section) for section in RUNBOOK_SECTIONS]
-    assert -1 not in positions and positions == sorted(positions), RUNBOOK_SECTIONS
-    first_checks = text.split("## First checks")[1].split("## Mitigation")[0]
-    assert len(re.findall(r"^\d+\. ", first_checks, re.M)) >= 3
-    assert "```" in first_checks, "first checks give the query or command to run"
+    assert_runbook(name)
 
 
 def test_critical_alerts_notify_within_three_minutes():
@@ -418,10 +380,5 @@ SLO_MUTATIONS = [
     ids=[f"{t}-{i}" for i, (t, _) in enumerate(SLO_MUTATIONS)],
 )
 def test_slo_unit_tests_catch_a_rule_off_by_one_step(tmp_path, test_name, change):
-    render_rules({"slo": change}, tmp_path / "rules")
     test_file = PROMETHEUS_DIR / "tests" / f"{test_name}_test.yml"
-    (tmp_path / "tests").mkdir()
-    shutil.copy(test_file, tmp_path / "tests")
-    result = promtool("test", "rules", f"tests/{test_file.name}", cwd=tmp_path)
-    assert result.returncode != 0, f"{test_file.name} passes with slo {change}"
-    assert "FAILED" in result.stdout + result.stderr
+    assert_unit_tests_catch(tmp_path, {"slo": change}, test_file)

@@ -4,20 +4,12 @@ that fail when a rule is one evaluation or one step off, and the config reaching
 
 from __future__ import annotations
 
-import re
-
 import pytest
 import yaml
 
 from alerts.detect import time_to_detect
 from alerts.render import ALERTS_FILE, load_config, rendered
-from tests.test_alert_rules import (
-    RUNBOOK_SECTIONS,
-    RUNBOOKS,
-    UNIT_TESTS,
-    assert_unit_tests_catch,
-    unit_test_file,
-)
+from tests.rule_checks import UNIT_TESTS, assert_runbook, assert_unit_tests_catch, unit_test_file
 
 # docs/contract.md and docs/alerts.md, "The alerting pipeline's own alerts": severities.
 PIPELINE = {
@@ -62,13 +54,7 @@ def test_watchdog_always_fires_and_nothing_else_does_at_once():
 
 @pytest.mark.parametrize("name", sorted(PIPELINE))
 def test_every_pipeline_alert_has_a_runbook(name):
-    text = (RUNBOOKS / f"{name}.md").read_text()
-    assert text.startswith(f"# {name}\n")
-    positions = [text.find(section) for section in RUNBOOK_SECTIONS]
-    assert -1 not in positions and positions == sorted(positions), RUNBOOK_SECTIONS
-    first_checks = text.split("## First checks")[1].split("## Mitigation")[0]
-    assert len(re.findall(r"^\d+\. ", first_checks, re.M)) >= 3
-    assert "```" in first_checks, "first checks give the query or command to run"
+    assert_runbook(name)
 
 
 @pytest.mark.parametrize("name", sorted(PIPELINE))
@@ -120,7 +106,7 @@ MUTATIONS = [
     ("alert", "change"), MUTATIONS, ids=[f"{a}-{next(iter(c.items()))}" for a, c in MUTATIONS]
 )
 def test_unit_tests_catch_a_pipeline_rule_off_by_one_step(tmp_path, alert, change):
-    assert_unit_tests_catch(tmp_path, {"pipelineAlerts": {alert: change}}, alert)
+    assert_unit_tests_catch(tmp_path, {"pipelineAlerts": {alert: change}}, unit_test_file(alert))
 
 
 def test_config_reaches_promql_and_selectors():

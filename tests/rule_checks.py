@@ -1,0 +1,58 @@
+"""Checks shared by the rule test modules: promtool, each alert's promtool test file and
+runbook, and the mutation check (a rule changed by one step must fail its own test)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from alerts.render import RULES_DIR, render_rules
+from stack.servers import require_binary
+
+REPO = RULES_DIR.parent.parent
+PROMETHEUS_DIR = REPO / "prometheus"
+UNIT_TESTS = sorted((PROMETHEUS_DIR / "tests").glob("*_test.yml"))
+RUNBOOKS = REPO / "docs" / "runbooks"
+RUNBOOK_SECTIONS = [
+    "## What it means",
+    "## Likely causes",
+    "## First checks",
+    "## Mitigation",
+    "## Escalation",
+]
+
+
+def promtool(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [require_binary("promtool"), *args], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+
+
+def unit_test_file(alert: str) -> Path:
+    """The promtool test file of an alert: HighJobFailureRate -> high_job_failure_rate_test.yml."""
+    return PROMETHEUS_DIR / "tests" / f"{re.sub(r'(?<!^)(?=[A-Z])', '_', alert).lower()}_test.yml"
+
+
+def assert_unit_tests_catch(tmp_path: Path, overrides: dict, test_file: Path) -> None:
+    """Render the rules with ``overrides`` and check that the promtool tests of
+    ``test_file``, run against them, fail."""
+    render_rules(overrides, tmp_path / "rules")
+    (tmp_path / "tests").mkdir()
+    shutil.copy(test_file, tmp_path / "tests")
+    result = promtool("test", "rules", f"tests/{test_file.name}", cwd=tmp_path)
+    assert result.returncode != 0, f"{test_file.name} passes with {overrides}"
+    assert "FAILED" in result.stdout + result.stderr
+
+
+def assert_runbook(alert: str) -> None:
+    """The alert's runbook has the five sections in order, and its first checks are at
+    least three numbered steps with the query or command to run."""
+    text = (RUNBOOKS / f"{alert}.md").read_text()
+    assert text.startswith(f"# {alert}\n")
+    positions = [text.find(section) for section in RUNBOOK_SECTIONS]
+    assert -1 not in positions and positions == sorted(positions), RUNBOOK_SECTIONS
+    first_checks = text.split("## First checks")[1].split("## Mitigation")[0]
+    assert len(re.findall(r"^\d+\. ", first_checks, re.M)) >= 3
+    assert "```" in first_checks, "first checks give the query or command to run"
