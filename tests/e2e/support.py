@@ -91,6 +91,50 @@ RUNBOOK_URL_BASE = "https://github.com/example/worker-monitoring/blob/main/docs/
 #: The end-to-end tests poll HTTP APIs: every 0.2 s is often enough.
 wait_for = functools.partial(wait_until, interval=0.2)
 
+#: The demo mix of the load generator, at about twice the demo rate (1.56 jobs/s).
+LOAD_RATE = 3.0
+#: Quick jobs, Redis health and the backlog sampled at least every second, retry backoff
+#: and the shutdown grace scaled down with the alert timings.
+REPLICA_ENV = {
+    "SIM_LATENCY_SECONDS": "0.05-0.2",
+    "REDIS_HEALTH_INTERVAL_SECONDS": "0.5",
+    "METRICS_QUEUE_SAMPLE_SECONDS": "1",
+    "RETRY_TIME_SCALE": "0.05",
+    "SHUTDOWN_GRACE_SECONDS": "3",
+}
+
+
+def alerting_twin(twin, name: str, rules: Path, seed: int) -> LocalStack:
+    """A twin for a module that counts notifications: the rules in ``rules`` (rendered at
+    scaled timings), scraped and evaluated every second, the demo load with ``seed``;
+    returned once Prometheus scrapes every replica.
+
+    One Alertmanager: with these scaled timings a pair's group interval is shorter than
+    its peer wait, so the pair may send a group twice (its clustering promises at least
+    once). The pair is proven on its own in test_pipeline.py."""
+    stack = twin(
+        name,
+        alertmanagers=1,
+        scrape_interval="1s",
+        evaluation_interval="1s",
+        rules_dir=rules,
+        alertmanager_timing=ALERTMANAGER_TIMING,
+        alertmanager_overrides=ALERTMANAGER_OVERRIDES,
+        replica_env=REPLICA_ENV,
+        loadgen_rate=LOAD_RATE,
+        loadgen_args=["--seed", str(seed), "--quiet"],
+    )
+    try:
+        wait_for(
+            lambda: len(stack.query('up{job="worker"} == 1')) == len(stack.replicas),
+            30,
+            "Prometheus scrapes every replica",
+        )
+    except BaseException:
+        stack.stop()
+        raise
+    return stack
+
 
 def client(stack: LocalStack) -> redis.Redis:
     return redis.Redis.from_url(stack.redis.url)

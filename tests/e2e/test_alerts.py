@@ -25,13 +25,12 @@ from alerts.render import load_config, record_names, render_rules
 from stack.loadgen import set_simulation
 from tests.e2e.support import (
     ALERT_OVERRIDES,
-    ALERTMANAGER_OVERRIDES,
-    ALERTMANAGER_TIMING,
     NAMESPACE,
     WATCHDOG,
     Inbox,
     NotifyTime,
     active_alerts,
+    alerting_twin,
     assert_notification,
     client,
     computed_times,
@@ -44,15 +43,6 @@ from worker.jobs import QUEUES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
-#: The demo mix of the load generator, at about twice the demo rate (1.56 jobs/s).
-LOAD_RATE = 3.0
-REPLICA_ENV = {
-    "SIM_LATENCY_SECONDS": "0.05-0.2",
-    "REDIS_HEALTH_INTERVAL_SECONDS": "0.5",
-    "METRICS_QUEUE_SAMPLE_SECONDS": "1",
-    "RETRY_TIME_SCALE": "0.05",
-    "SHUTDOWN_GRACE_SECONDS": "3",
-}
 HEALTHY_SECONDS = 30
 RECORDS = record_names(ALERT_OVERRIDES)
 RECONNECT_THRESHOLD = load_config(ALERT_OVERRIDES)["alerts"]["HighRedisReconnectAttempts"][
@@ -64,27 +54,8 @@ RECONNECT_THRESHOLD = load_config(ALERT_OVERRIDES)["alerts"]["HighRedisReconnect
 def stack(twin, tmp_path_factory):
     rules = tmp_path_factory.mktemp("rules")
     render_rules(ALERT_OVERRIDES, rules)
-    stack = twin(
-        "alerts",
-        # One Alertmanager: this module counts notifications, and a pair whose group
-        # interval is shorter than its peer wait (as these scaled timings are) may send a
-        # group twice. The pair is proven on its own in test_pipeline.py.
-        alertmanagers=1,
-        scrape_interval="1s",
-        evaluation_interval="1s",
-        rules_dir=rules,
-        alertmanager_timing=ALERTMANAGER_TIMING,
-        alertmanager_overrides=ALERTMANAGER_OVERRIDES,
-        replica_env=REPLICA_ENV,
-        loadgen_rate=LOAD_RATE,
-        loadgen_args=["--seed", "1", "--quiet"],
-    )
+    stack = alerting_twin(twin, "alerts", rules, seed=1)
     try:
-        wait_for(
-            lambda: scraped_up(stack) == dict.fromkeys(targets(stack), "1"),
-            30,
-            "Prometheus scrapes both replicas",
-        )
         yield stack
     finally:
         stack.stop()
@@ -121,10 +92,6 @@ def healthy(stack):
 
 def targets(stack) -> list[str]:
     return [r.target for r in stack.replicas]
-
-
-def scraped_up(stack) -> dict[str, str]:
-    return {r["metric"]["instance"]: r["value"][1] for r in stack.query('up{job="worker"}')}
 
 
 def ready(stack, queue: str) -> float:

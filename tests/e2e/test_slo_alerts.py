@@ -18,12 +18,11 @@ import pytest
 from alerts.render import render_rules, slo_record_names
 from stack.loadgen import set_simulation
 from tests.e2e.support import (
-    ALERTMANAGER_OVERRIDES,
-    ALERTMANAGER_TIMING,
     NAMESPACE,
     SLO_OVERRIDES,
     Inbox,
     NotifyTime,
+    alerting_twin,
     assert_notification,
     client,
     computed_times,
@@ -36,14 +35,6 @@ from tests.e2e.support import (
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 SLO_ALERTS = ("JobQueueWaitBudgetBurn", "JobSuccessBudgetBurn", "HighJobQueueLatency")
-LOAD_RATE = 3.0  # the demo mix at about twice the demo rate, as in test_alerts.py
-REPLICA_ENV = {
-    "SIM_LATENCY_SECONDS": "0.05-0.2",
-    "REDIS_HEALTH_INTERVAL_SECONDS": "0.5",
-    "METRICS_QUEUE_SAMPLE_SECONDS": "1",
-    "RETRY_TIME_SCALE": "0.05",
-    "SHUTDOWN_GRACE_SECONDS": "3",
-}
 DEMO_SECONDS = 40
 RECORDS = slo_record_names(SLO_OVERRIDES)
 # Every attempt of the stalled backlog waits past the threshold: an error ratio of 1,
@@ -55,27 +46,8 @@ QUEUE_WAIT_BURN, SUCCESS_BURN = 100.0, 200.0
 def stack(twin, tmp_path_factory):
     rules = tmp_path_factory.mktemp("slo-rules")
     render_rules(SLO_OVERRIDES, rules)
-    stack = twin(
-        "slo",
-        # One Alertmanager: this module counts notifications, and a pair whose group
-        # interval is shorter than its peer wait (as these scaled timings are) may send a
-        # resolved group again. The pair is proven on its own in test_pipeline.py.
-        alertmanagers=1,
-        scrape_interval="1s",
-        evaluation_interval="1s",
-        rules_dir=rules,
-        alertmanager_timing=ALERTMANAGER_TIMING,
-        alertmanager_overrides=ALERTMANAGER_OVERRIDES,
-        replica_env=REPLICA_ENV,
-        loadgen_rate=LOAD_RATE,
-        loadgen_args=["--seed", "2", "--quiet"],
-    )
+    stack = alerting_twin(twin, "slo", rules, seed=2)
     try:
-        wait_for(
-            lambda: len(stack.query('up{job="worker"} == 1')) == len(stack.replicas),
-            30,
-            "Prometheus scrapes both replicas",
-        )
         yield stack
     finally:
         stack.stop()
