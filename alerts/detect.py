@@ -167,8 +167,10 @@ def time_to_detect(
                 # A recording rule group runs on its own clock: the alert may read the
                 # record one evaluation late.
                 hops = 1 + any(record in rule["expr"] for record in records)
-                # A hung replica is declared down only when its scrape times out.
-                scrape = scrape_interval + (scrape_timeout if name == "WorkerDown" else 0)
+                # A hung replica is declared down only when its scrape times out: so for
+                # every alert on the worker targets' `up` (WorkerDown, WorkerReplicasMissing).
+                reads_up = f'up{{job="{WORKER_JOB}"}}' in rule["expr"]
+                scrape = scrape_interval + (scrape_timeout if reads_up else 0)
                 rows[name, severity] = Detection(
                     alert=name,
                     severity=severity,

@@ -237,6 +237,14 @@ def test_critical_alerts_notify_within_three_minutes():
     assert parse_duration("1m30s") == 90
 
 
+def test_every_alert_on_the_worker_targets_up_waits_for_the_scrape_timeout():
+    """A hung replica is down only once its scrape times out: the worst case of every alert
+    that reads the worker targets' `up` includes the timeout, and no other's does."""
+    scrape = {d.alert: d.scrape for d in time_to_detect()}
+    assert scrape.pop("WorkerDown") == scrape.pop("WorkerReplicasMissing") == 15 + 10
+    assert set(scrape.values()) == {15}
+
+
 def test_alerts_page_shows_the_computed_time_to_detect_table():
     page = (REPO / "docs" / "alerts.md").read_text()
     assert markdown_table() in page, "docs/alerts.md's table is stale: make docs"
