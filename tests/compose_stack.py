@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import shutil
@@ -33,6 +34,8 @@ import compose
 import redis
 import yaml
 
+from stack.poll import wait_until
+from stack.prom import api
 from worker.brokers.redis import claimed_keys_pattern, delayed_messages_key, messages_key
 from worker.jobs import QUEUES
 
@@ -198,15 +201,33 @@ class Project:
         found = json.loads(self.engine.podman("inspect", *ids))
         return sorted(found, key=lambda c: c["Name"])
 
-    def resources(self) -> dict[str, list[str]]:
+    def resources(self, check: bool = True) -> dict[str, list[str]]:
         """What of the project exists on the engine: containers, networks, volumes."""
         label = f"label=com.docker.compose.project={self.name}"
         podman = self.engine.podman
         return {
-            "containers": podman("ps", "-a", "-q", "--filter", label).split(),
-            "networks": podman("network", "ls", "-q", "--filter", label).split(),
-            "volumes": podman("volume", "ls", "-q", "--filter", label).split(),
+            "container": podman("ps", "-a", "-q", "--filter", label, check=check).split(),
+            "network": podman("network", "ls", "-q", "--filter", label, check=check).split(),
+            "volume": podman("volume", "ls", "-q", "--filter", label, check=check).split(),
         }
+
+    def up(self, services: list[str]) -> None:
+        """``up -d --wait``; when it fails, the error says which container and shows its log."""
+        try:
+            self.compose("up", "-d", "--wait", *services, timeout=180)
+        except (RuntimeError, subprocess.TimeoutExpired) as error:
+            states = self.compose("ps", "-a", "--format", "{{.Name}}: {{.Status}}", check=False)
+            logs = self.compose("logs", "--tail", "15", check=False)
+            raise AssertionError(f"{error}\n\ncontainers:\n{states}\nlogs:\n{logs}") from None
+
+    def remove(self) -> None:
+        """``down -v``, then whatever compose could not remove: a failed run leaves nothing."""
+        try:
+            self.compose("down", "-v", "--remove-orphans", "-t", "10", check=False)
+        finally:
+            for kind, ids in self.resources(check=False).items():
+                if ids:
+                    self.engine.podman(kind, "rm", "-f", *ids, check=False)
 
 
 # --- the test's configuration: the committed files with shorter intervals -------------------
@@ -244,14 +265,17 @@ def alertmanager_config(directory: Path) -> Path:
 NAMESPACE = "agent-jobs"
 
 
+#: The compose test polls containers and HTTP APIs: every 0.5 s is often enough.
+wait_for = functools.partial(wait_until, interval=0.5)
+
+
 def get_json(url: str, timeout: float = 10):
     with urllib.request.urlopen(url, timeout=timeout) as response:
         return json.load(response)
 
 
 def prom(stack, path: str, **params) -> dict:
-    query = urllib.parse.urlencode(params)
-    return get_json(f"http://127.0.0.1:{stack.ports['prometheus']}/api/v1/{path}?{query}")["data"]
+    return api(f"http://127.0.0.1:{stack.ports['prometheus']}", path, params, timeout=10)
 
 
 def by_instance(stack, query: str) -> dict[str, float]:

@@ -84,7 +84,8 @@ def test_every_redis_client_uses_the_password_and_none_passes_it_on_a_command_li
     services = resolved()["services"]
     password = DEMO_ENV["REDIS_PASSWORD"]
     redis = services["redis"]
-    # No `sh -c` wrapper: the image's entrypoint sees `redis-server` and switches to redis.
+    # No `sh -c` wrapper: its argv would keep the password in the process list, where
+    # redis-server replaces its own with its address.
     assert redis["command"][0] == "redis-server"
     assert redis["command"][redis["command"].index("--requirepass") + 1] == password
     assert redis["environment"]["REDISCLI_AUTH"] == password

@@ -49,6 +49,7 @@ from tests.compose_stack import (
     prometheus_config,
     replica_address,
     send_jobs,
+    wait_for,
     worker_targets,
 )
 
@@ -57,22 +58,14 @@ pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
 
 PROJECT = "worker-monitoring-e2e"
 IMAGE = "worker-monitoring-worker:local"
-ALERT_OVERRIDES = {"alerts": {"WorkerDown": {"for": "3s"}}}
+ALERT_OVERRIDES = {
+    "alerts": {"WorkerDown": {"for": "3s"}},
+    "pipelineAlerts": {"WorkerReplicasMissing": {"for": "3s"}},
+}
 #: Published by the override only: the test's way in (the stack publishes neither).
 TEST_PORTS = {"redis": 6379, "alert-receiver": 9095}
 #: What the test measured, printed at the end of the session (tests/conftest.py).
 REPORT: dict[str, str] = {}
-
-
-def wait_for(predicate, timeout: float, what, interval: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {timeout:.0f}s: {what() if callable(what) else what}")
-        time.sleep(interval)
 
 
 # --- the stack ----------------------------------------------------------------------------
@@ -182,30 +175,11 @@ def stack(engine, image, workdir):
     engine.run_health_checks(PROJECT)
     try:
         start = time.monotonic()
-        up(project)
+        project.up(project.services)
         REPORT["compose up --wait to healthy (cold volumes)"] = f"{time.monotonic() - start:.1f} s"
         yield project
     finally:
-        try:
-            project.compose("down", "-v", "--remove-orphans", "-t", "10", check=False)
-        finally:
-            # Whatever compose could not remove (a failed run must not leave any behind).
-            label = f"label=com.docker.compose.project={PROJECT}"
-            for kind in ("container", "volume", "network"):
-                listing = ["ps", "-a"] if kind == "container" else [kind, "ls"]
-                ids = engine.podman(*listing, "-q", "--filter", label, check=False).split()
-                if ids:
-                    engine.podman(kind, "rm", "-f", *ids, check=False)
-
-
-def up(project: Project) -> None:
-    """``up -d --wait``; when it fails, the error says which container and shows its log."""
-    try:
-        project.compose("up", "-d", "--wait", *project.services, timeout=180)
-    except (RuntimeError, subprocess.TimeoutExpired) as error:
-        states = project.compose("ps", "-a", "--format", "{{.Name}}: {{.Status}}", check=False)
-        logs = project.compose("logs", "--tail", "15", check=False)
-        raise AssertionError(f"{error}\n\ncontainers:\n{states}\nlogs:\n{logs}") from None
+        project.remove()
 
 
 # --- the tests, in order --------------------------------------------------------------------
@@ -323,8 +297,11 @@ def test_a_killed_replica_comes_back_by_its_restart_policy(stack):
 
 def test_a_replica_that_keeps_crashing_is_given_up_after_ten_restarts(stack):
     """The restart policy's max_attempts (10): a replica killed again each time it comes
-    back stays down after its tenth restart, until an operator starts it."""
+    back stays down after its tenth restart, until an operator starts it. Given up, it
+    leaves DNS and so `up` (WorkerDown cannot see it): WorkerReplicasMissing tells the
+    chat, and resolves once the replica is started again."""
     victim_id = stack.containers("worker")[0]["Id"]
+    before = len(alerts(stack, "WorkerReplicasMissing"))
 
     def victim() -> dict:
         return next(c for c in stack.containers("worker", all=True) if c["Id"] == victim_id)
@@ -349,9 +326,33 @@ def test_a_replica_that_keeps_crashing_is_given_up_after_ten_restarts(stack):
             "the replica running again, or left exited",
             interval=0.2,
         )
+    given_up_at = time.monotonic()
     time.sleep(3)  # still down: nothing restarts it any more
     given_up = victim()
     assert given_up["State"]["Status"] == "exited" and given_up["RestartCount"] == 10
+
+    def last_missing() -> str | None:
+        """The status of the latest WorkerReplicasMissing notification since the test began."""
+        notified = alerts(stack, "WorkerReplicasMissing")[before:]
+        return notified[-1]["status"] if notified else None
+
+    # The crash loop itself may have raised it (and resolved it while the replica was back).
+    fired_already = last_missing() == "firing"
+    wait_for(
+        lambda: last_missing() == "firing",
+        60,
+        lambda: f"WorkerReplicasMissing firing: {alerts(stack, 'WorkerReplicasMissing')}",
+        interval=0.25,
+    )
+    fired = alerts(stack, "WorkerReplicasMissing")[-1]
+    assert fired["receiver"] == "chat"
+    assert "Fewer than 2 worker replicas up" in fired["summary"]
+    bound, measured = stack.bound["WorkerReplicasMissing"], time.monotonic() - given_up_at
+    REPORT["WorkerReplicasMissing, replica given up: last kill to notification"] = (
+        "notified during the crash loop already" if fired_already else f"{measured:.1f} s"
+    ) + f" (computed worst case {bound.total:g} s)"
+    # As for WorkerDown below: the bound, plus what Alertmanager and the receiver take.
+    assert fired_already or measured <= bound.total + 5, (measured, bound)
     stack.compose("start", "worker")
     wait_for(
         lambda: (
@@ -361,6 +362,7 @@ def test_a_replica_that_keeps_crashing_is_given_up_after_ten_restarts(stack):
         60,
         lambda: f"both replicas scraped up again once started: {worker_targets(stack)}",
     )
+    wait_for(lambda: last_missing() == "resolved", 60, "WorkerReplicasMissing resolved")
 
 
 def test_worker_down_pages_for_a_hung_replica_and_resolves(stack):
@@ -474,14 +476,14 @@ def test_down_keeps_the_volumes_down_v_removes_everything(stack):
     time.sleep(1.5)  # appendfsync everysec
     wait_for(lambda: alerts(stack, "WorkerDown"), 10, "the receiver's record of WorkerDown")
     mark = time.time()
-    volumes = stack.resources()["volumes"]
+    volumes = stack.resources()["volume"]
     assert len(volumes) >= 4, volumes
     stack.compose("down", "-t", "30", timeout=200)
     left = stack.resources()
-    assert not left["containers"] and not left["networks"], left
-    assert sorted(left["volumes"]) == sorted(volumes)
+    assert not left["container"] and not left["network"], left
+    assert sorted(left["volume"]) == sorted(volumes)
     start = time.monotonic()
-    up(stack)
+    stack.up(stack.services)
     REPORT["compose up --wait to healthy (after down, volumes kept)"] = (
         f"{time.monotonic() - start:.1f} s"
     )
@@ -493,4 +495,4 @@ def test_down_keeps_the_volumes_down_v_removes_everything(stack):
     assert before and before[0]["values"], "Prometheus lost its data across down/up"
 
     stack.compose("down", "-v", "-t", "30", timeout=200)
-    assert stack.resources() == {"containers": [], "networks": [], "volumes": []}
+    assert stack.resources() == {"container": [], "network": [], "volume": []}
