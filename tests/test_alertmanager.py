@@ -36,7 +36,7 @@ def test_amtool_accepts_the_config():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "4 inhibit rules" in result.stdout
+    assert "5 inhibit rules" in result.stdout
 
 
 @pytest.mark.parametrize(
@@ -373,3 +373,24 @@ def test_worker_down_inhibits_replicas_missing_of_its_job(alertmanager, webhook)
     # The replica is back but one stays missing (removed from DNS): now it is news.
     alertmanager.post(worker_down("w3:9191") | {"endsAt": datetime.now(UTC).isoformat()})
     webhook.wait_for("/chat", "WorkerReplicasMissing")
+
+
+def budget_burn(queue: str, severity: str) -> dict:
+    pairs = "1h and 5m, or 6h and 30m" if severity == "critical" else "1d and 2h, or 3d and 6h"
+    return alert(
+        "JobQueueWaitBudgetBurn", severity, f"Queue-wait error budget of {queue} burning ({pairs})",
+        "burn 20x over 1h", queue=queue,
+    )  # fmt: skip
+
+
+def test_a_budget_burn_page_inhibits_the_ticket_of_its_queue_only(alertmanager, webhook):
+    alertmanager.post(budget_burn("fast", "critical"))
+    webhook.wait_for("/pager", "JobQueueWaitBudgetBurn")
+    alertmanager.post(budget_burn("fast", "warning"), budget_burn("default", "warning"))
+    # Another queue's ticket is news; the paged queue's is not.
+    ticket = webhook.wait_for("/chat", "JobQueueWaitBudgetBurn")
+    assert "of default" in ticket and "of fast" not in ticket
+    time.sleep(QUIET_SECONDS)
+    assert not any("of fast" in t for t in webhook.texts("/chat"))
+    muted = alertmanager.state(alertname="JobQueueWaitBudgetBurn", queue="fast", severity="warning")
+    assert muted["state"] == "suppressed" and muted["inhibitedBy"], muted
