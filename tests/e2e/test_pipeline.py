@@ -423,10 +423,14 @@ def test_the_pair_notifies_once_and_keeps_notifying_when_a_member_dies(stack, re
     assert deliveries(inbox, "WorkerDown", "firing", second) == 1, listing(inbox)
     assert deliveries(inbox, "AlertmanagerClusterDown", "firing", "") == 1, listing(inbox)
 
-    stack.start_alertmanager(0)
-    inbox.wait_resolved("AlertmanagerClusterDown", timeout=60)
+    # The survivor alone also delivers the resolution. (Resolved before the member
+    # returns: a restarted member knows no alert until Prometheus sends it again, and a
+    # notification it sends meanwhile can make the survivor skip a resolution; see
+    # docs/running.md, "The Alertmanager pair".)
     stack.start_replica(1)
     inbox.wait("WorkerDown", "resolved", where=second, timeout=30)
+    stack.start_alertmanager(0)
+    inbox.wait_resolved("AlertmanagerClusterDown", timeout=60)
     assert inbox.names() == {"WorkerDown", "AlertmanagerClusterDown"}, listing(inbox)
     report.notes.append(
         "Alertmanager pair: a new alert group was notified once with both members up and "
