@@ -206,6 +206,7 @@ MUTATIONS = [
 ]
 
 
+@pytest.mark.mutation
 @pytest.mark.parametrize(
     ("alert", "change"), MUTATIONS, ids=[f"{a}-{next(iter(c.items()))}" for a, c in MUTATIONS]
 )
@@ -382,6 +383,7 @@ SLO_MUTATIONS = [
 ]
 
 
+@pytest.mark.mutation
 @pytest.mark.parametrize(
     ("test_name", "change"),
     SLO_MUTATIONS,

@@ -102,6 +102,7 @@ MUTATIONS = [
 ]
 
 
+@pytest.mark.mutation
 @pytest.mark.parametrize(
     ("alert", "change"), MUTATIONS, ids=[f"{a}-{next(iter(c.items()))}" for a, c in MUTATIONS]
 )
