@@ -6,7 +6,10 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
+
+import yaml
 
 from alerts.render import RULES_DIR, render_rules
 from stack.servers import require_binary
@@ -33,6 +36,22 @@ def promtool(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 def unit_test_file(alert: str) -> Path:
     """The promtool test file of an alert: HighJobFailureRate -> high_job_failure_rate_test.yml."""
     return PROMETHEUS_DIR / "tests" / f"{re.sub(r'(?<!^)(?=[A-Z])', '_', alert).lower()}_test.yml"
+
+
+def expectations(alert: str, files: Iterable[Path] = UNIT_TESTS) -> list[dict]:
+    """The ``alert_rule_test`` cases about ``alert`` in the promtool test ``files``."""
+    return [
+        case
+        for f in files
+        for test in yaml.safe_load(f.read_text())["tests"]
+        for case in test.get("alert_rule_test", [])
+        if case["alertname"] == alert
+    ]
+
+
+def mutation_ids(mutations: list[tuple[str, dict]]) -> list[str]:
+    """Test ids of (alert, change) mutations: HighJobFailureRate-('for', '285s')."""
+    return [f"{alert}-{next(iter(change.items()))}" for alert, change in mutations]
 
 
 def assert_unit_tests_catch(tmp_path: Path, overrides: dict, test_file: Path) -> None:

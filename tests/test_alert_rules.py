@@ -21,6 +21,8 @@ from tests.rule_checks import (
     UNIT_TESTS,
     assert_runbook,
     assert_unit_tests_catch,
+    expectations,
+    mutation_ids,
     promtool,
     unit_test_file,
 )
@@ -163,16 +165,10 @@ def test_promtool_unit_tests(test_file):
 
 def test_every_alert_has_unit_tests_that_expect_it_to_fire_and_not_fire():
     for name in [*CONTRACT, *SLO_ALERTS]:
-        expectations = [
-            t
-            for f in UNIT_TESTS
-            for test in yaml.safe_load(f.read_text())["tests"]
-            for t in test.get("alert_rule_test", [])
-            if t["alertname"] == name
-        ]
-        assert any(t["exp_alerts"] for t in expectations), f"{name} never expected to fire"
-        assert any(not t["exp_alerts"] for t in expectations), f"{name} never expected silent"
-        for t in expectations:
+        cases = expectations(name)
+        assert any(t["exp_alerts"] for t in cases), f"{name} never expected to fire"
+        assert any(not t["exp_alerts"] for t in cases), f"{name} never expected silent"
+        for t in cases:
             for exp in t["exp_alerts"]:
                 assert exp["exp_annotations"]["runbook_url"].endswith(f"/{name}.md")
 
@@ -207,9 +203,7 @@ MUTATIONS = [
 
 
 @pytest.mark.mutation
-@pytest.mark.parametrize(
-    ("alert", "change"), MUTATIONS, ids=[f"{a}-{next(iter(c.items()))}" for a, c in MUTATIONS]
-)
+@pytest.mark.parametrize(("alert", "change"), MUTATIONS, ids=mutation_ids(MUTATIONS))
 def test_unit_tests_catch_a_rule_off_by_one_step(tmp_path, alert, change):
     assert_unit_tests_catch(tmp_path, {"alerts": {alert: change}}, unit_test_file(alert))
 

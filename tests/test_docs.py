@@ -3,6 +3,7 @@ lead somewhere, and nothing in the repository sends the reader outside it."""
 
 from __future__ import annotations
 
+import functools
 import re
 import shutil
 import subprocess
@@ -205,6 +206,7 @@ def test_the_readme_is_a_landing_page_that_links_every_docs_page():
 OUTSIDE = ("DESIGN" + ".md", "../" + "shared", "/work/" + "shared")
 
 
+@functools.cache
 def _repository_texts() -> dict[str, str]:
     """Every text file of the checkout (tracked or new, not ignored), by path."""
     files = subprocess.run(

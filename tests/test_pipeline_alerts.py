@@ -9,7 +9,14 @@ import yaml
 
 from alerts.detect import time_to_detect
 from alerts.render import ALERTS_FILE, load_config, rendered
-from tests.rule_checks import UNIT_TESTS, assert_runbook, assert_unit_tests_catch, unit_test_file
+from tests.rule_checks import (
+    UNIT_TESTS,
+    assert_runbook,
+    assert_unit_tests_catch,
+    expectations,
+    mutation_ids,
+    unit_test_file,
+)
 
 # docs/contract.md and docs/alerts.md, "The alerting pipeline's own alerts": severities.
 PIPELINE = {
@@ -61,15 +68,10 @@ def test_every_pipeline_alert_has_a_runbook(name):
 def test_every_pipeline_alert_has_unit_tests_that_expect_it_to_fire_and_not_fire(name):
     test_file = unit_test_file(name)
     assert test_file in UNIT_TESTS
-    expectations = [
-        t
-        for test in yaml.safe_load(test_file.read_text())["tests"]
-        for t in test.get("alert_rule_test", [])
-        if t["alertname"] == name
-    ]
-    assert any(t["exp_alerts"] for t in expectations), f"{name} never expected to fire"
+    cases = expectations(name, [test_file])
+    assert any(t["exp_alerts"] for t in cases), f"{name} never expected to fire"
     if name != "Watchdog":
-        assert any(not t["exp_alerts"] for t in expectations), f"{name} never expected silent"
+        assert any(not t["exp_alerts"] for t in cases), f"{name} never expected silent"
 
 
 # Each must make the alert's own promtool test fail: one evaluation early or late, or one
@@ -103,9 +105,7 @@ MUTATIONS = [
 
 
 @pytest.mark.mutation
-@pytest.mark.parametrize(
-    ("alert", "change"), MUTATIONS, ids=[f"{a}-{next(iter(c.items()))}" for a, c in MUTATIONS]
-)
+@pytest.mark.parametrize(("alert", "change"), MUTATIONS, ids=mutation_ids(MUTATIONS))
 def test_unit_tests_catch_a_pipeline_rule_off_by_one_step(tmp_path, alert, change):
     assert_unit_tests_catch(tmp_path, {"pipelineAlerts": {alert: change}}, unit_test_file(alert))
 
