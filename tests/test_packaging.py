@@ -99,3 +99,23 @@ def test_tools_are_an_extra_that_dev_includes():
     assert {"jsonnet", "grafanalib", "pyyaml"} <= tools
     assert not tools & {_name(r) for r in PYPROJECT["project"]["dependencies"]}
     assert "worker-monitoring[tools]" in extras["dev"]
+
+
+#: Issue 13's bound: a hand-written source file over it is doing more than one thing.
+MAX_SOURCE_LINES = 500
+
+
+def test_no_hand_written_source_file_is_over_500_lines():
+    sources = [
+        p
+        for folder in ("worker", "stack", "alerts", "dashboards", "tests", "bench", "scripts")
+        for p in (ROOT / folder).rglob("*")
+        if p.is_file() and (p.suffix in {".py", ".libsonnet", ".sh"} or p.parent.name == "scripts")
+    ]
+    assert len(sources) > 100
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in sources
+        if (n := len(p.read_text().splitlines())) > MAX_SOURCE_LINES
+    }
+    assert long == {}
