@@ -96,7 +96,7 @@ def test_runtime_dependencies_are_exactly_what_the_image_imports():
 def test_tools_are_an_extra_that_dev_includes():
     extras = PYPROJECT["project"]["optional-dependencies"]
     tools = {_name(r) for r in extras["tools"]}
-    assert {"jsonnet", "grafanalib", "pyyaml"} <= tools
+    assert {"rjsonnet", "grafanalib", "pyyaml"} <= tools
     assert not tools & {_name(r) for r in PYPROJECT["project"]["dependencies"]}
     assert "worker-monitoring[tools]" in extras["dev"]
 
