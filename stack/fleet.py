@@ -1,6 +1,7 @@
-"""Run worker replicas: in this process (a real ``dramatiq.Worker``), as ``python -m worker``
-processes, or as a small fleet scraped by a real Prometheus. The one way tests, the local
-twin's users, the benchmarks and ``make dashboards-preview`` run workers.
+"""Run worker replicas: as ``python -m worker`` processes, or as a small fleet scraped by a
+real Prometheus. The one way the local twin, the tests, the benchmarks and
+``make dashboards-preview`` run replicas (tests that want a worker in their own process
+use ``tests.support.fleet``).
 
 ``simulated_fleet`` starts a private redis-server, replicas with the simulated LLM/HTTP
 services, and Debian's prometheus scraping them every second with the repository's
@@ -23,9 +24,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import dramatiq
-import redis
-
 from stack import prom
 from stack.poll import wait_until
 from stack.prom import PrometheusError
@@ -44,23 +42,6 @@ from worker.app import setup
 from worker.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def settings_for(redis_url: str, **overrides) -> Settings:
-    """Settings as the environment would give them, with ``overrides`` by field name."""
-    return Settings(_env_file=None, REDIS_URL=redis_url, **overrides)
-
-
-@contextlib.contextmanager
-def in_process_worker(broker: dramatiq.Broker, threads: int = 4) -> Iterator[dramatiq.Worker]:
-    """A real Dramatiq worker in this process, polling every 50 ms for precise timing."""
-    worker = dramatiq.Worker(broker, worker_timeout=50, worker_threads=threads)
-    worker.start()
-    try:
-        yield worker
-    finally:
-        worker.stop(timeout=10_000)
-
 
 #: Environment a replica must not inherit from whoever starts it.
 _NOT_INHERITED = ("REDIS", "BROKER", "METRICS", "SENTRY", "PROMETHEUS_MULTIPROC", "JOB_QUEUE")
@@ -161,18 +142,6 @@ class Replica(HttpServer):
         if not endpoint:
             raise RuntimeError(f"{self.name}: no process of the replica serves port {self.port}")
         return [pid for pid in members if pid not in endpoint]
-
-
-def completed_ids(client: redis.Redis, namespace: str = "agent-jobs") -> list[str]:
-    """Message ids of every completed job recorded in the job log, duplicates included."""
-    return [f[b"message_id"].decode() for _, f in client.xrange(f"{namespace}:completed")]
-
-
-def dead_letters(client: redis.Redis, namespace: str = "agent-jobs") -> list[dict[str, str]]:
-    return [
-        {k.decode(): v.decode() for k, v in f.items()}
-        for _, f in client.xrange(f"{namespace}:dead")
-    ]
 
 
 def scrape(port: int, path: str = "/metrics", timeout: float = 5.0) -> str:

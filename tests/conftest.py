@@ -1,12 +1,14 @@
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
 from stack.fleet import Replica, replica_env
 from stack.servers import redis_server, running
+
+#: The run's report of what tests measured (the ``report`` fixture).
+pytest_plugins = ["tests.support.report"]
 
 
 @pytest.fixture
@@ -47,13 +49,3 @@ def start_replica():
     yield start
     for replica in started:
         replica.stop()
-
-
-def pytest_terminal_summary(terminalreporter) -> None:
-    """What the compose end-to-end run measured (build times, time to healthy, WorkerDown's
-    time to notify against its computed worst case, the counts of the no-loss checks)."""
-    test_compose_e2e = sys.modules.get("tests.test_compose_e2e")
-    if test_compose_e2e is not None and test_compose_e2e.REPORT:
-        terminalreporter.write_sep("=", "compose end-to-end (Podman)")
-        for what, value in test_compose_e2e.REPORT.items():
-            terminalreporter.write_line(f"{what}: {value}")

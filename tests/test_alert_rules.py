@@ -15,7 +15,7 @@ from alerts.detect import (
 )
 from alerts.render import ALERTS_FILE, RECORDS_FILE, RULES_DIR, load_config, render_rules, rendered
 from stack.prom import parse_duration
-from tests.rule_checks import (
+from tests.support.rules import (
     PROMETHEUS_DIR,
     REPO,
     UNIT_TESTS,

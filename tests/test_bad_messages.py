@@ -19,8 +19,9 @@ import redis
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from stack.fleet import in_process_worker, settings_for, wait_until
+from stack.poll import wait_until
 from stack.servers import redis_server, running
+from tests.support.fleet import in_process_worker, settings_for
 from worker.app import setup
 from worker.jobs import QUEUES
 from worker.ratelimit import RateLimiter

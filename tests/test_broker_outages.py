@@ -16,8 +16,8 @@ from dramatiq import Message
 from dramatiq.broker import MessageProxy
 from dramatiq.errors import ConnectionClosed
 
-from stack.fleet import completed_ids, in_process_worker, settings_for
 from stack.poll import wait_until
+from tests.support.fleet import completed_ids, in_process_worker, settings_for
 from worker.app import setup
 from worker.brokers.redis import claimed_key
 from worker.errors import TransientError

@@ -31,8 +31,10 @@ import yaml
 
 from alerts.detect import time_to_detect
 from alerts.render import render_rules
-from tests.compose_stack import (
+from stack.servers import free_port
+from tests.support.compose import (
     CA_DIR,
+    NAMESPACE,
     ROOT,
     Engine,
     Project,
@@ -40,18 +42,16 @@ from tests.compose_stack import (
     alerts,
     by_instance,
     claimed,
-    client,
     completed_ids,
-    free_port,
     held,
     proc_status,
     prom,
     prometheus_config,
     replica_address,
-    send_jobs,
     wait_for,
     worker_targets,
 )
+from tests.support.jobs import client, send_jobs
 
 # A cold run builds the stand-in images (2-3 min) in its first test.
 pytestmark = [pytest.mark.compose, pytest.mark.timeout(900)]
@@ -64,8 +64,8 @@ ALERT_OVERRIDES = {
 }
 #: Published by the override only: the test's way in (the stack publishes neither).
 TEST_PORTS = {"redis": 6379, "alert-receiver": 9095}
-#: What the test measured, printed at the end of the session (tests/conftest.py).
-REPORT: dict[str, str] = {}
+#: The section of the run's report (tests/support/report.py) with what this test measured.
+COMPOSE = "Compose end-to-end (Podman)"
 
 
 # --- the stack ----------------------------------------------------------------------------
@@ -92,7 +92,7 @@ def engine(workdir):
 
 
 @pytest.fixture(scope="module")
-def image(engine):
+def image(engine, report):
     """The stand-in base images (cached by recipe), then the worker image built with the
     repository's Dockerfile: what every container of the fleet runs."""
     start = time.monotonic()
@@ -100,13 +100,13 @@ def image(engine):
         [str(ROOT / "scripts" / "standin-images")], env={**engine.env, "ENGINE": "podman"},
         check=True, capture_output=True, timeout=900,
     )  # fmt: skip
-    REPORT["stand-in base images (scripts/standin-images)"] = f"{time.monotonic() - start:.1f} s"
+    report.took(COMPOSE, "stand-in base images (scripts/standin-images)", start)
     previous = engine.podman("image", "inspect", "-f", "{{.Id}}", IMAGE, check=False).strip()
     start = time.monotonic()
     engine.podman(
         "build", "-q", "-t", IMAGE, "-v", f"{CA_DIR}:/etc/ssl/certs:ro", str(ROOT), timeout=900
     )
-    REPORT[f"worker image build (storage: {engine.driver})"] = f"{time.monotonic() - start:.1f} s"
+    report.took(COMPOSE, f"worker image build (storage: {engine.driver})", start)
     if previous and previous != engine.podman("image", "inspect", "-f", "{{.Id}}", IMAGE).strip():
         # The image this build replaced (its layers stay as the build's cache).
         engine.podman("rmi", previous, check=False)
@@ -114,7 +114,7 @@ def image(engine):
 
 
 @pytest.fixture(scope="module")
-def stack(engine, image, workdir):
+def stack(engine, image, workdir, report):
     """The stack up and healthy (every service but Grafana, load generator included);
     taken down with its volumes at the end, whatever happened."""
     work = workdir / "compose"
@@ -176,7 +176,7 @@ def stack(engine, image, workdir):
     try:
         start = time.monotonic()
         project.up(project.services)
-        REPORT["compose up --wait to healthy (cold volumes)"] = f"{time.monotonic() - start:.1f} s"
+        report.took(COMPOSE, "compose up --wait to healthy (cold volumes)", start)
         yield project
     finally:
         project.remove()
@@ -268,7 +268,7 @@ def test_each_container_runs_as_its_user_hardened(stack):
     assert prom(stack, "query", query="up")["result"]
 
 
-def test_a_killed_replica_comes_back_by_its_restart_policy(stack):
+def test_a_killed_replica_comes_back_by_its_restart_policy(stack, report):
     victim = stack.containers("worker")[0]
     restarts = victim["RestartCount"]
     os.kill(victim["State"]["Pid"], signal.SIGKILL)
@@ -292,10 +292,10 @@ def test_a_killed_replica_comes_back_by_its_restart_policy(stack):
         60,
         lambda: f"both replicas scraped up again: {worker_targets(stack)}",
     )
-    REPORT["kill -9 of a replica to both targets up again"] = f"{time.monotonic() - start:.1f} s"
+    report.took(COMPOSE, "kill -9 of a replica to both targets up again", start)
 
 
-def test_a_replica_that_keeps_crashing_is_given_up_after_ten_restarts(stack):
+def test_a_replica_that_keeps_crashing_is_given_up_after_ten_restarts(stack, report):
     """The restart policy's max_attempts (10): a replica killed again each time it comes
     back stays down after its tenth restart, until an operator starts it. Given up, it
     leaves DNS and so `up` (WorkerDown cannot see it): WorkerReplicasMissing tells the
@@ -348,9 +348,9 @@ def test_a_replica_that_keeps_crashing_is_given_up_after_ten_restarts(stack):
     assert fired["receiver"] == "chat"
     assert "Fewer than 2 worker replicas up" in fired["summary"]
     bound, measured = stack.bound["WorkerReplicasMissing"], time.monotonic() - given_up_at
-    REPORT["WorkerReplicasMissing, replica given up: last kill to notification"] = (
-        "notified during the crash loop already" if fired_already else f"{measured:.1f} s"
-    ) + f" (computed worst case {bound.total:g} s)"
+    took = "notified during the crash loop already" if fired_already else f"{measured:.1f} s"
+    what = "WorkerReplicasMissing, replica given up: last kill to notification"
+    report.value(COMPOSE, what, f"{took} (computed worst case {bound.total:g} s)")
     # As for WorkerDown below: the bound, plus what Alertmanager and the receiver take.
     assert fired_already or measured <= bound.total + 5, (measured, bound)
     stack.compose("start", "worker")
@@ -365,7 +365,7 @@ def test_a_replica_that_keeps_crashing_is_given_up_after_ten_restarts(stack):
     wait_for(lambda: last_missing() == "resolved", 60, "WorkerReplicasMissing resolved")
 
 
-def test_worker_down_pages_for_a_hung_replica_and_resolves(stack):
+def test_worker_down_pages_for_a_hung_replica_and_resolves(stack, report):
     """A replica that stops answering (frozen: ``pause``) is down for Prometheus after its
     scrape times out; WorkerDown reaches the receiver within the computed worst case and
     is resolved when the replica answers again. (A replica killed outright is back in
@@ -392,10 +392,11 @@ def test_worker_down_pages_for_a_hung_replica_and_resolves(stack):
     assert fired[0]["receiver"] == "pager"
     bound = stack.bound["WorkerDown"]
     parts = f"{bound.scrape:g} + {bound.evaluation:g} + {bound.for_:g} + {bound.group_wait:g}"
-    REPORT["WorkerDown, replica hung: measured fault to notification"] = (
-        f"{measured:.1f} s (computed worst case {bound.total:g} s = scrape+timeout, "
-        f"evaluation, for, group_wait: {parts})"
+    what, worst = "WorkerDown, replica hung: measured fault to notification", bound.total
+    parts = (
+        f"computed worst case {worst:g} s = scrape+timeout, evaluation, for, group_wait: {parts}"
     )
+    report.value(COMPOSE, what, f"{measured:.1f} s ({parts})")
     # The computed worst case, plus the time Alertmanager and the receiver take to deliver.
     assert measured <= bound.total + 5, (measured, bound)
     wait_for(
@@ -409,10 +410,10 @@ def test_worker_down_pages_for_a_hung_replica_and_resolves(stack):
     )
 
 
-def test_stop_with_jobs_in_flight_loses_nothing(stack):
+def test_stop_with_jobs_in_flight_loses_nothing(stack, report):
     stack.compose("stop", "loadgen")
-    r = client(stack)
-    sent = send_jobs(stack, 80)
+    r = client(stack.redis_url, decode_responses=True)
+    sent = set(send_jobs(stack.redis_url, NAMESPACE, "agent_run", 80, orgs=25))
     in_flight = wait_for(
         lambda: claimed(r) & sent,
         30,
@@ -425,7 +426,7 @@ def test_stop_with_jobs_in_flight_loses_nothing(stack):
     before = sent & set(completed_ids(r))
     start = time.monotonic()
     stack.compose("stop", "worker", timeout=200)
-    REPORT["compose stop worker with jobs in flight"] = f"{time.monotonic() - start:.1f} s"
+    report.took(COMPOSE, "compose stop worker with jobs in flight", start)
     completed, queued = completed_ids(r), set(held(r))
     # A replica killed mid-job would leave its messages claimed (redelivered only after the
     # lock timeout, as the one killed above left some of the load generator's); a graceful
@@ -436,23 +437,23 @@ def test_stop_with_jobs_in_flight_loses_nothing(stack):
     assert done | (sent & queued) == sent, f"lost: {sorted(sent - set(completed) - queued)}"
     assert not done & queued
     assert len(completed) == len(set(completed)), "a job completed twice"
-    REPORT["stop: jobs sent / claimed at stop / completed during the stop / left queued / lost"] = (
-        f"{len(sent)} / {len(in_flight)} / {len(done - before)} / {len(sent & queued)} / "
-        f"{len(sent - done - queued)}"
-    )
+    counts = sent, in_flight, done - before, sent & queued, sent - done - queued
+    what = "stop: jobs sent / claimed at stop / completed during the stop / left queued / lost"
+    report.value(COMPOSE, what, " / ".join(str(len(c)) for c in counts))
     stack.sent, stack.left = sent, sent - done
 
 
-def test_restart_redis_keeps_every_queued_job(stack):
-    r = client(stack)
-    more = send_jobs(stack, 40)  # the replicas are stopped: every one of these waits
+def test_restart_redis_keeps_every_queued_job(stack, report):
+    r = client(stack.redis_url, decode_responses=True)
+    # the replicas are stopped: every one of these waits
+    more = set(send_jobs(stack.redis_url, NAMESPACE, "agent_run", 40, orgs=25))
     queued = stack.left | more
     assert queued <= set(held(r))
     time.sleep(1.5)  # appendfsync everysec: on disk within a second
     stack.compose("restart", "redis", timeout=120)
     wait_for(lambda: stack.containers("redis")[0]["State"]["Health"]["Status"] == "healthy",
              60, "redis healthy again")  # fmt: skip
-    r = client(stack)
+    r = client(stack.redis_url, decode_responses=True)
     kept = set(held(r))
     assert queued <= kept, f"lost in the restart: {sorted(queued - kept)}"
     stack.compose("start", "worker", "loadgen", timeout=120)
@@ -465,13 +466,12 @@ def test_restart_redis_keeps_every_queued_job(stack):
     )
     completed = completed_ids(r)
     assert len(completed) == len(set(completed)), "a job completed twice"
-    REPORT["restart redis: jobs queued across it / completed after"] = (
-        f"{len(queued)} / {len(queued & set(completed))}"
-    )
+    what = "restart redis: jobs queued across it / completed after"
+    report.value(COMPOSE, what, f"{len(queued)} / {len(queued & set(completed))}")
 
 
-def test_down_keeps_the_volumes_down_v_removes_everything(stack):
-    r = client(stack)
+def test_down_keeps_the_volumes_down_v_removes_everything(stack, report):
+    r = client(stack.redis_url, decode_responses=True)
     r.set("compose-test:kept", "1")
     time.sleep(1.5)  # appendfsync everysec
     wait_for(lambda: alerts(stack, "WorkerDown"), 10, "the receiver's record of WorkerDown")
@@ -484,11 +484,9 @@ def test_down_keeps_the_volumes_down_v_removes_everything(stack):
     assert sorted(left["volume"]) == sorted(volumes)
     start = time.monotonic()
     stack.up(stack.services)
-    REPORT["compose up --wait to healthy (after down, volumes kept)"] = (
-        f"{time.monotonic() - start:.1f} s"
-    )
+    report.took(COMPOSE, "compose up --wait to healthy (after down, volumes kept)", start)
     # Redis' AOF, Prometheus' TSDB and the receiver's store are the ones from before.
-    assert client(stack).get("compose-test:kept") == "1"
+    assert client(stack.redis_url, decode_responses=True).get("compose-test:kept") == "1"
     assert alerts(stack, "WorkerDown")
     before = prom(stack, "query_range", query='up{job="prometheus"}', start=mark - 60,
                   end=mark - 1, step=5)["result"]  # fmt: skip

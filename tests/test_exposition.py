@@ -20,9 +20,10 @@ import pytest
 import redis
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 
-from stack.fleet import Replica, Scrape, replica_env, scrape, scraped, settings_for
+from stack.fleet import Replica, Scrape, replica_env, scrape, scraped
 from stack.poll import wait_until
 from stack.servers import free_port, redis_server, require_binary, running
+from tests.support.fleet import settings_for
 from worker import __version__
 from worker.app import setup
 from worker.brokers.redis import dead_letter_keys, messages_key, redis_backlog

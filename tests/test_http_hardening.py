@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from stack.fleet import Replica, replica_env, wait_until
+from stack.fleet import Replica, replica_env
+from stack.poll import wait_until
 from stack.servers import HttpServer, free_port, group_pids
 from worker.http_pool import PooledMixIn
 

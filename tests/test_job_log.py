@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 import redis
 
-from stack.fleet import completed_ids, in_process_worker, settings_for
 from stack.poll import wait_until
 from stack.servers import redis_server, running
+from tests.support.fleet import completed_ids, in_process_worker, settings_for
 from worker.app import setup
 from worker.brokers.redis import claimed_keys_pattern
 from worker.jobs import job

@@ -17,7 +17,7 @@ import pytest
 import rjsonnet
 
 from alerts.render import evaluate_mixin
-from tests.e2e.support import ALERT_OVERRIDES, SLO_OVERRIDES
+from tests.support.e2e import ALERT_OVERRIDES, SLO_OVERRIDES
 
 #: A user's own override file (docs/alerts.md), layered with ``+::`` and ``+:``.
 USER_FILE = """

@@ -13,9 +13,11 @@ from collections import Counter
 import pytest
 import redis
 
-from stack.fleet import python_env, settings_for, setup
+from stack.fleet import python_env
 from stack.loadgen import DEFAULT_MIX, main, parse_mix, payload, run
 from stack.servers import HttpServer, free_port
+from tests.support.fleet import settings_for
+from worker.app import setup
 from worker.backends import Simulation, SimulationKnobs
 from worker.brokers.redis import messages_key
 

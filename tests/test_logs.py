@@ -8,7 +8,9 @@ import re
 
 import redis
 
-from stack.fleet import Replica, dead_letters, replica_env, wait_until
+from stack.fleet import Replica, replica_env
+from stack.poll import wait_until
+from tests.support.fleet import dead_letters
 from worker.app import setup
 from worker.config import Settings
 from worker.logs import MAX_LINE_CHARS, SafeRecords

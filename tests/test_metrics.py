@@ -10,8 +10,8 @@ import pytest
 from dramatiq.middleware import CurrentMessage, Middleware, SkipMessage
 from prometheus_client import REGISTRY
 
-from stack.fleet import in_process_worker, settings_for
 from stack.poll import wait_until
+from tests.support.fleet import in_process_worker, settings_for
 from worker.app import setup
 from worker.jobs import job
 from worker.middleware.metrics import JobMetrics

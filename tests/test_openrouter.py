@@ -8,9 +8,9 @@ import time
 import pytest
 import redis
 
-from stack.fleet import completed_ids, dead_letters, in_process_worker, settings_for
 from stack.poll import wait_until
-from tests.protocol_servers import OpenRouterServer, Reply
+from tests.support.fleet import completed_ids, dead_letters, in_process_worker, settings_for
+from tests.support.protocol_servers import OpenRouterServer, Reply
 from worker import __version__
 from worker.app import setup
 from worker.errors import PermanentError, TransientError

@@ -9,7 +9,7 @@ import yaml
 
 from alerts.detect import time_to_detect
 from alerts.render import ALERTS_FILE, load_config, rendered
-from tests.rule_checks import (
+from tests.support.rules import (
     UNIT_TESTS,
     assert_runbook,
     assert_unit_tests_catch,

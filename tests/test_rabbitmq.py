@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import redis
 
-from stack.fleet import Replica, completed_ids, dead_letters, replica_env
+from stack.fleet import Replica, replica_env
 from stack.poll import wait_until
-from stack.servers import rabbitmq_server, running
+from stack.servers import running
+from tests.support.fleet import completed_ids, dead_letters
+from tests.support.servers import rabbitmq_server
 from worker.app import setup
 from worker.config import Settings
 from worker.exposition import rabbitmq_backlog

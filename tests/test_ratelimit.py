@@ -8,7 +8,7 @@ import pytest
 import redis
 from prometheus_client import REGISTRY
 
-from tests.ratelimit_load import hammer, max_in_any_interval, utilization
+from tests.support.ratelimit_load import hammer, max_in_any_interval, utilization
 from worker.config import load_settings
 from worker.ratelimit import RateLimited, RateLimiter, RateLimiterUnavailable
 
@@ -189,7 +189,7 @@ def test_bad_limits_are_refused(client, limits):
 def test_two_deployments_sharing_a_redis_keep_their_own_counters(client, redis_url):
     """Keys live under JOB_QUEUE_NAME, so one deployment's organization at its limit does
     not throttle the same organization id of another; the {org} hash tag stays."""
-    from stack.fleet import settings_for
+    from tests.support.fleet import settings_for
 
     limiters = [
         RateLimiter.from_settings(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import redis
 
-from stack.servers import redis_cluster
-from tests.ratelimit_load import hammer, max_in_any_interval, utilization
+from tests.support.ratelimit_load import hammer, max_in_any_interval, utilization
+from tests.support.servers import redis_cluster
 from worker.ratelimit import RateLimiter
 
 pytestmark = pytest.mark.cluster

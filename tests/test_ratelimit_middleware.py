@@ -18,7 +18,7 @@ from prometheus_client import REGISTRY
 
 from stack.poll import wait_until
 from stack.servers import redis_server, running
-from tests.ratelimit_load import max_in_any_interval
+from tests.support.ratelimit_load import max_in_any_interval
 from worker.brokers.redis import dead_letter_keys, delayed_messages_key, queue_key
 from worker.middleware.ratelimit import RateLimit
 from worker.ratelimit import RateLimiter

@@ -8,9 +8,10 @@ import time
 
 import redis
 
-from stack.fleet import scraped, settings_for
+from stack.fleet import scraped
 from stack.poll import wait_until
 from stack.servers import free_port, redis_server
+from tests.support.fleet import settings_for
 from worker.app import setup
 from worker.brokers.redis import claimed_keys_pattern
 from worker.middleware.redis_health import RedisWatch, probe_client

@@ -10,8 +10,8 @@ import dramatiq
 import pytest
 import redis
 
-from stack.fleet import dead_letters, in_process_worker, settings_for
 from stack.poll import wait_until
+from tests.support.fleet import dead_letters, in_process_worker, settings_for
 from worker.app import setup
 from worker.brokers.redis import dead_letter_keys
 from worker.errors import PermanentError, TransientError

@@ -13,15 +13,10 @@ import redis
 import sentry_sdk
 from dramatiq.middleware import Middleware, SkipMessage
 
-from stack.fleet import (
-    ROOT,
-    completed_ids,
-    dead_letters,
-    in_process_worker,
-    settings_for,
-)
+from stack.fleet import ROOT
 from stack.poll import wait_until
-from tests.protocol_servers import OpenRouterServer, Reply, SentryServer
+from tests.support.fleet import completed_ids, dead_letters, in_process_worker, settings_for
+from tests.support.protocol_servers import OpenRouterServer, Reply, SentryServer
 from worker import __version__
 from worker.app import setup
 from worker.errors import PermanentError, TransientError
@@ -243,7 +238,7 @@ def test_scrubber_drops_values_under_sensitive_names():
 
 def test_without_a_dsn_sentry_is_never_loaded():
     code = (
-        "import sys; from stack.fleet import settings_for; from worker.app import setup; "
+        "import sys; from tests.support.fleet import settings_for; from worker.app import setup; "
         "b = setup(settings_for('redis://127.0.0.1:1/0')); "
         "print('sentry_sdk' in sys.modules, [type(m).__name__ for m in b.middleware])"
     )

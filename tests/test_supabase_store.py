@@ -7,10 +7,10 @@ import time
 import pytest
 import redis
 
-from stack.fleet import completed_ids, dead_letters, in_process_worker, settings_for
 from stack.poll import wait_until
 from stack.servers import free_port
-from tests.protocol_servers import SCHEMA_SQL, OpenRouterServer, PostgrestServer, Reply
+from tests.support.fleet import completed_ids, dead_letters, in_process_worker, settings_for
+from tests.support.protocol_servers import SCHEMA_SQL, OpenRouterServer, PostgrestServer, Reply
 from worker import __version__
 from worker.app import setup
 from worker.errors import PermanentError, TransientError
@@ -119,7 +119,7 @@ def test_timeout_and_unreachable_are_retryable(postgrest, store):
 
 
 def test_shipped_schema_has_what_the_worker_writes_and_reads():
-    from tests.protocol_servers import schema_columns
+    from tests.support.protocol_servers import schema_columns
 
     tables = schema_columns(SCHEMA_SQL.read_text())
     assert set(tables["agent_jobs"]) >= {"id", "organization_id", "status", "detail", "updated_at"}

@@ -9,8 +9,9 @@ import time
 
 import redis
 
-from stack.fleet import ROOT, Replica, completed_ids, dead_letters, replica_env
+from stack.fleet import ROOT, Replica, replica_env
 from stack.poll import wait_until
+from tests.support.fleet import completed_ids, dead_letters
 from worker.app import setup
 from worker.brokers.redis import claimed_keys_pattern, dead_letter_keys, messages_key
 from worker.config import Settings

@@ -23,22 +23,23 @@ import pytest
 from alerts.detect import parse_duration
 from alerts.render import load_config, record_names, render_rules
 from stack.loadgen import set_simulation
-from tests.e2e.support import (
+from tests.support.e2e import (
     ALERT_OVERRIDES,
     NAMESPACE,
+    NOTES,
     WATCHDOG,
     Inbox,
     NotifyTime,
     active_alerts,
     alerting_twin,
     assert_notification,
-    client,
     computed_times,
     describe_active,
     quiet,
-    send_jobs,
+    report_notify_time,
     wait_for,
 )
+from tests.support.jobs import client, send_jobs
 from worker.jobs import QUEUES
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
@@ -69,7 +70,7 @@ def computed(stack):
 @pytest.fixture
 def measured(report, computed):
     def record(alert: str, fault: str, seconds: float, note: str = "") -> None:
-        report.notify.append(NotifyTime(alert, fault, seconds, computed[alert], note))
+        report_notify_time(report, NotifyTime(alert, fault, seconds, computed[alert], note))
 
     return record
 
@@ -85,7 +86,7 @@ def healthy(stack):
     for i, replica in enumerate(stack.replicas):
         if not replica.running:
             stack.start_replica(i)
-    set_simulation(client(stack), NAMESPACE, {}, reset=True)
+    set_simulation(client(stack.redis.url), NAMESPACE, {}, reset=True)
     if not stack.loadgen.running:
         stack.loadgen.start(timeout=0.5)
 
@@ -193,7 +194,7 @@ def test_worker_down_pages_once_for_every_replica_when_all_are_stopped(stack, me
 
 def test_high_job_failure_rate_when_the_backend_fails(stack, measured):
     inbox = Inbox(stack)
-    set_simulation(client(stack), NAMESPACE, {"failure_ratio": 0.5})
+    set_simulation(client(stack.redis.url), NAMESPACE, {"failure_ratio": 0.5})
     fault = time.monotonic()
     fired = inbox.wait("HighJobFailureRate", timeout=60)
     measured(
@@ -205,7 +206,7 @@ def test_high_job_failure_rate_when_the_backend_fails(stack, measured):
     alert = assert_notification(stack, fired)
     assert alert["labels"]["job_type"] in ("agent.run", "crm.sync", "message.send")
 
-    set_simulation(client(stack), NAMESPACE, {}, reset=True)
+    set_simulation(client(stack.redis.url), NAMESPACE, {}, reset=True)
     inbox.wait_resolved("HighJobFailureRate", timeout=60)
     assert inbox.names() == {"HighJobFailureRate"}
     # Status updates call no backend: they never fail, and never alert.
@@ -214,7 +215,7 @@ def test_high_job_failure_rate_when_the_backend_fails(stack, measured):
 
 def test_high_job_processing_time_when_the_backend_slows_down(stack, measured):
     inbox = Inbox(stack)
-    set_simulation(client(stack), NAMESPACE, {"latency_min": 2.0, "latency_max": 3.0})
+    set_simulation(client(stack.redis.url), NAMESPACE, {"latency_min": 2.0, "latency_max": 3.0})
     fault = time.monotonic()
     fired = inbox.wait("HighJobProcessingTime", timeout=60)
     measured(
@@ -226,7 +227,7 @@ def test_high_job_processing_time_when_the_backend_slows_down(stack, measured):
     alert = assert_notification(stack, fired, {"quantile": "0.95"})
     assert alert["labels"]["job_type"] in ("agent.run", "crm.sync", "message.send")
 
-    set_simulation(client(stack), NAMESPACE, {}, reset=True)
+    set_simulation(client(stack.redis.url), NAMESPACE, {}, reset=True)
     inbox.wait_resolved("HighJobProcessingTime", timeout=60)
     assert inbox.names() == {"HighJobProcessingTime"}
 
@@ -235,7 +236,7 @@ def test_high_job_processing_queue_on_a_burst_while_workers_are_stalled(stack, m
     stack.loadgen.stop()  # the burst alone: an exact backlog
     stack.stall_workers()
     inbox = Inbox(stack)
-    send_jobs(stack, "job_status_update", 40)
+    send_jobs(stack.redis.url, stack.namespace, "job_status_update", 40)
     fault = time.monotonic()
     fired = inbox.wait("HighJobProcessingQueue", where="in queue fast", timeout=60)
     measured("HighJobProcessingQueue", "40 jobs, workers stalled", time.monotonic() - fault)
@@ -251,7 +252,9 @@ def test_low_worker_throughput_on_a_backlog_with_stalled_workers(stack, measured
     stack.loadgen.stop()
     stack.stall_workers()
     inbox = Inbox(stack)
-    send_jobs(stack, "crm_sync", 15)  # at least 10 ready, below the queue alert's 20
+    send_jobs(
+        stack.redis.url, stack.namespace, "crm_sync", 15
+    )  # at least 10 ready, below the queue alert's 20
     fault = time.monotonic()
     fired = inbox.wait("LowWorkerThroughput", where="Queue critical", timeout=60)
     measured("LowWorkerThroughput", "15 jobs, workers stalled", time.monotonic() - fault)
@@ -275,7 +278,7 @@ def test_redis_down_pages_and_nothing_it_explains_reaches_the_chat_during_or_aft
     hold the outage (the rules leave out a window in which RedisDisconnected fired)."""
     stack.loadgen.stop()
     stack.stall_workers()
-    send_jobs(stack, "crm_sync", 15)
+    send_jobs(stack.redis.url, stack.namespace, "crm_sync", 15)
     wait_for(lambda: ready(stack, "critical") >= 10, 20, "the backlog reported")
     inbox = Inbox(stack)
     stack.stop_redis()
@@ -319,9 +322,11 @@ def test_redis_down_pages_and_nothing_it_explains_reaches_the_chat_during_or_aft
         for r in inbox.records()
         if r["alertname"] != "RedisDisconnected"
     )
-    report.notes.append(
+    report.line(
+        NOTES,
         "Redis down: the chat got nothing while RedisDisconnected was firing, and nothing "
-        "after it resolved: " + (", ".join(f"{n} x{c}" for n, c in sorted(after.items())) or "none")
+        "after it resolved: "
+        + (", ".join(f"{n} x{c}" for n, c in sorted(after.items())) or "none"),
     )
     assert not after, inbox.brief()
 

@@ -17,7 +17,8 @@ import pytest
 import redis
 
 from stack.fleet import scraped
-from tests.e2e.support import NAMESPACE, client, send_jobs, wait_for
+from tests.support.e2e import CHAOS, NAMESPACE, wait_for
+from tests.support.jobs import client, send_jobs
 from worker.brokers.redis import claimed_key, claimed_keys_pattern, dead_letter_keys, messages_key
 from worker.jobs import QUEUES
 
@@ -93,11 +94,11 @@ def counter(stack, promql: str) -> float:
 def test_nothing_is_lost_when_a_replica_is_killed_and_redis_restarts(twin, report):
     stack = twin("chaos", scrape_interval="1s", evaluation_interval="1s", replica_env=REPLICA_ENV)
     try:
-        r = client(stack)
+        r = client(stack.redis.url)
         started = time.monotonic()
         sent: dict[str, str] = {}
         for actor, count in MIX.items():
-            sent.update(send_jobs(stack, actor, count))
+            sent.update(send_jobs(stack.redis.url, stack.namespace, actor, count))
         assert len(sent) == len(set(sent.values())) == N
 
         def done() -> set[str]:
@@ -165,23 +166,23 @@ def test_nothing_is_lost_when_a_replica_is_killed_and_redis_restarts(twin, repor
         redone = sorted((last_completion[m] - killed_ms) / 1000 for m in held)
         delayed = sum(q.endswith(".DQ") for q in held.values())
         duplicates = len(finished) - len({m for _, m in finished})
-        report.chaos.update(
-            {
-                "jobs (N)": N,
-                "completed, distinct job ids": len(done()),
-                "lost": N - len(done()),
-                "duplicated (completions beyond the first)": duplicates,
-                "left in the broker": left_in_broker(r) or 0,
-                "retries (failed attempts retried)": round(retries),
-                "rate-limit deferrals": round(deferrals),
-                "jobs held by the killed replica": f"{len(held)} ({len(held) - delayed} "
-                f"running or prefetched, {delayed} delayed)",
-                "requeued after its last heartbeat": f"{silence:.1f} s "
-                f"(lock timeout {LOCK_TIMEOUT:g} s)",
-                "their completion after the kill": f"{redone[0]:.1f}-{redone[-1]:.1f} s",
-                "run time": f"{took:.0f} s",
-            }
-        )
+        counts = {
+            "jobs (N)": N,
+            "completed, distinct job ids": len(done()),
+            "lost": N - len(done()),
+            "duplicated (completions beyond the first)": duplicates,
+            "left in the broker": left_in_broker(r) or 0,
+            "retries (failed attempts retried)": round(retries),
+            "rate-limit deferrals": round(deferrals),
+            "jobs held by the killed replica": f"{len(held)} ({len(held) - delayed} "
+            f"running or prefetched, {delayed} delayed)",
+            "requeued after its last heartbeat": f"{silence:.1f} s "
+            f"(lock timeout {LOCK_TIMEOUT:g} s)",
+            "their completion after the kill": f"{redone[0]:.1f}-{redone[-1]:.1f} s",
+            "run time": f"{took:.0f} s",
+        }
+        for what, value in counts.items():
+            report.value(CHAOS, what, value)
         assert len(done()) == N
         assert retries > 0 and deferrals > 0, (retries, deferrals)
         # Requeued once the lock expired, not before, and at the survivor's next heartbeat

@@ -24,10 +24,12 @@ import yaml
 
 from alerts.render import render_rules
 from stack.twin import ALERTMANAGER_CONFIG, deep_merge
-from tests.e2e.support import (
+from tests.support.e2e import (
     ALERT_OVERRIDES,
     ALERTMANAGER_OVERRIDES,
     ALERTMANAGER_TIMING,
+    NOTES,
+    SILENCE,
     Inbox,
     NotifyTime,
     SilenceTime,
@@ -35,6 +37,7 @@ from tests.e2e.support import (
     computed_times,
     describe_active,
     quiet,
+    report_notify_time,
     rule_alerts,
     wait_for,
 )
@@ -136,7 +139,7 @@ def computed(stack):
 @pytest.fixture
 def measured(report, computed):
     def record(alert: str, fault: str, seconds: float, note: str = "") -> None:
-        report.notify.append(NotifyTime(alert, fault, seconds, computed[alert], note))
+        report_notify_time(report, NotifyTime(alert, fault, seconds, computed[alert], note))
 
     return record
 
@@ -229,9 +232,8 @@ def test_the_watchdog_reaches_only_the_deadman_and_stopping_prometheus_is_report
     stack.prometheus.start(30)
     restart = time.monotonic()
     wait_for(lambda: pipeline(stack)["pipeline"] == "ok", 30, "the Watchdog again")
-    report.silence.append(
-        SilenceTime("stop Prometheus", silent, bound, parts, time.monotonic() - restart)
-    )
+    silence = SilenceTime("stop Prometheus", silent, bound, parts, time.monotonic() - restart)
+    report.row(SILENCE, SilenceTime.HEADER, silence.cells())
     assert stack.alerts(receiver="deadman", alertname="PipelineSilent", status="resolved")
     # The heartbeat never bothered a person.
     assert "Watchdog" not in inbox.names() and "PipelineSilent" not in inbox.names()
@@ -266,15 +268,14 @@ def test_every_alertmanager_stopped_fires_error_sending_and_the_deadman_reports_
     for i in range(len(stack.alertmanagers)):
         stack.start_alertmanager(i)
     wait_for(lambda: pipeline(stack)["pipeline"] == "ok", 30, "the Watchdog again")
-    report.silence.append(
-        SilenceTime(
-            "stop both Alertmanagers",
-            silent,
-            bound,
-            f"{DEADMAN_TIMEOUT:g} (timeout) + {CHECK_STEP:g} (check)",
-            time.monotonic() - restart,
-        )
+    silence = SilenceTime(
+        "stop both Alertmanagers",
+        silent,
+        bound,
+        f"{DEADMAN_TIMEOUT:g} (timeout) + {CHECK_STEP:g} (check)",
+        time.monotonic() - restart,
     )
+    report.row(SILENCE, SilenceTime.HEADER, silence.cells())
     # Back, the pair gets what Prometheus still fires and pages it late, then resolved:
     # the outage, told once delivery is possible again. Let that finish here.
     wait_for(lambda: quiet(stack), 60, lambda: f"a quiet stack: {describe_active(stack)}")
@@ -282,10 +283,11 @@ def test_every_alertmanager_stopped_fires_error_sending_and_the_deadman_reports_
     for late in inbox.names():
         inbox.wait_resolved(late, timeout=30)
     assert inbox.names() <= {name, "AlertmanagerClusterDown"}, inbox.brief()
-    report.notes.append(
+    report.line(
+        NOTES,
         "Both Alertmanagers stopped: once they were back, the pager got "
         + (", ".join(sorted(inbox.names())) or "nothing")
-        + " (firing, then resolved): the outage reported once delivery was possible again."
+        + " (firing, then resolved): the outage reported once delivery was possible again.",
     )
 
 
@@ -432,12 +434,13 @@ def test_the_pair_notifies_once_and_keeps_notifying_when_a_member_dies(stack, re
     stack.start_alertmanager(0)
     inbox.wait_resolved("AlertmanagerClusterDown", timeout=60)
     assert inbox.names() == {"WorkerDown", "AlertmanagerClusterDown"}, listing(inbox)
-    report.notes.append(
+    report.line(
+        NOTES,
         "Alertmanager pair: a new alert group was notified once with both members up and "
         "once with one killed; its resolution reached the receiver "
         f"{resolved_first} time(s) with both up (each member decides from its own last "
         "flush, so a change that lands between the two flushes can be sent twice: "
-        "Alertmanager's clustering promises at least once, not exactly once)."
+        "Alertmanager's clustering promises at least once, not exactly once).",
     )
 
 

@@ -17,20 +17,20 @@ import pytest
 
 from alerts.render import render_rules, slo_record_names
 from stack.loadgen import set_simulation
-from tests.e2e.support import (
+from tests.support.e2e import (
     NAMESPACE,
     SLO_OVERRIDES,
     Inbox,
     NotifyTime,
     alerting_twin,
     assert_notification,
-    client,
     computed_times,
     describe_active,
     quiet,
-    send_jobs,
+    report_notify_time,
     wait_for,
 )
+from tests.support.jobs import client, send_jobs
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -57,7 +57,7 @@ def stack(twin, tmp_path_factory):
 def measured(report, stack):
     def record(alert: str, fault: str, seconds: float, burn: float | None, note: str = ""):
         computed = computed_times(stack, SLO_OVERRIDES, {"critical": burn} if burn else None)
-        report.notify.append(NotifyTime(alert, fault, seconds, computed[alert], note))
+        report_notify_time(report, NotifyTime(alert, fault, seconds, computed[alert], note))
 
     return record
 
@@ -68,7 +68,7 @@ def healthy(stack):
     wait_for(lambda: quiet(stack), 120, lambda: f"a quiet stack: {describe_active(stack)}")
     yield
     stack.resume_workers()
-    set_simulation(client(stack), NAMESPACE, {}, reset=True)
+    set_simulation(client(stack.redis.url), NAMESPACE, {}, reset=True)
     if not stack.loadgen.running:
         stack.loadgen.start(timeout=0.5)
 
@@ -130,7 +130,9 @@ def test_stalled_workers_raise_high_job_queue_latency_then_the_queue_wait_page(s
     )  # fmt: skip
     stack.stall_workers()
     inbox = Inbox(stack)
-    send_jobs(stack, "job_status_update", 8)  # under the backlog alerts' 10 and 20
+    send_jobs(
+        stack.redis.url, stack.namespace, "job_status_update", 8
+    )  # under the backlog alerts' 10 and 20
     fault = time.monotonic()
     fired = inbox.wait("HighJobQueueLatency", where="queue fast", timeout=60)
     measured(
@@ -189,7 +191,7 @@ def test_jobs_dead_lettered_raise_the_success_page(stack, measured):
     )
     time.sleep(3)  # their resolved notifications delivered (group_interval 1s)
     inbox = Inbox(stack)
-    set_simulation(client(stack), NAMESPACE, {"failure_ratio": 1.0})
+    set_simulation(client(stack.redis.url), NAMESPACE, {"failure_ratio": 1.0})
     fault = time.monotonic()
     page = wait_for(
         lambda: [
@@ -213,7 +215,7 @@ def test_jobs_dead_lettered_raise_the_success_page(stack, measured):
     # Only the queue whose jobs die: status updates call no backend.
     assert not inbox.matching("JobSuccessBudgetBurn", where="Queue fast")
 
-    set_simulation(client(stack), NAMESPACE, {}, reset=True)
+    set_simulation(client(stack.redis.url), NAMESPACE, {}, reset=True)
     inbox.wait_resolved("JobSuccessBudgetBurn", timeout=90)
     # The attempts fail too: HighJobFailureRate may join; nothing else.
     assert inbox.names() <= {"JobSuccessBudgetBurn", "HighJobFailureRate"}, inbox.brief()

@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from stack.fleet import ROOT
 from stack.servers import free_port
 
-SCHEMA_SQL = Path(__file__).resolve().parent.parent / "schema" / "supabase.sql"
+SCHEMA_SQL = ROOT / "schema" / "supabase.sql"
 
 
 @dataclass

@@ -22,7 +22,6 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -34,24 +33,18 @@ import compose
 import redis
 import yaml
 
+from stack.fleet import ROOT
 from stack.poll import wait_until
 from stack.prom import api
 from worker.brokers.redis import claimed_keys_pattern, delayed_messages_key, messages_key
 from worker.jobs import QUEUES
 
-ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_BINARY = Path(compose.__file__).parent / "docker-compose"
 CONTAINERS_CONF = ROOT / "tests" / "podman" / "containers.conf"
 #: Images and build cache survive between runs here (this engine's storage only).
 STORAGE = Path(os.environ.get("COMPOSE_TEST_STORAGE", "/var/lib/containers/worker-monitoring-test"))
 #: The host's CA bundle, mounted into the image build so pip trusts what the host trusts.
 CA_DIR = Path(os.environ.get("SSL_CERT_DIR", "/etc/ssl/certs"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def overlay_mounts() -> bool:
@@ -171,6 +164,12 @@ class Project:
 
     def __init__(self, engine: Engine, name: str, env_file: Path, override: Path) -> None:
         self.engine, self.name, self.env_file, self.override = engine, name, env_file, override
+        self.password = ""  # Redis', from the env file
+        self.ports: dict[str, int] = {}  # published on 127.0.0.1, by service
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://:{self.password}@127.0.0.1:{self.ports['redis']}/0"
 
     def compose(self, *args: str, timeout: float = 300, check: bool = True) -> str:
         # Only PATH and HOME from outside: a developer's .env or shell does not leak in.
@@ -299,42 +298,9 @@ def replica_address(container: dict) -> str:
     return f"{network['IPAddress']}:9191"
 
 
-def client(stack) -> redis.Redis:
-    url = f"redis://:{stack.password}@127.0.0.1:{stack.ports['redis']}/0"
-    return redis.Redis.from_url(url, decode_responses=True)
-
-
 def alerts(stack, alertname: str) -> list[dict]:
     query = urllib.parse.urlencode({"alertname": alertname})
     return get_json(f"http://127.0.0.1:{stack.ports['alert-receiver']}/alerts?{query}")
-
-
-_SEND = """
-import json, sys, time
-from worker.app import setup
-from worker.config import Settings
-setup(Settings(_env_file=None, REDIS_URL=sys.argv[1], JOB_QUEUE_NAME=sys.argv[2]))
-from worker import actors
-run = time.monotonic_ns()
-ids = [
-    actors.agent_run.send(
-        job_id=f"compose-{run}-{i}", org_id=f"org-{i % 25}", prompt="Summarize the ticket."
-    ).message_id
-    for i in range(int(sys.argv[3]))
-]
-print(json.dumps(ids))
-"""
-
-
-def send_jobs(stack, count: int) -> set[str]:
-    """``count`` agent runs sent as an application sends them (the worker's own actors, in
-    a process of their own: this one's Dramatiq broker stays as other tests left it)."""
-    url = f"redis://:{stack.password}@127.0.0.1:{stack.ports['redis']}/0"
-    out = subprocess.run(
-        [sys.executable, "-c", _SEND, url, NAMESPACE, str(count)],
-        capture_output=True, text=True, check=True, timeout=120, cwd=ROOT,
-    ).stdout  # fmt: skip
-    return set(json.loads(out))
 
 
 def completed_ids(r: redis.Redis) -> list[str]:

@@ -4,15 +4,12 @@ how a test reads what an operator would see (the receiver, Alertmanager, Prometh
 from __future__ import annotations
 
 import functools
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import redis
-
 from alerts.detect import Detection, time_to_detect
-from stack.fleet import ROOT, settings_for
+from stack.fleet import ROOT
 from stack.poll import wait_until
 from stack.twin import LocalStack
 
@@ -136,36 +133,6 @@ def alerting_twin(twin, name: str, rules: Path, seed: int) -> LocalStack:
     return stack
 
 
-def client(stack: LocalStack) -> redis.Redis:
-    return redis.Redis.from_url(stack.redis.url)
-
-
-def send_jobs(stack: LocalStack, actor: str, count: int, orgs: int = 3) -> dict[str, str]:
-    """Send ``count`` valid jobs of ``actor`` (e.g. "crm_sync") as an application would,
-    spread over ``orgs`` organizations; returns message id -> job id."""
-    from worker.app import setup
-
-    setup(settings_for(stack.redis.url, JOB_QUEUE_NAME=stack.namespace))
-    from worker import actors
-
-    send = getattr(actors, actor).send
-    run = time.monotonic_ns()
-    sent = {}
-    for i in range(count):
-        job_id = f"{actor}-{run}-{i}"
-        message = send(job_id=job_id, org_id=f"org-{i % orgs}", **PAYLOADS[actor])
-        sent[message.message_id] = job_id
-    return sent
-
-
-PAYLOADS = {
-    "agent_run": {"prompt": "Summarize the ticket."},
-    "crm_sync": {"record": {"contact": "c-1", "stage": "lead"}},
-    "message_send": {"channel": "email", "recipient": "user-1", "text": "Report ready."},
-    "job_status_update": {"status": "running"},
-}
-
-
 # --- what the operator sees -------------------------------------------------------------
 
 
@@ -285,6 +252,13 @@ def describe_active(stack: LocalStack) -> str:
 # --- time to notify ---------------------------------------------------------------------
 
 
+#: Report sections of the end-to-end tests (tests/support/report.py).
+NOTIFY = "Time to notify (twin, test config)"
+SILENCE = "Dead man's switch: pipeline reported silent (twin, test config)"
+CHAOS = "Nothing lost (chaos run)"
+NOTES = "Notes of the end-to-end tests"
+
+
 @dataclass
 class NotifyTime:
     alert: str
@@ -292,6 +266,30 @@ class NotifyTime:
     measured: float
     computed: Detection
     note: str = ""
+
+    HEADER = (
+        "alert",
+        "fault injected",
+        "receiver",
+        "computed worst case (scrape + range + evaluation [+ windows at a burn rate] + for "
+        "+ group_wait)",
+        "measured fault to notification",
+    )
+
+    def cells(self) -> tuple[str, ...]:
+        d = self.computed
+        windows = f" + {d.windows:.1f} (windows at {d.burn_rate:g}x)" if d.burn_rate else ""
+        parts = (
+            f"{d.scrape:g} + {d.window:g} + {d.evaluation:g}{windows} + {d.for_:g} "
+            f"+ {d.group_wait:g}"
+        )
+        note = f" ({self.note})" if self.note else ""
+        measured = f"{self.measured:.1f} s{note}"
+        return self.alert, self.fault, d.receiver, f"{d.total:.1f} s = {parts}", measured
+
+
+def report_notify_time(report, row: NotifyTime) -> None:
+    report.row(NOTIFY, NotifyTime.HEADER, row.cells())
 
 
 @dataclass
@@ -304,49 +302,17 @@ class SilenceTime:
     parts: str  # how the bound is made, for the table
     cleared: float | None = None
 
+    HEADER = (
+        "fault injected",
+        "computed bound",
+        "measured fault to `silent`",
+        "cleared after restart in",
+    )
 
-@dataclass
-class Report:
-    """What the end-to-end run measured, printed at its end and written to a file."""
-
-    notify: list[NotifyTime] = field(default_factory=list)
-    silence: list[SilenceTime] = field(default_factory=list)
-    chaos: dict[str, Any] = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    path: Path | None = None
-
-    def table(self) -> str:
-        lines = [
-            "| alert | fault injected | receiver | computed worst case (scrape + range + "
-            "evaluation [+ windows at a burn rate] + for + group_wait) | measured fault to "
-            "notification |",
-            "|---|---|---|---|---|",
-        ]
-        for row in self.notify:
-            d = row.computed
-            windows = f" + {d.windows:.1f} (windows at {d.burn_rate:g}x)" if d.burn_rate else ""
-            parts = (
-                f"{d.scrape:g} + {d.window:g} + {d.evaluation:g}{windows} + {d.for_:g} "
-                f"+ {d.group_wait:g}"
-            )
-            note = f" ({row.note})" if row.note else ""
-            lines.append(
-                f"| {row.alert} | {row.fault} | {d.receiver} | {d.total:.1f} s = {parts} "
-                f"| {row.measured:.1f} s{note} |"
-            )
-        return "\n".join(lines) + "\n"
-
-    def silence_table(self) -> str:
-        lines = [
-            "| fault injected | computed bound | measured fault to `silent` | cleared after "
-            "restart in |",
-            "|---|---|---|---|",
-        ]
-        for row in self.silence:
-            cleared = f"{row.cleared:.1f} s" if row.cleared is not None else "-"
-            bound = f"{row.bound:g} s = {row.parts}"
-            lines.append(f"| {row.fault} | {bound} | {row.measured:.1f} s | {cleared} |")
-        return "\n".join(lines) + "\n"
+    def cells(self) -> tuple[str, ...]:
+        cleared = f"{self.cleared:.1f} s" if self.cleared is not None else "-"
+        bound = f"{self.bound:g} s = {self.parts}"
+        return self.fault, bound, f"{self.measured:.1f} s", cleared
 
 
 def computed_times(
