@@ -42,6 +42,7 @@ from stack.servers import (
 )
 from worker.app import setup
 from worker.config import Settings
+from worker.redis_keys import DEFAULT_NAMESPACE, RedisKeys
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -163,15 +164,15 @@ class Replica(HttpServer):
         return [pid for pid in members if pid not in endpoint]
 
 
-def completed_ids(client: redis.Redis, namespace: str = "agent-jobs") -> list[str]:
+def completed_ids(client: redis.Redis, namespace: str = DEFAULT_NAMESPACE) -> list[str]:
     """Message ids of every completed job recorded in the job log, duplicates included."""
-    return [f[b"message_id"].decode() for _, f in client.xrange(f"{namespace}:completed")]
+    return [f[b"message_id"].decode() for _, f in client.xrange(RedisKeys(namespace).completed)]
 
 
-def dead_letters(client: redis.Redis, namespace: str = "agent-jobs") -> list[dict[str, str]]:
+def dead_letters(client: redis.Redis, namespace: str = DEFAULT_NAMESPACE) -> list[dict[str, str]]:
     return [
         {k.decode(): v.decode() for k, v in f.items()}
-        for _, f in client.xrange(f"{namespace}:dead")
+        for _, f in client.xrange(RedisKeys(namespace).dead_letter_reasons)
     ]
 
 

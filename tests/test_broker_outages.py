@@ -19,10 +19,13 @@ from dramatiq.errors import ConnectionClosed
 from stack.fleet import completed_ids, in_process_worker, settings_for
 from stack.poll import wait_until
 from worker.app import setup
-from worker.brokers.redis import claimed_key
+from worker.brokers.redis import delay_queue_name
 from worker.errors import TransientError
 from worker.jobs import job
 from worker.middleware.redis_health import RedisWatch, probe_client
+from worker.redis_keys import RedisKeys
+
+KEYS = RedisKeys()
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,7 +46,7 @@ def test_delayed_jobs_a_worker_holds_run_after_redis_restarts(redis_srv):
     from worker import actors
 
     client = redis.Redis.from_url(redis_srv.url)
-    held = claimed_key("agent-jobs", "*", "fast.DQ")
+    held = KEYS.claimed("*", delay_queue_name("fast"))
     with in_process_worker(broker):
         sent = [
             actors.job_status_update.send_with_options(
@@ -93,7 +96,7 @@ def test_a_job_completing_while_redis_is_down_keeps_its_record(redis_srv):
         outage_while(redis_srv, attempts)
         wait_until(lambda: completed_ids(client) == [message.message_id], timeout=20)
         time.sleep(0.5)
-    [(_, record)] = client.xrange("agent-jobs:completed")
+    [(_, record)] = client.xrange(KEYS.completed)
     assert record[b"result"] == b'{"answer": 42}'
     assert len(attempts) == 1
 
@@ -102,9 +105,13 @@ def test_a_consumer_that_cannot_requeue_reports_a_lost_connection(redis_srv):
     """Dramatiq's consumer thread survives a ConnectionClosed while closing, not a
     redis-py ConnectionError: the thread would end and its queue go unconsumed."""
     broker = setup(settings_for(redis_srv.url))
-    consumer = broker.consume("fast.DQ")
+    consumer = broker.consume(delay_queue_name("fast"))
     message = Message(
-        queue_name="fast.DQ", actor_name="job.status_update", args=(), kwargs={}, options={}
+        queue_name=delay_queue_name("fast"),
+        actor_name="job.status_update",
+        args=(),
+        kwargs={},
+        options={},
     )
     proxy = MessageProxy(message.copy(options={"redis_message_id": "m-1"}))
     redis_srv.stop()

@@ -28,8 +28,11 @@ from worker.errors import PermanentError, TransientError
 from worker.jobs import job
 from worker.keys import encrypt_key
 from worker.organizations import Organization, RedisOrganizations
+from worker.redis_keys import RedisKeys
 from worker.sentry import close_sentry, init_sentry, scrub_event
 from worker.services import services
+
+KEYS = RedisKeys()
 
 SCALE = 0.01
 
@@ -150,7 +153,7 @@ def test_planted_secrets_never_reach_sentry(redis_url, sentry_server):
         )
         broker = setup(settings)
         client = redis.Redis.from_url(redis_url)
-        RedisOrganizations(client, "agent-jobs").put_organization(
+        RedisOrganizations(client, KEYS.namespace).put_organization(
             Organization("org-s", encrypt_key(org_key, encryption_key, "org-s"))
         )
         dsn = sentry_server.dsn

@@ -49,6 +49,7 @@ from worker.middleware.retries import ClassRetries
 from worker.organizations import RedisOrganizations
 from worker.payloads import PayloadLimits
 from worker.ratelimit import RateLimiter
+from worker.redis_keys import RedisKeys
 from worker.services import Services, install
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def build_services(settings: Settings) -> Services:
             settings.sim_latency_seconds, settings.sim_failure_ratio, settings.sim_429_ratio
         ),
         client,
-        key=f"{settings.job_queue_name}:simulation",
+        key=RedisKeys(settings.job_queue_name).simulation,
     )
     http = httpx.Client(
         timeout=httpx.Timeout(30.0, connect=5.0),

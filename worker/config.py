@@ -31,6 +31,7 @@ from worker.config_values import (  # noqa: F401  (re-exported: where callers lo
     parse_overrides,
     strip_userinfo,
 )
+from worker.redis_keys import DEFAULT_NAMESPACE, RedisKeys
 
 
 class ConfigError(SystemExit):
@@ -73,10 +74,10 @@ class Settings(BaseSettings):
         "(RabbitMQ, publisher confirms on); unset, the broker is `REDIS_URL`.",
     )
     job_queue_name: str = Field(
-        "agent-jobs",
+        DEFAULT_NAMESPACE,
         validation_alias="JOB_QUEUE_NAME",
-        description="Redis key namespace of the queues and records (`agent-jobs:default`, "
-        "`agent-jobs:dead`, ...).",
+        description="Redis key namespace of the queues and records "
+        f"(`{RedisKeys().queue('default')}`, `{RedisKeys().dead_letter_reasons}`, ...).",
     )
     job_concurrency: int = Field(
         25,

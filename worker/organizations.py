@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import redis
 
+from worker.redis_keys import RedisKeys
+
 
 @dataclass(frozen=True)
 class Organization:
@@ -28,7 +30,7 @@ class RedisOrganizations:
         self.client, self.namespace = client, namespace
 
     def key(self, org_id: str) -> str:
-        return f"{self.namespace}:org:{org_id}"
+        return RedisKeys(self.namespace).organization(org_id)
 
     def get_organization(self, org_id: str) -> Organization | None:
         raw = self.client.hgetall(self.key(org_id))

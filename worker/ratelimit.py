@@ -56,6 +56,7 @@ import redis
 
 from worker.config import DEFAULT_RATE_LIMITS, parse_limits
 from worker.metrics import rate_limit_decisions
+from worker.redis_keys import RedisKeys, rate_limit_window
 
 log = logging.getLogger(__name__)
 
@@ -289,7 +290,7 @@ class RateLimiter:
         """Build from ``Settings.rate_limits`` and ``Settings.rate_limit_overrides``, with
         keys under ``<JOB_QUEUE_NAME>:ratelimit``: deployments sharing one Redis (two
         queue names) never share an organization's counters."""
-        options.setdefault("key_prefix", f"{settings.job_queue_name}:ratelimit")
+        options.setdefault("key_prefix", RedisKeys(settings.job_queue_name).rate_limit_prefix)
         return cls(
             redis_client,
             settings.rate_limits,
@@ -303,7 +304,8 @@ class RateLimiter:
     def keys_for(self, org_id: str) -> list[str]:
         tag = _hash_tag(org_id)
         return [
-            f"{self.key_prefix}:{{{tag}}}:{w.name}:{w.seconds:g}" for w in self.windows_for(org_id)
+            rate_limit_window(self.key_prefix, tag, w.name, w.seconds)
+            for w in self.windows_for(org_id)
         ]
 
     def bucket_micros(self, window: Window) -> int:
