@@ -12,9 +12,9 @@ from stack.fleet import completed_ids, dead_letters, in_process_worker, settings
 from stack.poll import wait_until
 from tests.protocol_servers import OpenRouterServer, Reply
 from worker import __version__
+from worker.api_keys import encrypt_key
 from worker.app import setup
 from worker.errors import PermanentError, TransientError
-from worker.keys import encrypt_key
 from worker.openrouter import OpenRouterClient, OpenRouterLLM
 from worker.organizations import Organization, RedisOrganizations
 from worker.redis_keys import RedisKeys

@@ -23,10 +23,10 @@ from stack.fleet import (
 from stack.poll import wait_until
 from tests.protocol_servers import OpenRouterServer, Reply, SentryServer
 from worker import __version__
+from worker.api_keys import encrypt_key
 from worker.app import setup
 from worker.errors import PermanentError, TransientError
 from worker.jobs import job
-from worker.keys import encrypt_key
 from worker.organizations import Organization, RedisOrganizations
 from worker.redis_keys import RedisKeys
 from worker.sentry import close_sentry, init_sentry, scrub_event

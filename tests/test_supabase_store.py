@@ -12,9 +12,9 @@ from stack.poll import wait_until
 from stack.servers import free_port
 from tests.protocol_servers import SCHEMA_SQL, OpenRouterServer, PostgrestServer, Reply
 from worker import __version__
+from worker.api_keys import encrypt_key
 from worker.app import setup
 from worker.errors import PermanentError, TransientError
-from worker.keys import encrypt_key
 from worker.organizations import Organization
 from worker.redis_keys import RedisKeys
 from worker.supabase_store import SupabaseStore, create_supabase_client

@@ -17,7 +17,7 @@ from worker.redis_keys import RedisKeys
 @dataclass(frozen=True)
 class Organization:
     id: str
-    #: The key's stored form (``worker.keys``), or None to use ``OPENROUTER_API_KEY``.
+    #: The key's stored form (``worker.api_keys``), or None to use ``OPENROUTER_API_KEY``.
     llm_api_key_encrypted: str | None = None
     #: The model the organization's jobs use when the job names none.
     llm_model: str | None = None
