@@ -348,9 +348,6 @@ class LocalStack:
         """Stop Redis gracefully: it writes its AOF, so no queued job is lost."""
         self.redis.stop()
 
-    def kill_redis(self) -> None:
-        self.redis.kill()
-
     def start_redis(self, timeout: float = 15.0) -> None:
         self.redis.start(timeout)
 

@@ -441,10 +441,6 @@ class Settings(BaseSettings):
             return None
         return decode_encryption_key(self.encryption_key.get_secret_value())
 
-    @property
-    def supabase_enabled(self) -> bool:
-        return bool(self.supabase_url)
-
     def __repr_args__(self):
         # URL settings may carry a password in their userinfo: never in a repr.
         for name, value in super().__repr_args__():

@@ -29,7 +29,7 @@ _REASON_MAX_CHARS = 300
 
 
 def no_rate_limit(org_id: str, fn: Callable[[], T]) -> T:
-    """The seam's default until a rate limiter is wired in: call at once."""
+    """The seam's default: call at once (an actor's job took its slot before it ran)."""
     return fn()
 
 

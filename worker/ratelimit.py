@@ -200,10 +200,6 @@ class Decision:
     windows: tuple[WindowDecision, ...]
 
     @property
-    def server_time(self) -> float:
-        return self.server_time_us / 1_000_000
-
-    @property
     def refused_by(self) -> tuple[str, ...]:
         return tuple(w.window.name for w in self.windows if w.refused)
 
@@ -348,7 +344,9 @@ class RateLimiter:
         )
 
     def with_rate_limit(self, org_id: str, fn: Callable[[], R], *, max_wait: float = 0.0) -> R:
-        """Call ``fn()`` once a slot is taken for ``org_id``.
+        """Call ``fn()`` once a slot is taken for ``org_id``: the contracted way to limit a
+        call made outside an actor (docs/contract.md; actors go through the ``RateLimit``
+        middleware, which defers instead of waiting).
 
         Waits (sleeping ``retry_after``) as long as the total wait stays within
         ``max_wait`` seconds, else raises ``RateLimited`` carrying ``retry_after``.
