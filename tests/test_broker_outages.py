@@ -19,9 +19,10 @@ from dramatiq.errors import ConnectionClosed
 from stack.fleet import completed_ids, in_process_worker, settings_for
 from stack.poll import wait_until
 from worker.app import setup
-from worker.brokers.redis import delay_queue_name
+from worker.brokers.redis import WorkerRedisBroker, delay_queue_name
 from worker.errors import TransientError
 from worker.jobs import job
+from worker.middleware.heartbeat import BrokerHeartbeat
 from worker.middleware.redis_health import RedisWatch, probe_client
 from worker.redis_keys import RedisKeys
 
@@ -140,3 +141,24 @@ def test_a_stopping_worker_does_not_wait_out_the_reconnect_backoff(redis_srv):
     watch.stop()
     thread.join(5)
     assert waited and waited[0] < 2, waited
+
+
+def test_a_failed_heartbeat_is_tried_again_within_a_second_not_an_interval_later(redis_srv):
+    """A beat that fails during a short outage would leave the claim a whole lock timeout
+    without a beat (two intervals at half the timeout): the next try comes a second later."""
+    broker = WorkerRedisBroker(url=redis_srv.url, namespace="hb", middleware=[])
+    broker.declare_queue("fast")
+    heartbeats = RedisKeys("hb").heartbeats
+    beating = BrokerHeartbeat(interval=6)
+    redis_srv.stop()
+    beating.after_worker_boot(broker, None)
+    try:
+        time.sleep(6.5)  # the first beat, at 6 s, failed; the next on schedule is at 12 s
+        redis_srv.start()
+        back = time.monotonic()
+        client = redis.Redis.from_url(redis_srv.url)
+        wait_until(lambda: client.zscore(heartbeats, broker.broker_id), timeout=5, interval=0.1)
+        assert time.monotonic() - back < 3
+    finally:
+        beating.before_worker_shutdown(broker, None)
+        broker.close()
