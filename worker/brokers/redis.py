@@ -75,9 +75,8 @@ def claimed_keys_pattern(namespace: str) -> str:
 def parse_claimed_key(namespace: str, key: str | bytes) -> tuple[str, str]:
     """(broker id, queue) of a claimed set's key (``claimed_key``'s inverse)."""
     key = key.decode() if isinstance(key, bytes) else key
-    broker_id, queue = key.removeprefix(claimed_keys_pattern(namespace).removesuffix("*")).split(
-        ".", 1
-    )
+    prefix = claimed_keys_pattern(namespace).removesuffix("*")
+    broker_id, queue = key.removeprefix(prefix).split(".", 1)  # broker ids are uuid4s
     return broker_id, queue
 
 
