@@ -54,9 +54,11 @@ def throughput_child(variant: str, redis_url: str, jobs: int, threads: int) -> N
     import dramatiq
     from dramatiq.brokers.redis import RedisBroker
 
+    from worker.redis_keys import RedisKeys
+
     namespace = f"bench-{variant}"
     client = redis.Redis.from_url(redis_url)
-    client.delete(*client.keys(f"{namespace}:*") or ["-"])
+    client.delete(*client.keys(RedisKeys(namespace).everything) or ["-"])
     if variant == "bare":
         broker = RedisBroker(client=client, namespace=namespace, middleware=[])
     elif variant == "dramatiq-defaults":
@@ -162,6 +164,7 @@ def oldest_age_cost(redis_url: str, samples: int) -> dict[str, float]:
     from worker.config import Settings
     from worker.exposition import redis_oldest_ages
     from worker.jobs import QUEUES
+    from worker.redis_keys import DEFAULT_NAMESPACE
 
     client = redis.Redis.from_url(redis_url)
     client.flushall()
@@ -172,8 +175,8 @@ def oldest_age_cost(redis_url: str, samples: int) -> dict[str, float]:
         actors.agent_run.send(job_id=f"a{i}", org_id="o", prompt="p")
         actors.crm_sync.send(job_id=f"c{i}", org_id="o", record={})
         actors.job_status_update.send(job_id=f"s{i}", org_id="o", status="running")
-    counts = redis_backlog(client, "agent-jobs", QUEUES)
-    oldest = redis_oldest_ages(client, "agent-jobs", QUEUES)
+    counts = redis_backlog(client, DEFAULT_NAMESPACE, QUEUES)
+    oldest = redis_oldest_ages(client, DEFAULT_NAMESPACE, QUEUES)
     times: dict[str, list[float]] = {"backlog_ms": [], "both_ms": []}
     for _ in range(samples):
         started = time.perf_counter()

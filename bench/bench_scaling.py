@@ -24,6 +24,7 @@ from stack.fleet import Replica, replica_env
 from stack.servers import redis_server
 from worker.app import setup
 from worker.config import MAX_THREADS_PER_PROCESS, Settings
+from worker.redis_keys import RedisKeys
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,13 +71,13 @@ def run(redis_url: str, workdir: Path, replicas: int, concurrency: int, seconds:
     # Past the knee a replica falls far behind its bound: measure what it did by then.
     deadline = time.monotonic() + seconds * 3 + 10
     try:
-        while client.xlen("agent-jobs:completed") < n and time.monotonic() < deadline:
+        while client.xlen(RedisKeys().completed) < n and time.monotonic() < deadline:
             peak_rss = max(peak_rss, max(rss_bytes(p.proc.pid) for p in procs))
             time.sleep(0.2)
     finally:
         for p in procs:
             p.stop()
-    stamps = sorted(int(i.split(b"-")[0]) / 1000 for i, _ in client.xrange("agent-jobs:completed"))
+    stamps = sorted(int(i.split(b"-")[0]) / 1000 for i, _ in client.xrange(RedisKeys().completed))
     if len(stamps) < 2 * replicas * concurrency:
         raise RuntimeError(f"only {len(stamps)} of {n} jobs completed")
     # Slots start together and finish in waves: the first wave ends at stamps[0], so the

@@ -30,6 +30,7 @@ import dramatiq.errors
 import redis
 
 from worker.jobs import QUEUES
+from worker.redis_keys import RedisKeys
 
 #: What a send raises while the broker is unreachable.
 BROKER_ERRORS = (redis.RedisError, dramatiq.errors.BrokerConnectionError)
@@ -119,7 +120,7 @@ def set_simulation(
     client: redis.Redis, namespace: str, fields: dict[str, float], reset: bool = False
 ) -> dict[str, str]:
     """Apply knobs to ``<namespace>:simulation``; return the hash as the fleet now sees it."""
-    key = f"{namespace}:simulation"
+    key = RedisKeys(namespace).simulation
     with client.pipeline() as pipe:
         if reset:
             pipe.delete(key)
@@ -276,12 +277,13 @@ def main(argv: list[str] | None = None) -> int:
     settings = load_settings()
     client = redis_client(settings.redis_url)
     namespace = settings.job_queue_name
+    keys = RedisKeys(namespace)
     try:
         fields = simulation_fields(args)
         if fields or args.reset_simulation or args.set_only:
             current = set_simulation(client, namespace, fields, args.reset_simulation)
             shown = ", ".join(f"{k}={v}" for k, v in sorted(current.items())) or "none"
-            print(f"simulation overrides in {namespace}:simulation: {shown}", flush=True)
+            print(f"simulation overrides in {keys.simulation}: {shown}", flush=True)
         if args.set_only:
             return 0
     except redis.RedisError as exc:
@@ -301,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
             return
         elapsed = time.monotonic() - totals.started
         try:
-            ready = " ".join(f"{q}={client.llen(f'{namespace}:{q}')}" for q in QUEUES)
+            ready = " ".join(f"{q}={client.llen(keys.queue(q))}" for q in QUEUES)
         except redis.RedisError:
             ready = "(redis unreachable)"
         kinds = " ".join(f"{k}={totals.sent[k]}" for k in args.mix)

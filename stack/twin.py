@@ -63,6 +63,7 @@ from stack.twin_config import (
     twin_prometheus_config,
     with_route_timing,
 )
+from worker.redis_keys import DEFAULT_NAMESPACE
 
 REPO = Path(__file__).resolve().parent.parent
 PROMETHEUS_CONFIG = REPO / "prometheus" / "prometheus.yml"
@@ -102,7 +103,7 @@ class LocalStack:
         *,
         replicas: int = 2,
         replica_env: Mapping[str, str] | None = None,
-        namespace: str = "agent-jobs",
+        namespace: str = DEFAULT_NAMESPACE,
         prometheus_config: Path = PROMETHEUS_CONFIG,
         alertmanager_config: Path = ALERTMANAGER_CONFIG,
         rules_dir: Path | str | None = None,
@@ -346,9 +347,6 @@ class LocalStack:
     def stop_redis(self) -> None:
         """Stop Redis gracefully: it writes its AOF, so no queued job is lost."""
         self.redis.stop()
-
-    def kill_redis(self) -> None:
-        self.redis.kill()
 
     def start_redis(self, timeout: float = 15.0) -> None:
         self.redis.start(timeout)

@@ -25,8 +25,9 @@ from tests.support.fleet import in_process_worker, settings_for
 from worker.app import setup
 from worker.jobs import QUEUES
 from worker.ratelimit import RateLimiter
+from worker.redis_keys import RedisKeys
 
-NS = "agent-jobs"
+KEYS = RedisKeys()
 ACTORS = {
     "agent.run": ("default", {"prompt": "hello"}),
     "crm.sync": ("critical", {"record": {"name": "Ada"}}),
@@ -82,20 +83,23 @@ def push(client, body, queue: str | None = None, *, with_redis_id: bool = True) 
     else:
         data, queue = body, queue or "fast"
     with client.pipeline() as pipe:
-        pipe.hset(f"{NS}:{queue}.msgs", redis_id, data)
-        pipe.rpush(f"{NS}:{queue}", redis_id)
+        pipe.hset(KEYS.messages(queue), redis_id, data)
+        pipe.rpush(KEYS.queue(queue), redis_id)
         pipe.execute()
     message_id = body.get("message_id") if isinstance(body, dict) else None
     return queue, redis_id, message_id if isinstance(message_id, str) else None
 
 
 def drained(client) -> bool:
-    held = [f"{NS}:{q}" for q in QUEUES] + [f"{NS}:{q}.DQ" for q in QUEUES]
-    held += [f"{k}.msgs" for k in held]
+    held = [
+        key
+        for q in QUEUES
+        for key in (KEYS.queue(q), KEYS.messages(q), KEYS.delay_queue(q), KEYS.delayed_messages(q))
+    ]
     with client.pipeline() as pipe:
         for key in held:
             pipe.exists(key)
-        pipe.keys(f"{NS}:__acks__.*")
+        pipe.keys(KEYS.claimed_pattern)
         *present, acks = pipe.execute()
     return not any(present) and not any(client.scard(k) for k in acks)
 
@@ -106,13 +110,13 @@ def place_of(client, queue: str, redis_id: str, message_id: str | None) -> str:
     Dead: its body in the dead-letter queue, or its message id among the dead letters (a
     message with an ``eta`` is re-enqueued under a new Redis id before it runs, as
     Dramatiq's delayed messages are)."""
-    recorded = {f[b"message_id"].decode() for _, f in client.xrange(f"{NS}:dead")}
-    dead = client.zscore(f"{NS}:{queue}.XQ", redis_id) is not None or message_id in recorded
-    held = client.hexists(f"{NS}:{queue}.msgs", redis_id) or any(
-        client.sismember(k, redis_id) for k in client.keys(f"{NS}:__acks__.*")
+    recorded = {f[b"message_id"].decode() for _, f in client.xrange(KEYS.dead_letter_reasons)}
+    dead = client.zscore(KEYS.dead_letters(queue), redis_id) is not None or message_id in recorded
+    held = client.hexists(KEYS.messages(queue), redis_id) or any(
+        client.sismember(k, redis_id) for k in client.keys(KEYS.claimed_pattern)
     )
     completed = message_id is not None and any(
-        f[b"message_id"].decode() == message_id for _, f in client.xrange(f"{NS}:completed")
+        f[b"message_id"].decode() == message_id for _, f in client.xrange(KEYS.completed)
     )
     if held:
         return "stuck"
@@ -122,7 +126,7 @@ def place_of(client, queue: str, redis_id: str, message_id: str | None) -> str:
 
 
 def reason_of(client, *ids: str | None) -> str | None:
-    for _, f in client.xrange(f"{NS}:dead"):
+    for _, f in client.xrange(KEYS.dead_letter_reasons):
         if f[b"message_id"].decode() in ids:
             return f[b"reason"].decode()
     return None
@@ -208,7 +212,7 @@ def test_a_message_without_its_redis_id_runs_once_and_is_acked(worker, options):
 
 def test_an_id_pushed_without_a_body_is_dead_lettered_not_left_claimed(worker):
     client, _, _ = worker
-    client.rpush(f"{NS}:fast", "id-without-body")
+    client.rpush(KEYS.queue("fast"), "id-without-body")
     wait_until(lambda: drained(client), timeout=30)
     assert reason_of(client, "id-without-body") == "no message body is stored under it"
 
@@ -222,7 +226,7 @@ def test_invalid_jobs_spend_no_slot_and_create_no_key(worker):
               for _ in range(3)]  # fmt: skip
     pushed.append(push(client, envelope("agent.run", {"job_id": "j", "org_id": "acme"})))
     assert [place for place, _ in settle(client, pushed)] == ["dead"] * 4
-    limiter = RateLimiter(client, key_prefix=f"{NS}:ratelimit")
+    limiter = RateLimiter(client, key_prefix=KEYS.rate_limit_prefix)
     assert not any(client.exists(k) for k in limiter.keys_for("acme"))
     assert max((len(k) for k in client.keys("*")), default=0) < 1000
 
@@ -321,7 +325,7 @@ def test_the_worker_is_healthy_after_every_bad_message_and_says_how_many(worker)
     message = actors.job_status_update.send(job_id="after", org_id="o", status="completed")
     wait_until(
         lambda: any(f[b"message_id"].decode() == message.message_id
-                    for _, f in client.xrange(f"{NS}:completed")),
+                    for _, f in client.xrange(KEYS.completed)),
         timeout=20,
     )  # fmt: skip
     assert all(t.is_alive() for t in w.workers) and all(t.is_alive() for t in w.consumers.values())

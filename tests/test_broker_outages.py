@@ -19,10 +19,14 @@ from dramatiq.errors import ConnectionClosed
 from stack.poll import wait_until
 from tests.support.fleet import completed_ids, in_process_worker, settings_for
 from worker.app import setup
-from worker.brokers.redis import claimed_key
+from worker.brokers.redis import WorkerRedisBroker, delay_queue_name
 from worker.errors import TransientError
 from worker.jobs import job
+from worker.middleware.heartbeat import BrokerHeartbeat
 from worker.middleware.redis_health import RedisWatch, probe_client
+from worker.redis_keys import RedisKeys
+
+KEYS = RedisKeys()
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,7 +47,7 @@ def test_delayed_jobs_a_worker_holds_run_after_redis_restarts(redis_srv):
     from worker import actors
 
     client = redis.Redis.from_url(redis_srv.url)
-    held = claimed_key("agent-jobs", "*", "fast.DQ")
+    held = KEYS.claimed("*", delay_queue_name("fast"))
     with in_process_worker(broker):
         sent = [
             actors.job_status_update.send_with_options(
@@ -93,7 +97,7 @@ def test_a_job_completing_while_redis_is_down_keeps_its_record(redis_srv):
         outage_while(redis_srv, attempts)
         wait_until(lambda: completed_ids(client) == [message.message_id], timeout=20)
         time.sleep(0.5)
-    [(_, record)] = client.xrange("agent-jobs:completed")
+    [(_, record)] = client.xrange(KEYS.completed)
     assert record[b"result"] == b'{"answer": 42}'
     assert len(attempts) == 1
 
@@ -102,9 +106,13 @@ def test_a_consumer_that_cannot_requeue_reports_a_lost_connection(redis_srv):
     """Dramatiq's consumer thread survives a ConnectionClosed while closing, not a
     redis-py ConnectionError: the thread would end and its queue go unconsumed."""
     broker = setup(settings_for(redis_srv.url))
-    consumer = broker.consume("fast.DQ")
+    consumer = broker.consume(delay_queue_name("fast"))
     message = Message(
-        queue_name="fast.DQ", actor_name="job.status_update", args=(), kwargs={}, options={}
+        queue_name=delay_queue_name("fast"),
+        actor_name="job.status_update",
+        args=(),
+        kwargs={},
+        options={},
     )
     proxy = MessageProxy(message.copy(options={"redis_message_id": "m-1"}))
     redis_srv.stop()
@@ -133,3 +141,24 @@ def test_a_stopping_worker_does_not_wait_out_the_reconnect_backoff(redis_srv):
     watch.stop()
     thread.join(5)
     assert waited and waited[0] < 2, waited
+
+
+def test_a_failed_heartbeat_is_tried_again_within_a_second_not_an_interval_later(redis_srv):
+    """A beat that fails during a short outage would leave the claim a whole lock timeout
+    without a beat (two intervals at half the timeout): the next try comes a second later."""
+    broker = WorkerRedisBroker(url=redis_srv.url, namespace="hb", middleware=[])
+    broker.declare_queue("fast")
+    heartbeats = RedisKeys("hb").heartbeats
+    beating = BrokerHeartbeat(interval=6)
+    redis_srv.stop()
+    beating.after_worker_boot(broker, None)
+    try:
+        time.sleep(6.5)  # the first beat, at 6 s, failed; the next on schedule is at 12 s
+        redis_srv.start()
+        back = time.monotonic()
+        client = redis.Redis.from_url(redis_srv.url)
+        wait_until(lambda: client.zscore(heartbeats, broker.broker_id), timeout=5, interval=0.1)
+        assert time.monotonic() - back < 3
+    finally:
+        beating.before_worker_shutdown(broker, None)
+        broker.close()

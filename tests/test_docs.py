@@ -3,6 +3,7 @@ lead somewhere, and nothing in the repository sends the reader outside it."""
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import re
 import shutil
@@ -198,6 +199,50 @@ def test_the_readme_is_a_landing_page_that_links_every_docs_page():
     linked = {href.partition("#")[0] for href in _links(REPO / "README.md")}
     pages = {str(p.relative_to(REPO)) for p in (REPO / "docs").glob("*.md")}
     assert pages <= linked, pages - linked
+
+
+def _map_of(readme: str, package: str) -> list[str]:
+    """The lines of the README's map of the tree (``## The parts``) about ``package``: its
+    own line and the indented lines below it."""
+    block = readme.split("## The parts", 1)[1].split("```", 2)[1].splitlines()
+    start = next(i for i, line in enumerate(block) if line.startswith(f"{package}/"))
+    end = next(
+        (i for i in range(start + 1, len(block)) if block[i][:1] not in ("", " ")), len(block)
+    )
+    return block[start:end]
+
+
+def unmapped(readme: str, package: str) -> list[str]:
+    """Modules of ``package`` the README's map names neither by file (``config.py``,
+    ``brokers/redis.py``, ``twin_*.py``) nor by their folder (``middleware/``)."""
+    lines = _map_of(readme, package)
+    names = set(
+        re.findall(r"[\w*/.-]+\.py|[\w-]+/", "\n".join([lines[0][len(package) + 1 :]] + lines[1:]))
+    )
+    modules = sorted(
+        str(path.relative_to(REPO / package))
+        for path in (REPO / package).rglob("*.py")
+        if not path.name.startswith("__")
+    )
+    return [
+        module
+        for module in modules
+        if not any(
+            fnmatch.fnmatch(module, name) or (name.endswith("/") and module.startswith(name))
+            for name in names
+        )
+    ]
+
+
+@pytest.mark.parametrize("package", ["worker", "stack"])
+def test_the_readme_maps_every_module(package):
+    assert unmapped((REPO / "README.md").read_text(), package) == []
+
+
+def test_the_map_check_finds_a_module_left_out():
+    readme = (REPO / "README.md").read_text()
+    edited = readme.replace("  metrics.py  ", "  m.py  ", 1)
+    assert set(unmapped(edited, "worker")) - set(unmapped(readme, "worker")) == {"metrics.py"}
 
 
 # --- (c) nothing points outside the repository --------------------------------------------

@@ -23,8 +23,10 @@ from dramatiq.errors import ConnectionClosed, DecodeError
 
 from stack.servers import redis_server, running
 from worker.brokers import redis as ours
+from worker.redis_keys import RedisKeys
 
 DISPATCH_LUA = dramatiq_redis._scripts["dispatch"].decode()
+KEYS = RedisKeys("ns")
 WORKER_SOURCE = inspect.getsource(dramatiq.worker)
 
 
@@ -159,27 +161,35 @@ def test_our_dispatch_args_follow_the_layout(broker):
 
 
 @pytest.mark.parametrize(
-    ("lua", "ours_"),
+    ("lua", "ours_", "expected"),
     [
-        ('namespace .. ":__acks__." .. worker_id', ours.claimed_key("ns", "b", "q")),
-        ('acks .. "." .. queue_name', ours.claimed_key("ns", "b", "q")),
-        ('queue_full_name .. ".msgs"', ours.messages_key("ns", "q")),
-        ('namespace .. ":" .. queue_canonical_name .. ".XQ"', ours.dead_letter_keys("ns", "q")[0]),
-        ('xqueue_full_name .. ".msgs"', ours.dead_letter_keys("ns", "q")[1]),
+        ('namespace .. ":__acks__." .. worker_id', KEYS.claimed("b", "q"), "ns:__acks__.b.q"),
+        ('acks .. "." .. queue_name', KEYS.claimed("b", "q"), "ns:__acks__.b.q"),
+        ('namespace .. ":__heartbeats__"', KEYS.heartbeats, "ns:__heartbeats__"),
+        ('namespace .. ":" .. queue_name', KEYS.queue("q"), "ns:q"),
+        ('queue_full_name .. ".msgs"', KEYS.messages("q"), "ns:q.msgs"),
+        ('namespace .. ":" .. queue_canonical_name .. ".XQ"', KEYS.dead_letters("q"), "ns:q.XQ"),
+        ('xqueue_full_name .. ".msgs"', KEYS.dead_letter_messages("q"), "ns:q.XQ.msgs"),
     ],
 )
-def test_key_layout(lua, ours_):
+def test_key_layout(lua, ours_, expected):
+    """Each key Dramatiq's script builds, and ours for it (through ``RedisKeys``)."""
     assert lua in DISPATCH_LUA, changed(f"the Redis key built as {lua}")
-    assert ours_.startswith("ns:")
+    assert ours_ == expected
 
 
 def test_queue_name_helpers():
     assert (dq_name("q"), xq_name("q"), q_name("q.DQ")) == ("q.DQ", "q.XQ", "q"), changed(
         "dramatiq.common's queue names (.DQ, .XQ)"
     )
-    assert ours.delayed_messages_key("ns", "q") == "ns:q.DQ.msgs"
-    assert ours.dead_letter_keys("ns", "q.DQ") == ("ns:q.XQ", "ns:q.XQ.msgs")
+    assert (KEYS.delay_queue("q"), KEYS.delayed_messages("q")) == ("ns:q.DQ", "ns:q.DQ.msgs")
+    assert (KEYS.dead_letters("q.DQ"), KEYS.dead_letter_messages("q.DQ")) == (
+        "ns:q.XQ",
+        "ns:q.XQ.msgs",
+    )
+    assert ours.delay_queue_name("q") == "q.DQ" and ours.dead_letter_queue_name("q.DQ") == "q.XQ"
     assert ours.is_delay_queue("q.DQ") and not ours.is_delay_queue("q")
+    assert KEYS.parse_claimed(KEYS.claimed("broker-1", "q.DQ")) == ("broker-1", "q.DQ")
 
 
 def test_the_consumer_reads_the_redis_message_id_option():

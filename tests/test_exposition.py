@@ -26,10 +26,13 @@ from stack.servers import free_port, redis_server, require_binary, running
 from tests.support.fleet import settings_for
 from worker import __version__
 from worker.app import setup
-from worker.brokers.redis import dead_letter_keys, messages_key, redis_backlog
+from worker.brokers.redis import redis_backlog
 from worker.exposition import compact_dead_processes, redis_oldest_ages, replica_registry
 from worker.jobs import QUEUES as QUEUE_NAMES
 from worker.metrics import DURATION_BUCKETS, QUEUE_WAIT_BUCKETS
+from worker.redis_keys import RedisKeys
+
+KEYS = RedisKeys()
 
 JOB_METRICS = {
     # family name as the parser gives it -> (type, labels)
@@ -133,8 +136,8 @@ def workload(tmp_path_factory, metrics_env) -> Workload:
             broker.enqueue(dramatiq.Message(queue_name="critical", actor_name="no.such.actor",
                                             args=(), kwargs={"job_id": "x", "org_id": "y"},
                                             options={}))  # fmt: skip
-            client.hset(messages_key("agent-jobs", "fast"), "garbage-1", b"\xff{not json")
-            client.rpush("agent-jobs:fast", "garbage-1")
+            client.hset(KEYS.messages("fast"), "garbage-1", b"\xff{not json")
+            client.rpush(KEYS.queue("fast"), "garbage-1")
 
             def settled() -> Scrape | None:
                 s = scraped(port)
@@ -402,8 +405,8 @@ def test_backlog_reads_ready_delayed_and_dead_from_the_broker(redis_url):
     for i in range(2):
         actors.crm_sync.send_with_options(kwargs={"job_id": f"c{i}", "org_id": "o",
                                                   "record": {}}, delay=60_000)  # fmt: skip
-    client.zadd(dead_letter_keys("agent-jobs", "fast")[0], {"dead-1": time.time() * 1000})
-    read = redis_backlog(client, "agent-jobs", ["default", "critical", "fast"])
+    client.zadd(KEYS.dead_letters("fast"), {"dead-1": time.time() * 1000})
+    read = redis_backlog(client, KEYS.namespace, ["default", "critical", "fast"])
     assert read() == {"default": (5, 0, 0), "critical": (0, 2, 0), "fast": (0, 0, 1)}
     assert broker is not None
 
@@ -447,7 +450,7 @@ def test_oldest_ready_message_age_counts_from_when_it_became_runnable(redis_url)
         retried, message_timestamp=now_ms - 1_000_000, options={"ready_at": now_ms - 30_000}
     )
     broker.enqueue(retried)
-    read = redis_oldest_ages(redis.Redis.from_url(redis_url), "agent-jobs", QUEUE_NAMES)
+    read = redis_oldest_ages(redis.Redis.from_url(redis_url), KEYS.namespace, QUEUE_NAMES)
     ages = read()
     assert set(ages) == set(QUEUE_NAMES)
     assert 120 <= ages["default"] < 130

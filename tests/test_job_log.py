@@ -14,15 +14,17 @@ from stack.poll import wait_until
 from stack.servers import redis_server, running
 from tests.support.fleet import completed_ids, in_process_worker, settings_for
 from worker.app import setup
-from worker.brokers.redis import claimed_keys_pattern
 from worker.jobs import job
+from worker.redis_keys import RedisKeys
+
+KEYS = RedisKeys()
 
 pytestmark = pytest.mark.timeout(60)
 
 
 def claimed(client: redis.Redis) -> int:
     """Messages fetched and not acknowledged, on every queue."""
-    return sum(client.scard(key) for key in client.keys(claimed_keys_pattern("agent-jobs")))
+    return sum(client.scard(key) for key in client.keys(KEYS.claimed_pattern))
 
 
 def test_every_completion_is_recorded_once_and_the_record_keeps_the_newest(redis_url):
@@ -39,11 +41,11 @@ def test_every_completion_is_recorded_once_and_the_record_keeps_the_newest(redis
         later = [answer.send(n, job_id=f"j{n}", org_id="o").message_id for n in range(3, 8)]
         wait_until(lambda: set(completed_ids(client)) == set(later), timeout=10)
         wait_until(lambda: claimed(client) == 0, timeout=5)
-    records = client.xrange("agent-jobs:completed")
+    records = client.xrange(KEYS.completed)
     assert sorted(completed_ids(client)) == sorted(later)  # 5 kept, each once
     assert not set(first) & set(completed_ids(client))
     assert {r[b"result"] for _, r in records} == {f'{{"n": {n}}}'.encode() for n in range(3, 8)}
-    assert client.llen("agent-jobs:fast") == 0 and claimed(client) == 0
+    assert client.llen(KEYS.queue("fast")) == 0 and claimed(client) == 0
 
 
 def test_a_completion_after_redis_lost_its_scripts_is_recorded_once_and_acked(redis_url):
@@ -61,7 +63,7 @@ def test_a_completion_after_redis_lost_its_scripts_is_recorded_once_and_acked(re
         sent = [flushes_scripts.send(job_id=f"j{i}", org_id="o").message_id for i in range(3)]
         wait_until(lambda: claimed(client) == 0 and len(completed_ids(client)) >= 3, timeout=20)
     assert sorted(completed_ids(client)) == sorted(sent)
-    assert client.llen("agent-jobs:fast") == 0
+    assert client.llen(KEYS.queue("fast")) == 0
     assert "errorstat_NOSCRIPT" in client.info("errorstats")  # the case did happen
 
 
@@ -80,5 +82,5 @@ def test_records_go_to_the_job_log_redis_when_the_broker_uses_another(redis_url,
             wait_until(lambda: len(completed_ids(log_client)) == 4, timeout=10)
             wait_until(lambda: claimed(broker_client) == 0, timeout=5)
         assert sorted(completed_ids(log_client)) == sorted(sent)
-        assert not broker_client.exists("agent-jobs:completed")
-        assert broker_client.llen("agent-jobs:fast") == 0
+        assert not broker_client.exists(KEYS.completed)
+        assert broker_client.llen(KEYS.queue("fast")) == 0

@@ -19,15 +19,17 @@ from stack.servers import HttpServer, free_port
 from tests.support.fleet import settings_for
 from worker.app import setup
 from worker.backends import Simulation, SimulationKnobs
-from worker.brokers.redis import messages_key
+from worker.redis_keys import RedisKeys
+
+KEYS = RedisKeys()
 
 
 def queued(client: redis.Redis) -> Counter:
     """Messages per actor waiting in the broker's three queues."""
     kinds: Counter = Counter()
     for queue in ("critical", "default", "fast"):
-        for message_id in client.lrange(f"agent-jobs:{queue}", 0, -1):
-            body = json.loads(client.hget(messages_key("agent-jobs", queue), message_id))
+        for message_id in client.lrange(KEYS.queue(queue), 0, -1):
+            body = json.loads(client.hget(KEYS.messages(queue), message_id))
             assert body["queue_name"] == queue and body["args"] == []
             kinds[body["actor_name"]] += 1
     return kinds
@@ -83,7 +85,7 @@ def test_knobs_change_the_running_fleets_simulation(redis_url, monkeypatch, caps
     assert main(args) == 0
     assert knobs.current() == Simulation((1.0, 2.0), failure_ratio=0.4, ratio_429=0.1)
     assert "failure_ratio=0.4" in capsys.readouterr().out
-    assert client.llen("agent-jobs:default") == 0  # --set-only enqueues nothing
+    assert client.llen(KEYS.queue("default")) == 0  # --set-only enqueues nothing
     assert main(["--reset-simulation", "--set-only"]) == 0
     assert knobs.current() == Simulation((15.0, 20.0))
 

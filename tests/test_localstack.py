@@ -27,6 +27,9 @@ from stack.poll import wait_until
 from stack.servers import port_is_free, require_binary
 from stack.twin import ALERTMANAGER_CONFIG, PROMETHEUS_CONFIG, LocalStack
 from stack.twin_config import twin_alertmanager_config, twin_prometheus_config, with_route_timing
+from worker.redis_keys import RedisKeys
+
+KEYS = RedisKeys()
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -126,12 +129,12 @@ def test_faults_the_end_to_end_tests_inject(tmp_path):
 
         # Redis restarts keep queued jobs (AOF); replicas report the outage meanwhile.
         client = redis.Redis.from_url(stack.redis.url)
-        client.rpush("agent-jobs:canary", b"kept")
+        client.rpush(KEYS.queue("canary"), b"kept")
         stack.stop_redis()
         status = "max(worker_redis_connection_status)"
         wait_until(lambda: stack.query(status)[0]["value"][1] == "0", timeout=20, interval=0.5)
         stack.start_redis()
-        assert client.lrange("agent-jobs:canary", 0, -1) == [b"kept"]
+        assert client.lrange(KEYS.queue("canary"), 0, -1) == [b"kept"]
         wait_until(lambda: stack.query(status)[0]["value"][1] == "1", timeout=20, interval=0.5)
     finally:
         stack.stop()

@@ -12,11 +12,14 @@ from stack.poll import wait_until
 from tests.support.fleet import completed_ids, dead_letters, in_process_worker, settings_for
 from tests.support.protocol_servers import OpenRouterServer, Reply
 from worker import __version__
+from worker.api_keys import encrypt_key
 from worker.app import setup
 from worker.errors import PermanentError, TransientError
-from worker.keys import encrypt_key
 from worker.openrouter import OpenRouterClient, OpenRouterLLM
 from worker.organizations import Organization, RedisOrganizations
+from worker.redis_keys import RedisKeys
+
+KEYS = RedisKeys()
 
 GLOBAL_KEY = "sk-or-v1-" + "a1" * 32
 ORG_KEY = "sk-or-v1-" + "b2" * 32
@@ -188,7 +191,7 @@ def job_settings(redis_url, openrouter, **overrides):
 def test_jobs_use_the_organizations_own_key_and_model(redis_url, openrouter):
     broker = setup(job_settings(redis_url, openrouter))
     client = redis.Redis.from_url(redis_url)
-    RedisOrganizations(client, "agent-jobs").put_organization(
+    RedisOrganizations(client, KEYS.namespace).put_organization(
         Organization(
             "org-own", encrypt_key(ORG_KEY, ENCRYPTION_KEY, "org-own"), llm_model="org/model"
         )
@@ -266,7 +269,7 @@ def test_undecryptable_org_key_dead_letters_without_calling_openrouter(redis_url
     broker = setup(job_settings(redis_url, openrouter))
     client = redis.Redis.from_url(redis_url)
     stored_with_old_key = encrypt_key(ORG_KEY, bytes(range(1, 33)), "org-x")
-    RedisOrganizations(client, "agent-jobs").put_organization(
+    RedisOrganizations(client, KEYS.namespace).put_organization(
         Organization("org-x", stored_with_old_key)
     )
     from worker import actors

@@ -11,6 +11,7 @@ from stack.servers import running
 from tests.support.fleet import completed_ids, dead_letters
 from tests.support.servers import rabbitmq_server
 from worker.app import setup
+from worker.brokers.redis import dead_letter_queue_name
 from worker.config import Settings
 from worker.exposition import rabbitmq_backlog
 
@@ -61,6 +62,8 @@ def test_backlog_reads_ready_delayed_and_dead_from_rabbitmq(redis_url, tmp_path)
             actors.crm_sync.send_with_options(
                 kwargs={"job_id": f"c{i}", "org_id": "o", "record": {}}, delay=60_000
             )
-        broker.channel.basic_publish(exchange="", routing_key="fast.XQ", body=b"dead")
+        broker.channel.basic_publish(
+            exchange="", routing_key=dead_letter_queue_name("fast"), body=b"dead"
+        )
         expected = {"default": (5, 0, 0), "critical": (0, 2, 0), "fast": (0, 0, 1)}
         wait_until(lambda: read() == expected, timeout=10)

@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 from tests.support.ratelimit_load import hammer, max_in_any_interval, utilization
 from worker.config import load_settings
 from worker.ratelimit import RateLimited, RateLimiter, RateLimiterUnavailable
+from worker.redis_keys import DEFAULT_NAMESPACE, RedisKeys, rate_limit_window
 
 
 @pytest.fixture
@@ -195,13 +196,14 @@ def test_two_deployments_sharing_a_redis_keep_their_own_counters(client, redis_u
         RateLimiter.from_settings(
             client, settings_for(redis_url, JOB_QUEUE_NAME=name, RATE_LIMITS="minute=2/60")
         )
-        for name in ("billing-jobs", "agent-jobs")
+        for name in ("billing-jobs", DEFAULT_NAMESPACE)
     ]
     first, second = ([lim.try_acquire("org-1").allowed for _ in range(3)] for lim in limiters)
     assert first == second == [True, True, False]
     keys = [lim.keys_for("org-1")[0] for lim in limiters]
     assert keys == [
-        "billing-jobs:ratelimit:{org-1}:minute:60",
-        "agent-jobs:ratelimit:{org-1}:minute:60",
+        rate_limit_window(RedisKeys(name).rate_limit_prefix, "org-1", "minute", 60)
+        for name in ("billing-jobs", DEFAULT_NAMESPACE)
     ]
+    assert keys[0].startswith("billing-jobs:") and keys[0].endswith(":{org-1}:minute:60")
     assert all(client.exists(k) for k in keys)

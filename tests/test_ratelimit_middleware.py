@@ -19,11 +19,13 @@ from prometheus_client import REGISTRY
 from stack.poll import wait_until
 from stack.servers import redis_server, running
 from tests.support.ratelimit_load import max_in_any_interval
-from worker.brokers.redis import dead_letter_keys, delayed_messages_key, queue_key
+from worker.brokers.redis import WORKER_THREAD_LOGGER
 from worker.middleware.ratelimit import RateLimit
 from worker.ratelimit import RateLimiter
+from worker.redis_keys import RedisKeys
 
 NAMESPACE = "rl-test"
+KEYS = RedisKeys(NAMESPACE)
 
 
 class Outcomes(Middleware):
@@ -74,7 +76,7 @@ class Stack:
         """Where the broker holds messages: queue lengths and ack sets (for failures)."""
         client = self.broker.client
         held = {}
-        for key in client.scan_iter(f"{NAMESPACE}:*"):
+        for key in client.scan_iter(KEYS.everything):
             name = key.decode()
             kind = client.type(key).decode()
             size = {"list": client.llen, "set": client.scard, "zset": client.zcard}.get(kind)
@@ -83,7 +85,7 @@ class Stack:
         return held
 
     def dead_letters(self) -> int:
-        return self.broker.client.zcard(dead_letter_keys(NAMESPACE, "default")[0])
+        return self.broker.client.zcard(KEYS.dead_letters("default"))
 
 
 @contextlib.contextmanager
@@ -138,7 +140,7 @@ def test_throttled_jobs_wait_for_their_window_without_spending_attempts(redis_ur
         assert sum(run.deferrals > 0 for run in stack.runs if run.org_id == "org-hot") == 4
         assert stack.outcomes.skipped >= 4
         # one DEBUG line per deferral, not Dramatiq's WARNING "was skipped" (a flood at a limit)
-        logged = [r for r in caplog.records if r.name == "dramatiq.worker.WorkerThread"]
+        logged = [r for r in caplog.records if r.name == WORKER_THREAD_LOGGER]
         assert not [r for r in logged if "was skipped" in r.getMessage()]
         deferred = [r for r in caplog.records if r.getMessage().startswith("deferred message")]
         assert len(deferred) == stack.outcomes.skipped
@@ -228,7 +230,7 @@ def test_with_broker_and_limiter_down_the_message_is_held_until_redis_returns(re
     redis_srv.start()
     deciding.join(10.0)
     assert outcome == ["deferred"]  # Redis back: the minute window is full, so it waits
-    assert broker.client.llen(queue_key(NAMESPACE, "default.DQ")) == 1  # the deferred copy
+    assert broker.client.llen(KEYS.delay_queue("default")) == 1  # the deferred copy
     broker.close()
 
 
@@ -274,9 +276,10 @@ def test_repeated_deferrals_spread_out_instead_of_waking_in_a_herd(redis_url):
         max_spread_seconds=30,
     )
     client = redis.Redis.from_url(redis_url)
+    keys = RedisKeys("spread")
 
     def delays(waited: int) -> list[float]:
-        client.delete(queue_key("spread", "default.DQ"), delayed_messages_key("spread", "default"))
+        client.delete(keys.delay_queue("default"), keys.delayed_messages("default"))
         message = dramatiq.Message(
             queue_name="default",
             actor_name="spread.job",
@@ -289,7 +292,7 @@ def test_repeated_deferrals_spread_out_instead_of_waking_in_a_herd(redis_url):
             middleware._defer(broker, message, 2.0)
         etas = [
             dramatiq.Message.decode(m).options["eta"]
-            for m in client.hvals(delayed_messages_key("spread", "default"))
+            for m in client.hvals(keys.delayed_messages("default"))
         ]
         return [(eta - before) / 1000 - 2.0 for eta in etas]
 

@@ -13,8 +13,10 @@ from stack.poll import wait_until
 from stack.servers import free_port, redis_server
 from tests.support.fleet import settings_for
 from worker.app import setup
-from worker.brokers.redis import claimed_keys_pattern
 from worker.middleware.redis_health import RedisWatch, probe_client
+from worker.redis_keys import RedisKeys
+
+KEYS = RedisKeys()
 
 
 def status(port: int) -> float:
@@ -107,9 +109,7 @@ def test_broker_connection_lost_mid_job_is_counted(redis_srv, tmp_path, metrics_
         assert status(port) == 1, "the probe never ran during the outage"
         client = redis.Redis.from_url(redis_srv.url)
         wait_until(
-            lambda: (
-                not any(client.scard(k) for k in client.keys(claimed_keys_pattern("agent-jobs")))
-            ),
+            lambda: not any(client.scard(k) for k in client.keys(KEYS.claimed_pattern)),
             15,
         )
         s = scraped(port)

@@ -13,10 +13,12 @@ import redis
 from stack.poll import wait_until
 from tests.support.fleet import dead_letters, in_process_worker, settings_for
 from worker.app import setup
-from worker.brokers.redis import dead_letter_keys
 from worker.errors import PermanentError, TransientError
 from worker.jobs import JOB_CLASSES, job
 from worker.middleware.retries import ClassRetries
+from worker.redis_keys import RedisKeys
+
+KEYS = RedisKeys()
 
 SCALE = 0.05  # 2 s -> 100 ms
 
@@ -99,9 +101,7 @@ def test_permanent_error_dead_letters_at_once(redis_url):
         "attempts": "1",
     }
     # the dead message itself stays in Dramatiq's dead-letter queue for replay
-    assert client.zscore(
-        dead_letter_keys("agent-jobs", "critical")[0], message.options["redis_message_id"]
-    )
+    assert client.zscore(KEYS.dead_letters("critical"), message.options["redis_message_id"])
 
 
 def test_invalid_payload_is_not_retried(redis_url):
@@ -143,10 +143,10 @@ def test_dead_letter_queue_is_capped_by_count(redis_url):
             actor.send(job_id=f"j{i}", org_id="o1")
         wait_until(lambda: len(attempts) == 8, timeout=10)
         time.sleep(0.5)  # the last nack and trim follow the attempt
-    dead, dead_bodies = dead_letter_keys("agent-jobs", "fast")
+    dead, dead_bodies = KEYS.dead_letters("fast"), KEYS.dead_letter_messages("fast")
     assert client.zcard(dead) == 5
     assert client.hlen(dead_bodies) == 5
-    assert client.xlen("agent-jobs:dead") == 5
+    assert client.xlen(KEYS.dead_letter_reasons) == 5
 
 
 def test_retry_survives_a_broker_outage_at_the_moment_it_is_scheduled(redis_srv):
@@ -171,7 +171,7 @@ def test_retry_survives_a_broker_outage_at_the_moment_it_is_scheduled(redis_srv)
         wait_until(
             lambda: (
                 message.message_id
-                in [f[b"message_id"].decode() for _, f in client.xrange("agent-jobs:completed")]
+                in [f[b"message_id"].decode() for _, f in client.xrange(KEYS.completed)]
             ),
             timeout=15,
         )

@@ -18,13 +18,16 @@ from stack.poll import wait_until
 from tests.support.fleet import completed_ids, dead_letters, in_process_worker, settings_for
 from tests.support.protocol_servers import OpenRouterServer, Reply, SentryServer
 from worker import __version__
+from worker.api_keys import encrypt_key
 from worker.app import setup
 from worker.errors import PermanentError, TransientError
 from worker.jobs import job
-from worker.keys import encrypt_key
 from worker.organizations import Organization, RedisOrganizations
+from worker.redis_keys import RedisKeys
 from worker.sentry import close_sentry, init_sentry, scrub_event
 from worker.services import services
+
+KEYS = RedisKeys()
 
 SCALE = 0.01
 
@@ -145,7 +148,7 @@ def test_planted_secrets_never_reach_sentry(redis_url, sentry_server):
         )
         broker = setup(settings)
         client = redis.Redis.from_url(redis_url)
-        RedisOrganizations(client, "agent-jobs").put_organization(
+        RedisOrganizations(client, KEYS.namespace).put_organization(
             Organization("org-s", encrypt_key(org_key, encryption_key, "org-s"))
         )
         dsn = sentry_server.dsn

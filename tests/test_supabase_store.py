@@ -12,11 +12,14 @@ from stack.servers import free_port
 from tests.support.fleet import completed_ids, dead_letters, in_process_worker, settings_for
 from tests.support.protocol_servers import SCHEMA_SQL, OpenRouterServer, PostgrestServer, Reply
 from worker import __version__
+from worker.api_keys import encrypt_key
 from worker.app import setup
 from worker.errors import PermanentError, TransientError
-from worker.keys import encrypt_key
 from worker.organizations import Organization
+from worker.redis_keys import RedisKeys
 from worker.supabase_store import SupabaseStore, create_supabase_client
+
+KEYS = RedisKeys()
 
 SERVICE_KEY = "service-role-key-for-tests-0123456789"
 
@@ -160,7 +163,7 @@ def test_jobs_use_supabase_when_it_is_configured(redis_url, postgrest):
     assert call.headers["authorization"] == f"Bearer {org_key}"
     assert call.json()["model"] == "org/model"
     assert postgrest.tables["agent_jobs"][("job-1",)]["status"] == "running"
-    assert client.exists("agent-jobs:job:job-1") == 0  # not in the Redis default store
+    assert client.exists(KEYS.job("job-1")) == 0  # not in the Redis default store
     assert not any(r.path.startswith("/auth/") for r in postgrest.requests)
 
 
@@ -172,5 +175,5 @@ def test_status_updates_go_to_redis_without_supabase(redis_url):
     with in_process_worker(broker):
         actors.job_status_update.send(job_id="job-9", org_id="org-1", status="failed", detail="x")
         wait_until(lambda: completed_ids(client), timeout=10)
-    stored = client.hgetall("agent-jobs:job:job-9")
+    stored = client.hgetall(KEYS.job("job-9"))
     assert stored[b"status"] == b"failed" and stored[b"org_id"] == b"org-1"

@@ -13,8 +13,10 @@ from stack.fleet import ROOT, Replica, replica_env
 from stack.poll import wait_until
 from tests.support.fleet import completed_ids, dead_letters
 from worker.app import setup
-from worker.brokers.redis import claimed_keys_pattern, dead_letter_keys, messages_key
 from worker.config import Settings
+from worker.redis_keys import RedisKeys
+
+KEYS = RedisKeys()
 
 
 def enqueue(redis_url: str, n: int, actor: str = "agent_run", **kwargs) -> list[str]:
@@ -45,9 +47,9 @@ def test_processes_jobs_of_all_three_classes(redis_url, tmp_path):
     finally:
         assert replica.stop() == 0, replica.output
     assert sorted(completed_ids(client)) == sorted(ids)
-    queues = {f[b"queue"] for _, f in client.xrange("agent-jobs:completed")}
+    queues = {f[b"queue"] for _, f in client.xrange(KEYS.completed)}
     assert queues == {b"critical", b"default", b"fast"}
-    assert client.hgetall("agent-jobs:job:job-1")[b"status"] == b"running"
+    assert client.hgetall(KEYS.job("job-1"))[b"status"] == b"running"
 
 
 def test_sigterm_finishes_running_jobs_and_loses_nothing(redis_url, tmp_path):
@@ -58,7 +60,7 @@ def test_sigterm_finishes_running_jobs_and_loses_nothing(redis_url, tmp_path):
     first = Replica(env, tmp_path / "first.log").start()
     ids = enqueue(redis_url, 20)
     wait_until(
-        lambda: client.scard(next(iter(client.keys(claimed_keys_pattern("agent-jobs"))), "x")),
+        lambda: client.scard(next(iter(client.keys(KEYS.claimed_pattern)), "x")),
         timeout=15,
     )
     time.sleep(0.5)  # jobs are mid-flight now
@@ -77,7 +79,7 @@ def test_sigterm_finishes_running_jobs_and_loses_nothing(redis_url, tmp_path):
         assert second.stop() == 0
     done = completed_ids(client)
     assert sorted(done) == sorted(ids), "every job completes exactly once"
-    assert client.llen("agent-jobs:default") == 0
+    assert client.llen(KEYS.queue("default")) == 0
 
 
 def test_long_job_is_not_redelivered_while_its_worker_lives(redis_url, tmp_path):
@@ -105,7 +107,7 @@ def test_job_of_a_killed_worker_is_redelivered_after_the_lock_timeout(redis_url,
     doomed = Replica(env, tmp_path / "doomed.log").start()
     [job] = enqueue(redis_url, 1)
     wait_until(
-        lambda: any(client.scard(k) for k in client.keys(claimed_keys_pattern("agent-jobs"))),
+        lambda: any(client.scard(k) for k in client.keys(KEYS.claimed_pattern)),
         timeout=15,
     )
     doomed.kill()
@@ -123,15 +125,13 @@ def test_job_of_a_killed_worker_is_redelivered_after_the_lock_timeout(redis_url,
 
 def test_malformed_message_is_dead_lettered_and_the_worker_survives(redis_url, tmp_path):
     client = redis.Redis.from_url(redis_url)
-    client.hset(messages_key("agent-jobs", "fast"), "bad-1", b"\xff{not json")
-    client.rpush("agent-jobs:fast", "bad-1")
+    client.hset(KEYS.messages("fast"), "bad-1", b"\xff{not json")
+    client.rpush(KEYS.queue("fast"), "bad-1")
     replica = Replica(
         replica_env(redis_url, SIM_LATENCY_SECONDS="0.1", JOB_CONCURRENCY=2), tmp_path / "w.log"
     ).start()
     try:
-        wait_until(
-            lambda: client.zscore(dead_letter_keys("agent-jobs", "fast")[0], "bad-1"), timeout=20
-        )
+        wait_until(lambda: client.zscore(KEYS.dead_letters("fast"), "bad-1"), timeout=20)
         ids = enqueue(redis_url, 2, "job_status_update", status="completed")
         wait_until(lambda: len(completed_ids(client)) == 2, timeout=20)
         assert replica.proc.poll() is None, "the worker survived"
@@ -140,7 +140,7 @@ def test_malformed_message_is_dead_lettered_and_the_worker_survives(redis_url, t
     assert sorted(completed_ids(client)) == sorted(ids)
     [dead] = dead_letters(client)
     assert dead["message_id"] == "bad-1" and dead["reason"].startswith("undecodable message")
-    assert not client.hexists(messages_key("agent-jobs", "fast"), "bad-1")
+    assert not client.hexists(KEYS.messages("fast"), "bad-1")
 
 
 def run_worker(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
@@ -216,7 +216,7 @@ def test_agent_runs_are_rate_limited_per_organization_without_spending_attempts(
         replica.stop()
     entries = {
         f[b"message_id"].decode(): int(i.split(b"-")[0]) / 1000
-        for i, f in client.xrange("agent-jobs:completed")
+        for i, f in client.xrange(KEYS.completed)
     }
     done = sorted(entries[m] for m in busy)
     # 3 per 2 s: 9 jobs need at least two further windows, and no 2 s holds more than 3

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     commands = {
         "run": run,
-        "encrypt-key": _lazy("worker.keys"),
+        "encrypt-key": _lazy("worker.api_keys"),
         "healthcheck": healthcheck,
     }
     if argv and argv[0] in ("-h", "--help"):

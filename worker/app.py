@@ -49,6 +49,7 @@ from worker.middleware.retries import ClassRetries
 from worker.organizations import RedisOrganizations
 from worker.payloads import PayloadLimits
 from worker.ratelimit import RateLimiter
+from worker.redis_keys import RedisKeys
 from worker.services import Services, install
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ def build_services(settings: Settings) -> Services:
             settings.sim_latency_seconds, settings.sim_failure_ratio, settings.sim_429_ratio
         ),
         client,
-        key=f"{settings.job_queue_name}:simulation",
+        key=RedisKeys(settings.job_queue_name).simulation,
     )
     http = httpx.Client(
         timeout=httpx.Timeout(30.0, connect=5.0),
@@ -96,9 +97,11 @@ def build_services(settings: Settings) -> Services:
     )
 
 
-def build_llm(settings: Settings, organizations: Any, rate_limit: Any = None) -> Any | None:
+def build_llm(settings: Settings, organizations: Any) -> Any | None:
     """The OpenRouter LLM when there is a key to call it with: ``OPENROUTER_API_KEY``, or
-    organizations' own keys (which ``ENCRYPTION_KEY`` decrypts); None otherwise."""
+    organizations' own keys (which ``ENCRYPTION_KEY`` decrypts); None otherwise. Its calls
+    are not limited again: an actor's job takes its slot in the ``RateLimit`` middleware
+    before it runs."""
     if settings.openrouter_api_key is None and settings.encryption_key is None:
         return None
     from worker.openrouter import OpenRouterClient, OpenRouterLLM
@@ -114,10 +117,6 @@ def build_llm(settings: Settings, organizations: Any, rate_limit: Any = None) ->
         default_model=settings.openrouter_model,
         default_api_key=key.get_secret_value() if key else None,
         encryption_key=settings.encryption_key_bytes,
-        # Actors reach the LLM through the RateLimit middleware, which takes the slot before
-        # the job runs (and defers it without spending an attempt); this seam is for callers
-        # outside an actor, e.g. ``rate_limit=RateLimiter(...).with_rate_limit``.
-        rate_limit=rate_limit,
     )
 
 

@@ -19,6 +19,7 @@ import httpx
 import redis
 
 from worker.errors import TransientError, parse_retry_after, raise_for_status
+from worker.redis_keys import RedisKeys
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ class SimulationKnobs:
         self,
         default: Simulation,
         client: redis.Redis | None = None,
-        key: str = "agent-jobs:simulation",
+        key: str = RedisKeys().simulation,
         refresh: float = 1.0,
     ) -> None:
         self.default, self.client, self.key, self.refresh = default, client, key, refresh
@@ -124,7 +125,7 @@ class RedisJobStore:
         self.client, self.namespace, self.ttl = client, namespace, ttl
 
     def set_status(self, job_id: str, org_id: str, status: str, detail: str | None) -> None:
-        key = f"{self.namespace}:job:{job_id}"
+        key = RedisKeys(self.namespace).job(job_id)
         fields = {
             "org_id": org_id,
             "status": status,
@@ -137,5 +138,5 @@ class RedisJobStore:
             pipe.execute()
 
     def get(self, job_id: str) -> dict[str, str]:
-        raw = self.client.hgetall(f"{self.namespace}:job:{job_id}")
+        raw = self.client.hgetall(RedisKeys(self.namespace).job(job_id))
         return {k.decode(): v.decode() for k, v in raw.items()}

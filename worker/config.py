@@ -31,6 +31,7 @@ from worker.config_values import (  # noqa: F401  (re-exported: where callers lo
     parse_overrides,
     strip_userinfo,
 )
+from worker.redis_keys import DEFAULT_NAMESPACE, RedisKeys
 
 
 class ConfigError(SystemExit):
@@ -73,10 +74,10 @@ class Settings(BaseSettings):
         "(RabbitMQ, publisher confirms on); unset, the broker is `REDIS_URL`.",
     )
     job_queue_name: str = Field(
-        "agent-jobs",
+        DEFAULT_NAMESPACE,
         validation_alias="JOB_QUEUE_NAME",
-        description="Redis key namespace of the queues and records (`agent-jobs:default`, "
-        "`agent-jobs:dead`, ...).",
+        description="Redis key namespace of the queues and records "
+        f"(`{RedisKeys().queue('default')}`, `{RedisKeys().dead_letter_reasons}`, ...).",
     )
     job_concurrency: int = Field(
         25,
@@ -439,10 +440,6 @@ class Settings(BaseSettings):
         if self.encryption_key is None:
             return None
         return decode_encryption_key(self.encryption_key.get_secret_value())
-
-    @property
-    def supabase_enabled(self) -> bool:
-        return bool(self.supabase_url)
 
     def __repr_args__(self):
         # URL settings may carry a password in their userinfo: never in a repr.

@@ -129,7 +129,7 @@ build_info = Gauge(
     multiprocess_mode="livemax",
 )
 
-# --- rate limiter (worker.middleware.rate_limit) ----------------------------------------
+# --- rate limiter (worker.ratelimit) --------------------------------------------------
 
 rate_limit_decisions = Counter(
     "worker_rate_limit_decisions",

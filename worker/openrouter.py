@@ -15,8 +15,8 @@ from typing import Any, Protocol, TypeVar
 import httpx
 
 from worker import __version__
+from worker.api_keys import decrypt_key
 from worker.errors import PermanentError, TransientError, parse_retry_after, raise_for_status
-from worker.keys import decrypt_key
 from worker.organizations import Organization
 from worker.redact import REDACTOR
 
@@ -29,7 +29,7 @@ _REASON_MAX_CHARS = 300
 
 
 def no_rate_limit(org_id: str, fn: Callable[[], T]) -> T:
-    """The seam's default until a rate limiter is wired in: call at once."""
+    """The seam's default: call at once (an actor's job took its slot before it ran)."""
     return fn()
 
 
@@ -111,7 +111,7 @@ def _reason(error: Any, api_key: str) -> str | None:
 class OpenRouterLLM:
     """``complete(org_id, prompt, model=None)`` through OpenRouter with the organization's key.
 
-    The key is the organization's own (stored encrypted, see ``worker.keys``) when it has
+    The key is the organization's own (stored encrypted, see ``worker.api_keys``) when it has
     one, else ``default_api_key`` (``OPENROUTER_API_KEY``); neither is a ``PermanentError``.
     The model is the job's, else the organization's, else ``default_model``. Each call goes
     through ``rate_limit(org_id, fn)`` (``RateLimiter.with_rate_limit``).

@@ -11,11 +11,13 @@ from dataclasses import dataclass
 
 import redis
 
+from worker.redis_keys import RedisKeys
+
 
 @dataclass(frozen=True)
 class Organization:
     id: str
-    #: The key's stored form (``worker.keys``), or None to use ``OPENROUTER_API_KEY``.
+    #: The key's stored form (``worker.api_keys``), or None to use ``OPENROUTER_API_KEY``.
     llm_api_key_encrypted: str | None = None
     #: The model the organization's jobs use when the job names none.
     llm_model: str | None = None
@@ -28,7 +30,7 @@ class RedisOrganizations:
         self.client, self.namespace = client, namespace
 
     def key(self, org_id: str) -> str:
-        return f"{self.namespace}:org:{org_id}"
+        return RedisKeys(self.namespace).organization(org_id)
 
     def get_organization(self, org_id: str) -> Organization | None:
         raw = self.client.hgetall(self.key(org_id))

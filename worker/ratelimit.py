@@ -56,6 +56,7 @@ import redis
 
 from worker.config import DEFAULT_RATE_LIMITS, parse_limits
 from worker.metrics import rate_limit_decisions
+from worker.redis_keys import RedisKeys, rate_limit_window
 
 log = logging.getLogger(__name__)
 
@@ -199,10 +200,6 @@ class Decision:
     windows: tuple[WindowDecision, ...]
 
     @property
-    def server_time(self) -> float:
-        return self.server_time_us / 1_000_000
-
-    @property
     def refused_by(self) -> tuple[str, ...]:
         return tuple(w.window.name for w in self.windows if w.refused)
 
@@ -289,7 +286,7 @@ class RateLimiter:
         """Build from ``Settings.rate_limits`` and ``Settings.rate_limit_overrides``, with
         keys under ``<JOB_QUEUE_NAME>:ratelimit``: deployments sharing one Redis (two
         queue names) never share an organization's counters."""
-        options.setdefault("key_prefix", f"{settings.job_queue_name}:ratelimit")
+        options.setdefault("key_prefix", RedisKeys(settings.job_queue_name).rate_limit_prefix)
         return cls(
             redis_client,
             settings.rate_limits,
@@ -303,7 +300,8 @@ class RateLimiter:
     def keys_for(self, org_id: str) -> list[str]:
         tag = _hash_tag(org_id)
         return [
-            f"{self.key_prefix}:{{{tag}}}:{w.name}:{w.seconds:g}" for w in self.windows_for(org_id)
+            rate_limit_window(self.key_prefix, tag, w.name, w.seconds)
+            for w in self.windows_for(org_id)
         ]
 
     def bucket_micros(self, window: Window) -> int:
@@ -346,7 +344,9 @@ class RateLimiter:
         )
 
     def with_rate_limit(self, org_id: str, fn: Callable[[], R], *, max_wait: float = 0.0) -> R:
-        """Call ``fn()`` once a slot is taken for ``org_id``.
+        """Call ``fn()`` once a slot is taken for ``org_id``: the contracted way to limit a
+        call made outside an actor (docs/contract.md; actors go through the ``RateLimit``
+        middleware, which defers instead of waiting).
 
         Waits (sleeping ``retry_after``) as long as the total wait stays within
         ``max_wait`` seconds, else raises ``RateLimited`` carrying ``retry_after``.

@@ -43,6 +43,7 @@ from sentry_sdk.integrations.dramatiq import DramatiqIntegration, SentryMiddlewa
 from sentry_sdk.integrations.logging import LoggingIntegration, ignore_logger
 
 from worker import __version__
+from worker.brokers.redis import WORKER_THREAD_LOGGER
 from worker.config import URL_FIELDS, Settings
 from worker.middleware.sentry_tags import SentryJobTags
 from worker.redact import FILTERED, REDACTOR
@@ -90,7 +91,7 @@ PAYLOAD_KEPT = frozenset({"job_id", "org_id"})
 
 #: Dramatiq logs every failed attempt here at ERROR, with the message's arguments; the
 #: integration already reports the attempt, so this logger would only duplicate it.
-_DUPLICATE_LOGGERS = ("dramatiq.worker.WorkerThread",)
+_DUPLICATE_LOGGERS = (WORKER_THREAD_LOGGER,)
 
 
 def is_sensitive(name: str) -> bool:

@@ -19,10 +19,13 @@ import redis
 from stack.fleet import scraped
 from tests.support.e2e import CHAOS, NAMESPACE, wait_for
 from tests.support.jobs import client, send_jobs
-from worker.brokers.redis import claimed_key, claimed_keys_pattern, dead_letter_keys, messages_key
+from worker.brokers.redis import is_delay_queue
 from worker.jobs import QUEUES
+from worker.redis_keys import RedisKeys
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+KEYS = RedisKeys(NAMESPACE)
 
 N = 600
 MIX = {"agent_run": 300, "crm_sync": 90, "message_send": 90, "job_status_update": 120}
@@ -46,7 +49,7 @@ REPLICA_ENV = {
 
 def completions(r, sent: dict[str, str]) -> list[tuple[int, str]]:
     """(time in ms, message id) of every completion of our jobs, duplicates included."""
-    entries = r.xrange(f"{NAMESPACE}:completed")
+    entries = r.xrange(KEYS.completed)
     out = []
     for entry_id, fields in entries:
         message_id = fields[b"message_id"].decode()
@@ -60,29 +63,28 @@ def claimed_jobs(r) -> dict[str, dict[str, set[str]]]:
     prefetched, or delayed in its hands). Redis knows them by ``redis_message_id``; the
     bodies, kept until the ack, name the message."""
     claimed: dict[str, dict[str, set[str]]] = {}
-    for key in r.scan_iter(claimed_keys_pattern(NAMESPACE)):
-        # <prefix><broker id>.<queue>, the prefix being the pattern without its "*"
-        prefix = claimed_keys_pattern(NAMESPACE).removesuffix("*")
-        broker, queue = key.decode().removeprefix(prefix).split(".", 1)
-        bodies = r.hmget(messages_key(NAMESPACE, queue), list(r.smembers(key)))
+    for key in r.scan_iter(KEYS.claimed_pattern):
+        broker, queue = KEYS.parse_claimed(key)
+        bodies = r.hmget(KEYS.messages(queue), list(r.smembers(key)))
         ids = {json.loads(body)["message_id"] for body in bodies if body}
         claimed.setdefault(broker, {})[queue] = ids
     return claimed
 
 
 def claims_left(r, broker: str) -> bool:
-    return any(r.scan_iter(claimed_key(NAMESPACE, broker, "*")))
+    return any(r.scan_iter(KEYS.claimed(broker, "*")))
 
 
 def left_in_broker(r) -> dict[str, int]:
     """Everything the broker still holds: queued, delayed, claimed, dead-lettered."""
     held = {}
     for queue in QUEUES:
-        for name in (queue, f"{queue}.DQ"):
-            held[name] = r.llen(f"{NAMESPACE}:{name}")
-            held[f"{name}.msgs"] = r.hlen(messages_key(NAMESPACE, name))
-        held[f"{queue}.XQ"] = r.zcard(dead_letter_keys(NAMESPACE, queue)[0])
-    held["claimed (acks)"] = sum(r.scard(k) for k in r.scan_iter(claimed_keys_pattern(NAMESPACE)))
+        for key in (KEYS.queue(queue), KEYS.delay_queue(queue)):
+            held[key] = r.llen(key)
+        for key in (KEYS.messages(queue), KEYS.delayed_messages(queue)):
+            held[key] = r.hlen(key)
+        held[KEYS.dead_letters(queue)] = r.zcard(KEYS.dead_letters(queue))
+    held["claimed (acks)"] = sum(r.scard(k) for k in r.scan_iter(KEYS.claimed_pattern))
     return {k: v for k, v in held.items() if v}
 
 
@@ -115,7 +117,7 @@ def test_nothing_is_lost_when_a_replica_is_killed_and_redis_restarts(twin, repor
         stack.kill_replica(0)
         killed_ms = time.time() * 1000
         claimed = claimed_jobs(r)
-        heartbeats = f"{NAMESPACE}:__heartbeats__"
+        heartbeats = KEYS.heartbeats
         last_beat = {b.decode(): at for b, at in r.zrange(heartbeats, 0, -1, withscores=True)}
 
         # Its broker is the one that never beats again (a live one beats every
@@ -164,7 +166,7 @@ def test_nothing_is_lost_when_a_replica_is_killed_and_redis_restarts(twin, repor
         for at, message_id in finished:
             last_completion[message_id] = max(at, last_completion.get(message_id, 0))
         redone = sorted((last_completion[m] - killed_ms) / 1000 for m in held)
-        delayed = sum(q.endswith(".DQ") for q in held.values())
+        delayed = sum(is_delay_queue(q) for q in held.values())
         duplicates = len(finished) - len({m for _, m in finished})
         counts = {
             "jobs (N)": N,

@@ -36,8 +36,8 @@ import yaml
 from stack.fleet import ROOT
 from stack.poll import wait_until
 from stack.prom import api
-from worker.brokers.redis import claimed_keys_pattern, delayed_messages_key, messages_key
 from worker.jobs import QUEUES
+from worker.redis_keys import DEFAULT_NAMESPACE, RedisKeys
 
 COMPOSE_BINARY = Path(compose.__file__).parent / "docker-compose"
 CONTAINERS_CONF = ROOT / "tests" / "podman" / "containers.conf"
@@ -261,7 +261,8 @@ def alertmanager_config(directory: Path) -> Path:
 
 # --- reading the stack as an operator would (through the ports the test publishes) ------------
 
-NAMESPACE = "agent-jobs"
+NAMESPACE = DEFAULT_NAMESPACE
+KEYS = RedisKeys(NAMESPACE)
 
 
 #: The compose test polls containers and HTTP APIs: every 0.5 s is often enough.
@@ -304,7 +305,7 @@ def alerts(stack, alertname: str) -> list[dict]:
 
 
 def completed_ids(r: redis.Redis) -> list[str]:
-    return [fields["message_id"] for _, fields in r.xrange(f"{NAMESPACE}:completed")]
+    return [fields["message_id"] for _, fields in r.xrange(KEYS.completed)]
 
 
 def held(r: redis.Redis) -> dict[str, str]:
@@ -312,7 +313,7 @@ def held(r: redis.Redis) -> dict[str, str]:
     Dramatiq keeps each body in ``<ns>:<queue>.msgs`` until it is acknowledged."""
     found = {}
     for queue in QUEUES:
-        for key in (messages_key(NAMESPACE, queue), delayed_messages_key(NAMESPACE, queue)):
+        for key in (KEYS.messages(queue), KEYS.delayed_messages(queue)):
             for body in r.hvals(key):
                 found[json.loads(body)["message_id"]] = key
     return found
@@ -322,12 +323,11 @@ def claimed(r: redis.Redis) -> set[str]:
     """Ids of the messages a worker holds now (Dramatiq's per-worker ack sets name them by
     their Redis id; the body in ``<queue>.msgs`` has the message id)."""
     ids = set()
-    pattern = claimed_keys_pattern(NAMESPACE)
-    for key in r.scan_iter(pattern):
-        _, queue = key.removeprefix(pattern.rstrip("*")).split(".", 1)  # broker id, queue
+    for key in r.scan_iter(KEYS.claimed_pattern):
+        _, queue = KEYS.parse_claimed(key)
         redis_ids = list(r.smembers(key))
         if redis_ids:
-            bodies = r.hmget(messages_key(NAMESPACE, queue), redis_ids)
+            bodies = r.hmget(KEYS.messages(queue), redis_ids)
             ids |= {json.loads(b)["message_id"] for b in bodies if b}
     return ids
 

@@ -12,8 +12,9 @@ from alerts.detect import Detection, time_to_detect
 from stack.fleet import ROOT
 from stack.poll import wait_until
 from stack.twin import LocalStack
+from worker.redis_keys import DEFAULT_NAMESPACE
 
-NAMESPACE = "agent-jobs"
+NAMESPACE = DEFAULT_NAMESPACE
 
 # The committed alerts with short durations and windows, and thresholds a small simulated
 # load crosses. Everything else (expressions, labels, annotations, routing) is as shipped.

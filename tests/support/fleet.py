@@ -10,6 +10,7 @@ import dramatiq
 import redis
 
 from worker.config import Settings
+from worker.redis_keys import DEFAULT_NAMESPACE, RedisKeys
 
 
 def settings_for(redis_url: str, **overrides) -> Settings:
@@ -28,13 +29,13 @@ def in_process_worker(broker: dramatiq.Broker, threads: int = 4) -> Iterator[dra
         worker.stop(timeout=10_000)
 
 
-def completed_ids(client: redis.Redis, namespace: str = "agent-jobs") -> list[str]:
+def completed_ids(client: redis.Redis, namespace: str = DEFAULT_NAMESPACE) -> list[str]:
     """Message ids of every completed job recorded in the job log, duplicates included."""
-    return [f[b"message_id"].decode() for _, f in client.xrange(f"{namespace}:completed")]
+    return [f[b"message_id"].decode() for _, f in client.xrange(RedisKeys(namespace).completed)]
 
 
-def dead_letters(client: redis.Redis, namespace: str = "agent-jobs") -> list[dict[str, str]]:
+def dead_letters(client: redis.Redis, namespace: str = DEFAULT_NAMESPACE) -> list[dict[str, str]]:
     return [
         {k.decode(): v.decode() for k, v in f.items()}
-        for _, f in client.xrange(f"{namespace}:dead")
+        for _, f in client.xrange(RedisKeys(namespace).dead_letter_reasons)
     ]

@@ -11,7 +11,9 @@ log lines to itself; the worker relies on each of them, here and only here:
 - ``dispatch_args`` / ``dispatch``: the ``dispatch`` script's arguments, built as
   Dramatiq's ``do_<command>`` builds them (``broker_id``, ``_should_do_maintenance``,
   ``_max_unpack_size``).
-- The key names (``<ns>:<queue>``, ``.msgs``, ``.DQ``, ``.XQ``, ``__acks__``).
+- The key names (``<ns>:<queue>``, ``.msgs``, ``.DQ``, ``.XQ``, ``__acks__``,
+  ``__heartbeats__``); everything else reaches them through ``worker.redis_keys.RedisKeys``,
+  the one place every Redis key is named.
 - Recognizers for Dramatiq's log lines that the worker quiets.
 
 ``tests/test_dramatiq_pins.py`` checks each of these against the installed Dramatiq and
@@ -50,13 +52,13 @@ def messages_key(namespace: str, queue: str) -> str:
 
 def delayed_messages_key(namespace: str, queue: str) -> str:
     """The bodies of ``queue``'s delayed messages, waiting or held by a delay consumer."""
-    return messages_key(namespace, dq_name(q_name(queue)))
+    return messages_key(namespace, delay_queue_name(queue))
 
 
 def dead_letter_keys(namespace: str, queue: str) -> tuple[str, str]:
     """The dead-letter sorted set of ``queue`` (or of its delay queue) and its bodies."""
-    dead = f"{namespace}:{xq_name(q_name(queue))}"
-    return dead, f"{dead}.msgs"
+    dead = queue_key(namespace, dead_letter_queue_name(queue))
+    return dead, messages_key(namespace, dead_letter_queue_name(queue))
 
 
 def claimed_key(namespace: str, broker_id: str, queue: str) -> str:
@@ -70,8 +72,31 @@ def claimed_keys_pattern(namespace: str) -> str:
     return f"{namespace}:__acks__.*"
 
 
+def parse_claimed_key(namespace: str, key: str | bytes) -> tuple[str, str]:
+    """(broker id, queue) of a claimed set's key (``claimed_key``'s inverse)."""
+    key = key.decode() if isinstance(key, bytes) else key
+    prefix = claimed_keys_pattern(namespace).removesuffix("*")
+    broker_id, queue = key.removeprefix(prefix).split(".", 1)  # broker ids are uuid4s
+    return broker_id, queue
+
+
+def heartbeats_key(namespace: str) -> str:
+    """The sorted set of every broker's last heartbeat: broker id -> milliseconds."""
+    return f"{namespace}:__heartbeats__"
+
+
+def delay_queue_name(queue: str) -> str:
+    """The name of ``queue``'s delay queue (retries, deferrals and ``eta`` messages)."""
+    return dq_name(q_name(queue))
+
+
+def dead_letter_queue_name(queue: str) -> str:
+    """The name of ``queue``'s dead-letter queue (also RabbitMQ's)."""
+    return xq_name(q_name(queue))
+
+
 def is_delay_queue(queue: str) -> bool:
-    return queue == dq_name(q_name(queue))
+    return queue == delay_queue_name(queue)
 
 
 #: queue -> (ready, delayed, dead)
@@ -161,7 +186,7 @@ def heartbeat(broker: RedisBroker) -> None:
     """Record the broker's heartbeat and run queue maintenance on every declared queue
     (``qsize`` only reads; the script beats, and with maintenance requeues the jobs of
     brokers whose heartbeat expired)."""
-    queues = {q for name in broker.get_declared_queues() for q in (name, dq_name(name))}
+    queues = {q for name in broker.get_declared_queues() for q in (name, delay_queue_name(name))}
     for queue in sorted(queues):
         dispatch(broker, "qsize", queue, maintenance=True)
 

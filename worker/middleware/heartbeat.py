@@ -24,13 +24,20 @@ class BrokerHeartbeat(Middleware):
     ``heartbeat_timeout + interval`` later, instead of whenever the broker's random
     maintenance happens to run.
 
+    Dramatiq takes a broker for dead once its last beat is ``heartbeat_timeout`` old. The
+    worker beats at half of it (15 s of 30 s, ``worker.app``): a beat may come up to half
+    the timeout late and the claim holds. A beat that fails (Redis unreachable) is tried
+    again every ``retry`` seconds rather than an interval later, so that a short outage
+    at the time of one beat does not leave the claim a whole timeout without a beat.
+
     Parameters:
-      interval: seconds between beats (default 15); keep it below half the broker's
-        ``heartbeat_timeout`` (30 s here) so one late beat does not lose the claim.
+      interval: seconds between beats (default 15); at most half the broker's
+        ``heartbeat_timeout``.
+      retry: seconds between tries after a failed beat (default 1).
     """
 
-    def __init__(self, *, interval: float = 15.0) -> None:
-        self.interval = interval
+    def __init__(self, *, interval: float = 15.0, retry: float = 1.0) -> None:
+        self.interval, self.retry = interval, min(retry, interval)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -47,11 +54,14 @@ class BrokerHeartbeat(Middleware):
         self._stop.set()
 
     def _run(self, broker: RedisBroker) -> None:
-        while not self._stop.wait(self.interval):
+        wait = self.interval
+        while not self._stop.wait(wait):
             try:
                 self.beat(broker)
-            except Exception as exc:  # a Redis outage: the next beat tries again
+                wait = self.interval
+            except Exception as exc:  # a Redis outage: try again soon, the claim is at stake
                 log.debug("heartbeat failed: %s", exc)
+                wait = self.retry
 
     @staticmethod
     def beat(broker: RedisBroker) -> None:

@@ -10,8 +10,9 @@ import redis
 from dramatiq.brokers.redis import RedisBroker
 
 from worker.backoff import capped_backoff
-from worker.brokers.redis import WorkerRedisBroker, dead_letter_keys
+from worker.brokers.redis import WorkerRedisBroker
 from worker.middleware.base import WorkerMiddleware
+from worker.redis_keys import RedisKeys
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,9 @@ class JobLog(WorkerMiddleware):
         max_hold_seconds: float = 10.0,
     ) -> None:
         self.client = client
-        self.completed_key = f"{namespace}:completed"
-        self.dead_key = f"{namespace}:dead"
+        keys = RedisKeys(namespace)
+        self.completed_key = keys.completed
+        self.dead_key = keys.dead_letter_reasons
         self.completed_bounds = (completed_ttl, completed_max)
         self.dead_bounds = (dead_ttl, dead_max)
         self.result_max_chars = result_max_chars
@@ -97,7 +99,8 @@ class JobLog(WorkerMiddleware):
 
     def trim_dead_letter_queue(self, broker: RedisBroker, queue: str) -> None:
         """Dramatiq bounds its dead-letter queue by age only; bound it by count as well."""
-        xq, xq_messages = dead_letter_keys(broker.namespace, queue)
+        keys = RedisKeys(broker.namespace)
+        xq, xq_messages = keys.dead_letters(queue), keys.dead_letter_messages(queue)
         try:
             oldest = self.client.zrange(xq, 0, -(self.dead_bounds[1] + 1))
             if oldest:

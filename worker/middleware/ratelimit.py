@@ -17,16 +17,17 @@ the same Redis counters):
   holds no worker thread.
 - Redis cannot decide: the job is neither run unthrottled (that could exceed the
   provider's limits) nor failed; it is deferred by ``unavailable_delay_seconds`` (+ jitter)
-  and counted as ``decision="unavailable"``. If the broker cannot take the deferred copy
+  (the limiter counts ``decision="unavailable"``). If the broker cannot take the deferred copy
   either, the worker thread keeps the message, unacked in Redis, and retries the decision
   with capped backoff until Redis answers (the same way Dramatiq retries an ack). If the
   process dies meanwhile, Redis redelivers the unacked message: no job is lost.
 
-The decision and deferral counts go to ``worker_rate_limit_decisions_total``; a deferred
-message carries ``options["rate_limit_deferrals"]`` (how many times it waited). Each
-deferral is logged at DEBUG; Dramatiq's own WARNING "Message ... was skipped" for it is
-dropped: at an organization's limit it would come hundreds of times a second and bury
-the warnings that matter.
+This middleware counts nothing itself: the limiter (``worker.ratelimit``) counts each
+window's decision in ``worker_rate_limit_decisions_total``. A deferred message carries
+``options["rate_limit_deferrals"]`` (how many times it waited). Each deferral is logged
+at DEBUG; Dramatiq's own WARNING "Message ... was skipped" for it is dropped: at an
+organization's limit it would come hundreds of times a second and bury the warnings
+that matter.
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from stack.fleet import ROOT
+from worker.api_keys import KeyDecryptionError, decrypt_key, encrypt_key
 from worker.errors import PermanentError
-from worker.keys import KeyDecryptionError, decrypt_key, encrypt_key
 
 KEY = bytes(range(32))
 OTHER_KEY = bytes(range(1, 33))
