@@ -10,6 +10,39 @@ from stack.servers import redis_server, running
 #: The run's report of what tests measured (the ``report`` fixture).
 pytest_plugins = ["tests.support.report"]
 
+#: Markers of the tests outside the quick tier (docs/testing.md, "Tiers").
+NOT_QUICK = {"e2e", "compose", "rabbitmq", "cluster", "mutation", "slow"}
+
+#: Run first, being the longest (docs/testing.md, "Where the time goes"): under
+#: pytest-xdist the run lasts at least as long as its longest module, so these start at
+#: once and the short tests fill the other workers around them.
+LONGEST_FIRST = [
+    "tests/test_compose_e2e.py",
+    "tests/e2e/test_pipeline.py",
+    "tests/e2e/test_alerts.py",
+    "tests/e2e/test_nothing_lost.py",
+    "tests/e2e/test_slo_alerts.py",
+]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the quick tier; keep the tests that share a module-scoped fixture in one
+    pytest-xdist group (one process starts the fixture once); longest modules first."""
+    for item in items:
+        if not {mark.name for mark in item.iter_markers()} & NOT_QUICK:
+            item.add_marker(pytest.mark.quick)
+        if _shares_a_module_fixture(item) and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
+    first = {path: rank for rank, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: first.get(item.nodeid.split("::")[0], len(first)))
+
+
+def _shares_a_module_fixture(item: pytest.Item) -> bool:
+    fixtures = getattr(item, "_fixtureinfo", None)
+    defs = fixtures.name2fixturedefs.values() if fixtures else ()
+    return any(d.scope in ("module", "package", "class") for chain in defs for d in chain)
+
 
 @pytest.fixture
 def redis_srv(tmp_path):

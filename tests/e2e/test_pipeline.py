@@ -51,13 +51,21 @@ PIPELINE_OVERRIDES = deep_merge(
         # restarts, here): a shorter `for` pages "no worker replica found" at each start.
         "alerts": {"WorkerDown": {"for": "8s"}},
         "pipelineAlerts": {
-            name: {"for": "3s", "window": "10s"}
-            for name in (
-                "PrometheusRuleFailures",
-                "PrometheusErrorSendingAlertsToAnyAlertmanager",
-                "AlertmanagerFailedToSendAlerts",
-                "AlertmanagerClusterDown",
-            )
+            **{
+                name: {"for": "3s", "window": "10s"}
+                for name in (
+                    "PrometheusRuleFailures",
+                    "PrometheusErrorSendingAlertsToAnyAlertmanager",
+                    "AlertmanagerClusterDown",
+                )
+            },
+            # A member counts a notification failed when its flush gives up, at the flush's
+            # timeout: at least 10 s, plus 3 s of peer wait on the second member. Failures
+            # come that far apart, so a 10 s window fell empty between two of them and the
+            # alert resolved while the fault went on (a run saw it notified, then gone from
+            # Alertmanager). 30 s holds two failures of either member, as 5m does in
+            # production.
+            "AlertmanagerFailedToSendAlerts": {"for": "3s", "window": "30s"},
         },
     },
 )
