@@ -7,29 +7,15 @@
 {
   local c = $._config,
   local a = c.pipelineAlerts,
-  local num = (import 'lib.libsonnet').num,
-  local pct = (import 'lib.libsonnet').pct,
+  local lib = import 'lib.libsonnet',
+  local num = lib.num,
+  local pct = lib.pct,
   local prom = c.prometheusSelector,
   local am = c.alertmanagerSelector,
 
-  // The annotations of the worker alerts (summary, description, value, runbook_url,
-  // dashboard_url), so the same Alertmanager templates show them. `link` is the page of the
-  // component at fault.
+  // `link` is the page of the component at fault.
   local alert(name, expr, summary, description, value, link) =
-    local conf = a[name];
-    {
-    alert: name,
-    expr: expr,
-    [if std.objectHas(conf, 'for') then 'for']: conf['for'],
-    labels: { severity: conf.severity },
-    annotations: {
-      summary: summary,
-      description: description,
-      value: value,
-      runbook_url: '%s/%s.md' % [c.runbookUrlBase, name],
-      dashboard_url: link,
-    },
-  },
+    lib.alert(c, name, a[name], expr, summary, description, value, link),
 
   prometheusAlerts+:: {
     groups+: [
