@@ -26,7 +26,7 @@
             'Watchdog',
             'vector(1)',
             'The alerting pipeline delivers: this alert always fires',
-            'Watchdog always fires and is routed only to the receiver deadman, a dead man\'s '
+            "Watchdog always fires and is routed only to the receiver deadman, a dead man's "
             + 'switch outside this stack. When it stops arriving there, Prometheus, every '
             + 'Alertmanager, or the path from them to the outside is down, and no other '
             + 'alert can reach anyone.',
@@ -43,7 +43,7 @@
             ],
             'Prometheus has scraped {{ $value }} worker replicas (job {{ $labels.job }}) '
             + 'successfully for more than %s, fewer than the %s the fleet runs: '
-            % [a.WorkerReplicasMissing['for'], num(a.WorkerReplicasMissing.minReplicas)]
+              % [a.WorkerReplicasMissing['for'], num(a.WorkerReplicasMissing.minReplicas)]
             + 'a replica was removed, failed to start, or is down. The rest carry the load '
             + 'with less capacity and no redundancy.',
             '{{ $value }} of %s up' % num(a.WorkerReplicasMissing.minReplicas),
@@ -84,7 +84,7 @@
               a.PrometheusErrorSendingAlertsToAnyAlertmanager.window,
               pct(a.PrometheusErrorSendingAlertsToAnyAlertmanager.threshold),
             ]
-            + 'no alert reaches anyone. This one cannot either; the dead man\'s switch '
+            + "no alert reaches anyone. This one cannot either; the dead man's switch "
             + 'reports the silence.',
             '{{ $value | humanizePercentage }} of sends failed',
             '%s/status' % c.prometheusUrlBase,
