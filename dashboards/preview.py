@@ -33,6 +33,7 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from alerts.duration import parse_duration  # noqa: E402
 from dashboards import promql  # noqa: E402
 from dashboards.render import GENERATED_DIR, REPO_DIR  # noqa: E402
 from stack import prom  # noqa: E402
@@ -312,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = args.prometheus.rstrip("/")
         end = time.time()
         try:
-            start = end - prom.parse_duration(args.range)
+            start = end - parse_duration(args.range)
         except ValueError:
             parser.error(f"--range: {args.range!r} is not a duration like 15m or 1h")
         instance = (
