@@ -36,7 +36,7 @@ dashboards: venv  ## render dashboards/*.dashboard.py into dashboards/generated/
 	$(PY) -m dashboards.render
 
 dashboards-preview: venv  ## draw each dashboard from a short live run into docs/img/<uid>.png
-	$(PY) -m dashboards.preview
+	$(PY) -m stack.dashboard_preview
 
 docs: venv  ## rewrite the generated reference tables in docs/*.md from the code
 	$(PY) -m stack.reference
