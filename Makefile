@@ -12,11 +12,13 @@ venv:  ## create .venv and install the package with its dev extra
 test:  ## install what is missing, lint, run every test (same as .ci/run)
 	./scripts/test
 
-lint: venv  ## ruff lint and format check
+lint: venv  ## ruff lint and format check, jsonnetfmt check of alerts/*.libsonnet
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
+	bash -c 'source scripts/lib.sh && jsonnet_fmt_check'
 
-format: venv  ## apply ruff's fixes and formatting
+format: venv  ## apply ruff's fixes and formatting, and jsonnetfmt's
 	.venv/bin/ruff check --fix . && .venv/bin/ruff format .
+	jsonnetfmt -i alerts/*.libsonnet
 
 up:  ## bring up the stack (docker compose on Docker or Podman, else local processes)
 	./scripts/up
@@ -34,7 +36,7 @@ dashboards: venv  ## render dashboards/*.dashboard.py into dashboards/generated/
 	$(PY) -m dashboards.render
 
 dashboards-preview: venv  ## draw each dashboard from a short live run into docs/img/<uid>.png
-	$(PY) -m dashboards.preview
+	$(PY) -m stack.dashboard_preview
 
 docs: venv  ## rewrite the generated reference tables in docs/*.md from the code
 	$(PY) -m stack.reference

@@ -6,30 +6,14 @@
   local r = $._records,
   local sel = c.workerSelector,
 
-  local num = (import 'lib.libsonnet').num,
-  local pct = (import 'lib.libsonnet').pct,
+  local lib = import 'lib.libsonnet',
+  local num = lib.num,
+  local pct = lib.pct,
 
-  // The annotations every alert carries. `value` is the measured value formatted for
-  // humans, shown by the Alertmanager templates next to the summary.
-  local alert(name, expr, summary, description, value, linkVars=[]) = {
-    local conf = a[name],
-    alert: name,
-    expr: expr,
-    'for': conf['for'],
-    labels: { severity: conf.severity },
-    annotations: {
-      summary: summary,
-      description: description,
-      value: value,
-      runbook_url: '%s/%s.md' % [c.runbookUrlBase, name],
-      dashboard_url: '%s/d/%s/%s?viewPanel=%d' % [
-        c.grafanaUrlBase,
-        c.dashboardUid,
-        c.dashboardSlug,
-        conf.panelId,
-      ] + std.join('', ['&var-%s={{ $labels.%s }}' % [v, v] for v in linkVars]),
-    },
-  },
+  // Every worker alert links to its panel, filtered by `linkVars` (labels of the alert).
+  local alert(name, expr, summary, description, value, linkVars=[]) =
+    local url = lib.panelUrl(c, a[name].panelId, linkVars);
+    lib.alert(c, name, a[name], expr, summary, description, value, url),
 
   // `expr` dropped while one of `names` fired (for the same `on` labels) within `window`.
   // An outage that paged leaves its trace in counters and rates for a whole window after it

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import yaml
 
+from alerts.duration import parse_duration
 from alerts.render import REPO_DIR, config_parser, exit_code, load_config, rendered
-from stack.prom import parse_duration
 
 PROMETHEUS_CONFIG = REPO_DIR / "prometheus" / "prometheus.yml"
 ALERTMANAGER_CONFIG = REPO_DIR / "alertmanager" / "alertmanager.yml"

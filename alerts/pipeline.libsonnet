@@ -7,29 +7,15 @@
 {
   local c = $._config,
   local a = c.pipelineAlerts,
-  local num = (import 'lib.libsonnet').num,
-  local pct = (import 'lib.libsonnet').pct,
+  local lib = import 'lib.libsonnet',
+  local num = lib.num,
+  local pct = lib.pct,
   local prom = c.prometheusSelector,
   local am = c.alertmanagerSelector,
 
-  // The annotations of the worker alerts (summary, description, value, runbook_url,
-  // dashboard_url), so the same Alertmanager templates show them. `link` is the page of the
-  // component at fault.
+  // `link` is the page of the component at fault.
   local alert(name, expr, summary, description, value, link) =
-    local conf = a[name];
-    {
-    alert: name,
-    expr: expr,
-    [if std.objectHas(conf, 'for') then 'for']: conf['for'],
-    labels: { severity: conf.severity },
-    annotations: {
-      summary: summary,
-      description: description,
-      value: value,
-      runbook_url: '%s/%s.md' % [c.runbookUrlBase, name],
-      dashboard_url: link,
-    },
-  },
+    lib.alert(c, name, a[name], expr, summary, description, value, link),
 
   prometheusAlerts+:: {
     groups+: [
@@ -40,7 +26,7 @@
             'Watchdog',
             'vector(1)',
             'The alerting pipeline delivers: this alert always fires',
-            'Watchdog always fires and is routed only to the receiver deadman, a dead man\'s '
+            "Watchdog always fires and is routed only to the receiver deadman, a dead man's "
             + 'switch outside this stack. When it stops arriving there, Prometheus, every '
             + 'Alertmanager, or the path from them to the outside is down, and no other '
             + 'alert can reach anyone.',
@@ -57,7 +43,7 @@
             ],
             'Prometheus has scraped {{ $value }} worker replicas (job {{ $labels.job }}) '
             + 'successfully for more than %s, fewer than the %s the fleet runs: '
-            % [a.WorkerReplicasMissing['for'], num(a.WorkerReplicasMissing.minReplicas)]
+              % [a.WorkerReplicasMissing['for'], num(a.WorkerReplicasMissing.minReplicas)]
             + 'a replica was removed, failed to start, or is down. The rest carry the load '
             + 'with less capacity and no redundancy.',
             '{{ $value }} of %s up' % num(a.WorkerReplicasMissing.minReplicas),
@@ -98,7 +84,7 @@
               a.PrometheusErrorSendingAlertsToAnyAlertmanager.window,
               pct(a.PrometheusErrorSendingAlertsToAnyAlertmanager.threshold),
             ]
-            + 'no alert reaches anyone. This one cannot either; the dead man\'s switch '
+            + "no alert reaches anyone. This one cannot either; the dead man's switch "
             + 'reports the silence.',
             '{{ $value | humanizePercentage }} of sends failed',
             '%s/status' % c.prometheusUrlBase,

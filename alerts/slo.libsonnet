@@ -162,12 +162,7 @@ local narrowed(record, match) = if match == '' then record else '%s{%s}' % [reco
     ],
   },
 
-  local dashboardUrl(panelId) = '%s/d/%s/%s?viewPanel=%d&var-queue={{ $labels.queue }}' % [
-    c.grafanaUrlBase,
-    c.dashboardUid,
-    c.dashboardSlug,
-    panelId,
-  ],
+  local dashboardUrl(panelId) = lib.panelUrl(c, panelId, ['queue']),
 
   // The burn rate of one queue over window w, read at notification time ('n/a' before
   // the window has data).
@@ -189,40 +184,37 @@ local narrowed(record, match) = if match == '' then record else '%s{%s}' % [reco
     local slo = slos[name];
     local pairs = [b for b in s.burnRates if b.severity == severity];
     local burn(w) = '%s / %s' % [r[name].ratio[w], r[name].budget];
-    {
-      alert: slo.alert,
-      expr: std.join('or\n', [
+    lib.alert(
+      c,
+      slo.alert,
+      a[slo.alert] { severity: severity },
+      std.join('or\n', [
         '(\n  %s > %s\n  and\n  %s > %s\n)\n' % [burn(b.long), num(b.factor), burn(b.short), num(b.factor)]
         for b in pairs
       ]),
-      'for': a[slo.alert]['for'],
-      labels: { severity: severity },
-      annotations: {
-        // Distinct per severity: a page and a ticket of one queue are two notifications.
-        summary: 'Queue {{ $labels.queue }} spends its %s error budget too fast (%s)' % [
-          if name == 'queueWait' then 'queue-wait' else 'success',
-          std.join(' or ', ['%sx over %s' % [num(b.factor), b.long] for b in pairs]),
-        ],
-        description: 'Queue {{ $labels.queue }} burns its error budget at {{ $value | printf "%.1f" }}x '
-                     + 'the rate that would spend it in exactly ' + s.window + ': '
-                     + std.join('; ', [
-                       '%s over %s and %s over %s (%s above %sx)' % [
-                         burnOf(name, b.long),
-                         b.long,
-                         burnOf(name, b.short),
-                         b.short,
-                         if severity == 'critical' then 'pages' else 'tickets',
-                         num(b.factor),
-                       ]
-                       for b in pairs
-                     ])
-                     + '. Error budget left over ' + s.window + ': ' + budgetLeftOf(name)
-                     + '. SLO: ' + promises(name) + '.',
-        value: '{{ $value | printf "%.1f" }}x burn rate',
-        runbook_url: '%s/%s.md' % [c.runbookUrlBase, slo.alert],
-        dashboard_url: dashboardUrl(a[slo.alert].panelId),
-      },
-    },
+      // Distinct per severity: a page and a ticket of one queue are two notifications.
+      'Queue {{ $labels.queue }} spends its %s error budget too fast (%s)' % [
+        if name == 'queueWait' then 'queue-wait' else 'success',
+        std.join(' or ', ['%sx over %s' % [num(b.factor), b.long] for b in pairs]),
+      ],
+      'Queue {{ $labels.queue }} burns its error budget at {{ $value | printf "%.1f" }}x '
+      + 'the rate that would spend it in exactly ' + s.window + ': '
+      + std.join('; ', [
+        '%s over %s and %s over %s (%s above %sx)' % [
+          burnOf(name, b.long),
+          b.long,
+          burnOf(name, b.short),
+          b.short,
+          if severity == 'critical' then 'pages' else 'tickets',
+          num(b.factor),
+        ]
+        for b in pairs
+      ])
+      + '. Error budget left over ' + s.window + ': ' + budgetLeftOf(name)
+      + '. SLO: ' + promises(name) + '.',
+      '{{ $value | printf "%.1f" }}x burn rate',
+      dashboardUrl(a[slo.alert].panelId),
+    ),
 
   local latencyGroups = groups(latency, { thresholdSeconds: latency.thresholdSeconds }),
 
@@ -235,33 +227,30 @@ local narrowed(record, match) = if match == '' then record else '%s{%s}' % [reco
           for name in ['queueWait', 'success']
           for severity in severities
         ] + [
-          {
-            alert: 'HighJobQueueLatency',
-            expr: std.join('or\n', [
+          lib.alert(
+            c,
+            'HighJobQueueLatency',
+            latency,
+            std.join('or\n', [
               '%s > %s\n' % [narrowed(r.oldestAge, g.match), num(g.conf.thresholdSeconds)]
               for g in latencyGroups
             ]),
-            'for': latency['for'],
-            labels: { severity: latency.severity },
-            annotations: {
-              summary: 'Ready messages wait too long in queue {{ $labels.queue }}',
-              description: 'The oldest ready message of queue {{ $labels.queue }} has waited '
-                           + '{{ $value | humanizeDuration }} since it became runnable (max across '
-                           + 'replicas), and has been above its threshold (%s) for more than %s: ' % [
-                             std.join(', ', [
-                               '%s on %s' % [human(g.conf.thresholdSeconds), g.queues]
-                               for g in latencyGroups
-                             ]),
-                             latency['for'],
-                           ]
-                           + 'no worker takes jobs from the queue, or far too few. Jobs that never '
-                           + 'start are invisible to the queue-wait SLO, which counts attempts as '
-                           + 'they start.',
-              value: '{{ $value | humanizeDuration }} oldest',
-              runbook_url: '%s/HighJobQueueLatency.md' % c.runbookUrlBase,
-              dashboard_url: dashboardUrl(latency.panelId),
-            },
-          },
+            'Ready messages wait too long in queue {{ $labels.queue }}',
+            'The oldest ready message of queue {{ $labels.queue }} has waited '
+            + '{{ $value | humanizeDuration }} since it became runnable (max across '
+            + 'replicas), and has been above its threshold (%s) for more than %s: ' % [
+              std.join(', ', [
+                '%s on %s' % [human(g.conf.thresholdSeconds), g.queues]
+                for g in latencyGroups
+              ]),
+              latency['for'],
+            ]
+            + 'no worker takes jobs from the queue, or far too few. Jobs that never '
+            + 'start are invisible to the queue-wait SLO, which counts attempts as '
+            + 'they start.',
+            '{{ $value | humanizeDuration }} oldest',
+            dashboardUrl(latency.panelId),
+          ),
         ],
       },
     ],

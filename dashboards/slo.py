@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 from grafanalib import core as G
 
+from alerts.duration import parse_duration
 from dashboards.grafana import queries
 from dashboards.layout import Layout, above, base_step, below, runbook_link, timeseries
 from dashboards.scope import RATE, Scope
-from stack.prom import parse_duration
 
 ROW_ID = 106
 PANEL_IDS = {"budget_left": 33, "queue_wait_burn": 34, "success_burn": 35, "queue_wait": 36}

@@ -45,6 +45,16 @@ ensure_venv() {
   fi
 }
 
+# jsonnet_fmt_check: every jsonnet source as jsonnetfmt writes it (`make format` does);
+# names each one that is not, since jsonnetfmt --test alone says nothing.
+jsonnet_fmt_check() {
+  local f rc=0
+  for f in alerts/*.libsonnet; do
+    jsonnetfmt --test "$f" || { echo "$f: not as jsonnetfmt writes it; run make format" >&2; rc=1; }
+  done
+  return "$rc"
+}
+
 # --- Docker Compose on Docker, or on Podman through its Docker API ----------------------
 
 # ensure_env_passwords: .env from .env.example on the first run, and a generated secret for

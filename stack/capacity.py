@@ -54,6 +54,7 @@ import math
 import sys
 from dataclasses import asdict, dataclass
 
+from alerts.duration import parse_duration
 from stack import prom
 from stack.prom import PrometheusError
 from worker.config import DEFAULT_RATE_LIMITS, Limits, parse_limits
@@ -291,7 +292,7 @@ def _wait_slo(text: str) -> tuple[float, float]:
 
 def _prom_range(text: str) -> str:
     try:
-        prom.parse_duration(text)
+        parse_duration(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a Prometheus duration like 1h or 30m"

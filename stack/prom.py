@@ -1,12 +1,11 @@
-"""Prometheus from the outside: its durations, its HTTP API, and promtool's backfill.
+"""Prometheus from the outside: its HTTP API, and promtool's backfill.
 
 The one client of Prometheus' HTTP API for the twin, the capacity planner, the dashboard
-previews and the tests, and the one parser of its durations (``15s``, ``1m30s``).
+previews and the tests. Its durations are parsed by alerts.duration.
 """
 
 from __future__ import annotations
 
-import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,17 +14,6 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 
 from stack.servers import require_binary
-
-_DURATION = re.compile(r"(\d+)(ms|s|m|h|d|w|y)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Prometheus duration such as '15s', '1m30s' or '0m'; ValueError else."""
-    parts = _DURATION.findall(text) if isinstance(text, str) else []
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"not a Prometheus duration: {text!r}")
-    return sum(int(n) * _UNIT_SECONDS[u] for n, u in parts)
 
 
 class PrometheusError(RuntimeError):

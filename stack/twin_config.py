@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from stack.prom import parse_duration
+from alerts.duration import parse_duration
 
 #: docker-compose.yml's service addresses as the committed configs name them.
 WORKER_SERVICE = "worker:9191"

@@ -13,8 +13,8 @@ from alerts.detect import (
     time_to_detect,
     windows_to_fire,
 )
+from alerts.duration import parse_duration
 from alerts.render import ALERTS_FILE, RECORDS_FILE, RULES_DIR, load_config, render_rules, rendered
-from stack.prom import parse_duration
 from tests.support.rules import (
     PROMETHEUS_DIR,
     REPO,

@@ -29,7 +29,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from dramatiq import get_encoder
 from prometheus_client import CollectorRegistry, multiprocess
 from prometheus_client.exposition import choose_encoder
-from prometheus_client.mmap_dict import MmapedDict
+from prometheus_client.mmap_dict import MmapedDict  # private: tests/test_prometheus_client_pins.py
 
 from worker import __version__, metrics
 from worker.brokers.redis import Counts, redis_backlog, redis_queue_heads

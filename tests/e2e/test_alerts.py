@@ -20,7 +20,7 @@ from collections import Counter
 
 import pytest
 
-from alerts.detect import parse_duration
+from alerts.duration import parse_duration
 from alerts.render import load_config, record_names, render_rules
 from stack.loadgen import set_simulation
 from tests.support.e2e import (

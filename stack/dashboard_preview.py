@@ -1,7 +1,7 @@
 """Draw each generated dashboard from a live Prometheus into a PNG, Grafana's grid kept.
 
-    python -m dashboards.preview                          # `make dashboards-preview`
-    python -m dashboards.preview --prometheus http://127.0.0.1:9090 --range 1h
+    python -m stack.dashboard_preview                     # `make dashboards-preview`
+    python -m stack.dashboard_preview --prometheus http://127.0.0.1:9090 --range 1h
 
 Without ``--prometheus`` it starts a short simulated fleet first (redis-server, two worker
 replicas under a mixed load with failures, dead letters and throttling, and a Prometheus
@@ -10,7 +10,7 @@ Each panel's queries are sent as Grafana would send them (variables: "All", the 
 replica on the replica dashboard) and drawn with matplotlib: time series with the alert
 threshold as a dashed line, stats, the duration heatmap, the alert list from the rules'
 state. The images go to docs/img/<uid>.png, for docs/dashboards.md and for people
-without Grafana.
+without Grafana. A tool of the stack, not part of the dashboards: it runs a fleet.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import matplotlib.dates as mdates  # noqa: E402
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from alerts.duration import parse_duration  # noqa: E402
 from dashboards import promql  # noqa: E402
 from dashboards.render import GENERATED_DIR, REPO_DIR  # noqa: E402
 from stack import prom  # noqa: E402
@@ -312,7 +313,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base = args.prometheus.rstrip("/")
         end = time.time()
         try:
-            start = end - prom.parse_duration(args.range)
+            start = end - parse_duration(args.range)
         except ValueError:
             parser.error(f"--range: {args.range!r} is not a duration like 15m or 1h")
         instance = (
