@@ -15,22 +15,19 @@ from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_vali
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.config_values import (  # noqa: F401  (re-exported: where callers look for them)
-    DEFAULT_RATE_LIMITS,
     ENCRYPTION_KEY_FORM,
     MAX_JOB_CONCURRENCY,
     MAX_THREADS_PER_PROCESS,
     URL_FIELDS,
-    Limits,
     check_log_level,
     check_url,
     check_utf8,
     decode_encryption_key,
     describe_error,
     parse_latency,
-    parse_limits,
-    parse_overrides,
     strip_userinfo,
 )
+from worker.ratelimit import DEFAULT_RATE_LIMITS, Limits, parse_limits, parse_overrides
 
 
 class ConfigError(SystemExit):

@@ -1,4 +1,4 @@
-"""Parsers and checks of setting values: rate-limit windows, the encryption key, URLs.
+"""Parsers and checks of setting values: the encryption key, URLs, log levels.
 
 Each raises ``ValueError`` with a message fit for a configuration error (it names what is
 wrong, never a secret value); ``worker.config`` turns it into one line and exit code 2.
@@ -8,45 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from typing import Any
 from urllib.parse import urlsplit
-
-#: Named rate-limit windows: name -> (max admissions, window seconds).
-Limits = dict[str, tuple[int, int]]
-
-DEFAULT_RATE_LIMITS = "minute=100/60,hour=5000/3600,day=100000/86400"
-
-#: Largest window (31 days) and count: beyond them Redis' key expiry and the script's
-#: integer arithmetic would overflow.
-MAX_WINDOW_SECONDS = 31 * 86_400
-MAX_WINDOW_COUNT = 10**9
-
-_LIMIT_ITEM = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*=\s*(\d+)\s*/\s*(\d+)\s*$")
-
-
-def parse_limits(text: str) -> Limits:
-    """Parse ``minute=100/60,hour=5000/3600`` into ``{"minute": (100, 60), ...}``."""
-    limits: Limits = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        match = _LIMIT_ITEM.match(item)
-        if match is None:
-            raise ValueError(f"{item!r} is not name=count/seconds")
-        name, count, seconds = match.group(1), int(match.group(2)), int(match.group(3))
-        if count < 1 or seconds < 1:
-            raise ValueError(f"{item!r}: count and seconds must be positive")
-        if count > MAX_WINDOW_COUNT or seconds > MAX_WINDOW_SECONDS:
-            raise ValueError(
-                f"{item!r}: at most {MAX_WINDOW_COUNT} per window and {MAX_WINDOW_SECONDS} s"
-            )
-        if name in limits:
-            raise ValueError(f"window {name!r} is given twice")
-        limits[name] = (count, seconds)
-    if not limits:
-        raise ValueError("at least one window is needed")
-    return limits
-
 
 #: What ENCRYPTION_KEY must be, said in every error about it.
 ENCRYPTION_KEY_FORM = (
@@ -90,23 +54,6 @@ def _looks_typed(text: str) -> bool:
         run = run + 1 if step in (1, -1, 0) and step == previous else 0
         longest = max(longest, run)
     return len(set(text)) < 16 or classes < 2 or longest >= 6
-
-
-def override_limits(org: str, value: Any) -> Limits:
-    """One organization's override: ``"minute=10/60"`` or ``{"minute": [10, 60]}``, checked
-    like RATE_LIMITS (window names, positive counts and seconds)."""
-    if isinstance(value, str):
-        return parse_limits(value)
-    if not isinstance(value, dict):
-        raise ValueError(f'{org!r}: must be a string like "minute=10/60"')
-    text = []
-    for name, pair in value.items():
-        if not (isinstance(pair, list | tuple) and len(pair) == 2):
-            raise ValueError(f"{org!r}: window {name!r} must be [count, seconds]")
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
-            raise ValueError(f"{org!r}: window {name!r}: count and seconds must be integers")
-        text.append(f"{name}={pair[0]}/{pair[1]}")
-    return parse_limits(",".join(text))
 
 
 def strip_userinfo(url: str) -> str:
@@ -180,18 +127,6 @@ def parse_latency(value: Any) -> tuple[float, float]:
     if not 0 <= low <= high:
         raise ValueError("range must satisfy 0 <= low <= high")
     return (float(low), float(high))
-
-
-def parse_overrides(value: Any) -> dict[str, Limits]:
-    """``{"org-1": "minute=10/60"}`` (JSON text or a mapping), each checked."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value) if value.strip() else {}
-        except json.JSONDecodeError:
-            raise ValueError('must be JSON like {"org-1": "minute=10/60"}') from None
-        if not isinstance(value, dict):
-            raise ValueError('must be a JSON object like {"org-1": "minute=10/60"}')
-    return {str(org): override_limits(str(org), lim) for org, lim in value.items()}
 
 
 def describe_error(error: dict[str, Any], name: str, secrets, url_fields) -> str:
