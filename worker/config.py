@@ -14,20 +14,11 @@ from urllib.parse import urlsplit
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from worker.config_values import (  # noqa: F401  (re-exported: where callers look for them)
-    ENCRYPTION_KEY_FORM,
-    MAX_JOB_CONCURRENCY,
-    MAX_THREADS_PER_PROCESS,
-    URL_FIELDS,
-    check_log_level,
-    check_url,
-    check_utf8,
-    decode_encryption_key,
-    describe_error,
-    parse_latency,
-    strip_userinfo,
-)
+from worker.backends import parse_latency
+from worker.keys import decode_encryption_key
+from worker.logs import check_log_level
 from worker.ratelimit import DEFAULT_RATE_LIMITS, Limits, parse_limits, parse_overrides
+from worker.redact import strip_userinfo
 
 
 class ConfigError(SystemExit):
@@ -37,6 +28,21 @@ class ConfigError(SystemExit):
         self.message = message
         super().__init__(2)
 
+
+#: Bounds of JOB_CONCURRENCY (see the configuration docs for why).
+MAX_JOB_CONCURRENCY = 512
+MAX_THREADS_PER_PROCESS = 256
+
+
+#: Settings holding a URL, whose userinfo (``user:password@``) is a secret.
+URL_FIELDS = (
+    "redis_url",
+    "broker_url",
+    "supabase_url",
+    "openrouter_base_url",
+    "crm_endpoint_url",
+    "message_endpoint_url",
+)
 
 #: Never echoed in an error: secrets, and URLs that may carry a password.
 SECRETS = {
@@ -476,6 +482,52 @@ def load_settings(**overrides: Any) -> Settings:
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
         raise ConfigError(describe_error(error, _alias(error), SECRETS, URL_FIELDS)) from None
+
+
+def describe_error(error: dict[str, Any], name: str, secrets, url_fields) -> str:
+    """One line for a pydantic error about variable ``name``: what is wrong, and the value
+    given unless it is a secret (a URL is shown without its ``user:password@``)."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "missing":
+        message = "required, not set"
+    elif name not in secrets and "input" in error and isinstance(error["input"], str | int):
+        shown = error["input"]
+        if name.lower() in url_fields:
+            shown = strip_userinfo(str(shown))
+        message = f"{message} (got {_bounded(repr(shown))})"
+    return f"configuration error: {name}: {_bounded(message, 300)}"
+
+
+def _bounded(text: str, limit: int = 120) -> str:
+    """``text`` on one line, cut to ``limit`` characters: an error names the problem; a
+    pasted 10 kB value would bury it."""
+    text = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def check_url(value: str, schemes: set[str], what: str) -> str:
+    """``value`` when its scheme is one of ``schemes`` and its port (if any) a number."""
+    parts = urlsplit(value)
+    if parts.scheme not in schemes:
+        raise ValueError(f"must start with {what}")
+    try:
+        parts.port  # noqa: B018 - urlsplit checks the port only when asked
+    except ValueError:
+        raise ValueError("the port must be a number from 0 to 65535") from None
+    if parts.scheme != "unix" and not parts.hostname:
+        raise ValueError("a host is missing")
+    return value
+
+
+def check_utf8(value: Any) -> Any:
+    """``value``, unless it is text holding bytes that are not UTF-8: ``os.environ`` keeps
+    them as lone surrogates, which would fail later, far from the variable."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("is not UTF-8 text") from None
+    return value
 
 
 def _alias(error: dict[str, Any]) -> str:

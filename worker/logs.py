@@ -30,6 +30,8 @@ MAX_LINE_CHARS = 2_000
 MAX_ERROR_CHARS = 300
 MAX_TRACEBACK_LINES = 30
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
 _FAILED = "Failed to process message %s with unhandled exception."
 #: Dramatiq's actor logs its call's arguments at DEBUG: kept as their names only.
 _CALLED = "Received args=%r kwargs=%r."
@@ -107,6 +109,12 @@ class SafeRecords(logging.Filter):
             where,
         )
         record.exc_info, record.exc_text = None, None
+
+
+def check_log_level(value: str) -> str:
+    if value.strip().upper() not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return value.strip().upper()
 
 
 _SAFE = SafeRecords()

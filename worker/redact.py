@@ -29,6 +29,17 @@ PATTERNS: tuple[re.Pattern[str], ...] = (
 _MIN_SECRET_LENGTH = 8
 
 
+def strip_userinfo(url: str) -> str:
+    """``url`` without its ``user:password@`` part (kept as ``***@`` to show it was there)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{path}"
+
+
 class Redactor:
     """Replaces known secret values and credential patterns in text with ``[Filtered]``."""
 
