@@ -7,6 +7,7 @@ line naming the variable (``ConfigError``); secret values are never echoed back.
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -14,9 +15,11 @@ from urllib.parse import urlsplit
 from pydantic import (
     AliasChoices,
     AliasGenerator,
+    BeforeValidator,
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -25,7 +28,7 @@ from worker.backends import parse_latency
 from worker.keys import decode_encryption_key
 from worker.logs import check_log_level
 from worker.ratelimit import DEFAULT_RATE_LIMITS, Limits, parse_limits, parse_overrides
-from worker.redact import strip_userinfo
+from worker.redact import SecretUrl, secret_settings, secret_urls, secret_values, strip_userinfo
 
 
 class ConfigError(SystemExit):
@@ -41,25 +44,10 @@ MAX_JOB_CONCURRENCY = 512
 MAX_THREADS_PER_PROCESS = 256
 
 
-#: Settings holding a URL, whose userinfo (``user:password@``) is a secret.
-URL_FIELDS = (
-    "redis_url",
-    "broker_url",
-    "supabase_url",
-    "openrouter_base_url",
-    "crm_endpoint_url",
-    "message_endpoint_url",
-)
-
-#: Never echoed in an error: secrets, and URLs that may carry a password.
-SECRETS = {
-    "SUPABASE_SERVICE_ROLE_KEY",
-    "ENCRYPTION_KEY",
-    "OPENROUTER_API_KEY",
-    "SENTRY_DSN",
-    "REDIS_URL",
-    "BROKER_URL",
-}
+#: A URL whose ``user:password@`` is secret.
+Url = Annotated[str, SecretUrl()]
+#: A broker URL, never echoed: Redis and AMQP URLs may carry a password in their query too.
+BrokerUrl = Annotated[str, SecretUrl(whole=True)]
 
 
 class Settings(BaseSettings):
@@ -77,11 +65,11 @@ class Settings(BaseSettings):
     )
 
     # Broker and Redis
-    redis_url: str = Field(
+    redis_url: BrokerUrl = Field(
         description="`redis://`, `rediss://` (TLS, e.g. Upstash) or `unix://` URL of the Redis "
         "that holds the queues, the job log and the rate limiter.",
     )
-    broker_url: str | None = Field(
+    broker_url: BrokerUrl | None = Field(
         None,
         description="A different broker than `REDIS_URL`: `redis://...` or `amqp://...` "
         "(RabbitMQ, publisher confirms on); unset, the broker is `REDIS_URL`.",
@@ -192,7 +180,7 @@ class Settings(BaseSettings):
     )
 
     # Integrations (all optional)
-    supabase_url: str | None = Field(
+    supabase_url: Url | None = Field(
         None,
         description="Supabase project URL: set, job statuses and organizations live in "
         "Supabase; unset, in Redis.",
@@ -241,7 +229,7 @@ class Settings(BaseSettings):
         description="LLM key for organizations that have none of their own; with neither "
         "it nor `ENCRYPTION_KEY`, `agent.run` calls the simulated LLM.",
     )
-    openrouter_base_url: str = Field(
+    openrouter_base_url: Url = Field(
         "https://openrouter.ai/api/v1",
         description="Base URL of any chat-completions-compatible API.",
     )
@@ -254,17 +242,19 @@ class Settings(BaseSettings):
         gt=0,
         description="Longest wait for one LLM answer (connect: at most 10 s).",
     )
-    crm_endpoint_url: str | None = Field(
+    crm_endpoint_url: Url | None = Field(
         None,
         description="Where `crm.sync` POSTs; unset, the simulated service answers.",
     )
-    message_endpoint_url: str | None = Field(
+    message_endpoint_url: Url | None = Field(
         None,
         description="Where `message.send` POSTs; unset, the simulated service answers.",
     )
 
     # Simulated backends, used when no key / endpoint is configured
-    sim_latency_seconds: Annotated[tuple[float, float], NoDecode] = Field(
+    sim_latency_seconds: Annotated[
+        tuple[float, float], NoDecode, BeforeValidator(parse_latency)
+    ] = Field(
         (15.0, 20.0),
         description="Latency of the simulated services: seconds, or a range `low-high`.",
     )
@@ -318,12 +308,14 @@ class Settings(BaseSettings):
     )
 
     # Rate limits per organization
-    rate_limits: Annotated[Limits, NoDecode] = Field(
+    rate_limits: Annotated[Limits, NoDecode, BeforeValidator(parse_limits)] = Field(
         default_factory=lambda: parse_limits(DEFAULT_RATE_LIMITS),
         description="Per-organization windows, `name=count/seconds`, comma-separated; the "
         "names are the `window` label of the metrics.",
     )
-    rate_limit_overrides: Annotated[dict[str, Limits], NoDecode] = Field(
+    rate_limit_overrides: Annotated[
+        dict[str, Limits], NoDecode, BeforeValidator(parse_overrides)
+    ] = Field(
         default_factory=dict,
         description="JSON, per organization, windows replacing those of the same name or "
         'added: `{"org-1": "minute=10/60"}`.',
@@ -331,7 +323,9 @@ class Settings(BaseSettings):
 
     @field_validator("*", mode="before")
     @classmethod
-    def _utf8(cls, value: Any) -> Any:
+    def _raw(cls, value: Any, info: ValidationInfo) -> Any:
+        if info.field_name in secret_settings(cls) and isinstance(value, str) and not value.strip():
+            return None  # a secret set but empty (ENCRYPTION_KEY= in a compose file): unset
         return check_utf8(value)
 
     @field_validator("redis_url")
@@ -371,15 +365,9 @@ class Settings(BaseSettings):
     @field_validator("encryption_key")
     @classmethod
     def _encryption_key(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None or not value.get_secret_value().strip():
-            return None  # set but empty (e.g. ENCRYPTION_KEY= in a compose file): unset
-        decode_encryption_key(value.get_secret_value())
+        if value is not None:
+            decode_encryption_key(value.get_secret_value())
         return value
-
-    @field_validator("sentry_dsn", "openrouter_api_key", "supabase_service_role_key")
-    @classmethod
-    def _empty_secret_is_unset(cls, value: SecretStr | None) -> SecretStr | None:
-        return value if value is not None and value.get_secret_value().strip() else None
 
     @field_validator("sentry_dsn")
     @classmethod
@@ -389,21 +377,6 @@ class Settings(BaseSettings):
             if parts.scheme not in {"http", "https"} or not parts.username or not parts.path[1:]:
                 raise ValueError("must look like https://<public key>@<host>/<project id>")
         return value
-
-    @field_validator("sim_latency_seconds", mode="before")
-    @classmethod
-    def _latency(cls, value: Any) -> tuple[float, float]:
-        return parse_latency(value)
-
-    @field_validator("rate_limits", mode="before")
-    @classmethod
-    def _limits(cls, value: Any) -> Limits:
-        return parse_limits(value) if isinstance(value, str) else value
-
-    @field_validator("rate_limit_overrides", mode="before")
-    @classmethod
-    def _overrides(cls, value: Any) -> dict[str, Limits]:
-        return parse_overrides(value)
 
     @property
     def encryption_key_bytes(self) -> bytes | None:
@@ -416,9 +389,16 @@ class Settings(BaseSettings):
         return bool(self.supabase_url)
 
     def __repr_args__(self):
-        # URL settings may carry a password in their userinfo: never in a repr.
+        urls = secret_urls(type(self))  # their ``user:password@``: never in a repr
         for name, value in super().__repr_args__():
-            yield name, strip_userinfo(value) if name in URL_FIELDS and value else value
+            yield name, strip_userinfo(value) if name in urls and value else value
+
+    def secret_values(self) -> list[str]:
+        """Every secret of this configuration in each form text may carry it: those of
+        ``worker.redact.secret_values``, and the encryption key's other encodings."""
+        key = self.encryption_key_bytes
+        forms = [key.hex(), base64.b64encode(key).decode(), repr(key)[2:-1]] if key else []
+        return secret_values(self) + forms
 
     def check(self) -> Settings:
         if self.supabase_url and self.supabase_service_role_key is None:
@@ -443,27 +423,36 @@ class Settings(BaseSettings):
         return self.job_concurrency // self.worker_processes
 
 
-def load_settings(**overrides: Any) -> Settings:
-    """Read and check the environment; raise ``ConfigError`` (exit 2) on the first problem."""
+def load_settings(*, settings_class: type[Settings] = Settings, **overrides: Any) -> Settings:
+    """Read and check the environment; raise ``ConfigError`` (exit 2) on the first problem.
+    ``settings_class``: ``Settings`` (default), or a subclass that adds settings."""
     try:
-        return Settings(**overrides).check()
+        return settings_class(**overrides).check()
     except ValidationError as exc:
         error = exc.errors(include_url=False)[0]
-        raise ConfigError(describe_error(error, _alias(error), SECRETS, URL_FIELDS)) from None
+        raise ConfigError(describe_error(error, settings_class)) from None
 
 
-def describe_error(error: dict[str, Any], name: str, secrets, url_fields) -> str:
-    """One line for a pydantic error about variable ``name``: what is wrong, and the value
+def never_echoed(settings_class: type[Settings] = Settings) -> frozenset[str]:
+    """Settings whose value an error never shows (*secret* in the docs): those typed
+    ``SecretStr``, and broker URLs (``SecretUrl(whole=True)``)."""
+    urls = secret_urls(settings_class)
+    return secret_settings(settings_class) | {name for name in urls if urls[name].whole}
+
+
+def describe_error(error: dict[str, Any], settings_class: type[Settings]) -> str:
+    """One line for a pydantic error naming its variable: what is wrong, and the value
     given unless it is a secret (a URL is shown without its ``user:password@``)."""
+    field, variable = _variable(error, settings_class)
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "missing":
         message = "required, not set"
-    elif name not in secrets and "input" in error and isinstance(error["input"], str | int):
+    elif field not in never_echoed(settings_class) and isinstance(error.get("input"), str | int):
         shown = error["input"]
-        if name.lower() in url_fields:
+        if field in secret_urls(settings_class):
             shown = strip_userinfo(str(shown))
         message = f"{message} (got {_bounded(repr(shown))})"
-    return f"configuration error: {name}: {_bounded(message, 300)}"
+    return f"configuration error: {variable}: {_bounded(message, 300)}"
 
 
 def _bounded(text: str, limit: int = 120) -> str:
@@ -498,10 +487,12 @@ def check_utf8(value: Any) -> Any:
     return value
 
 
-def _alias(error: dict[str, Any]) -> str:
-    """The variable an error is about (a field's alias, as the user wrote it)."""
-    field = Settings.model_fields.get(str(error["loc"][0])) if error["loc"] else None
-    alias = field.validation_alias if field else None
-    if isinstance(alias, AliasChoices):
-        alias = alias.choices[0]
-    return str(alias or (error["loc"][0] if error["loc"] else "configuration"))
+def _variable(error: dict[str, Any], settings_class: type[Settings]) -> tuple[str, str]:
+    """The field an error is about, and its variable as the user wrote it."""
+    where = str(error["loc"][0]) if error["loc"] else "configuration"
+    for name, field in settings_class.model_fields.items():
+        alias = field.validation_alias
+        aliases = [str(a) for a in (alias.choices if isinstance(alias, AliasChoices) else [alias])]
+        if where == name or where in aliases:
+            return name, where if where in aliases else aliases[0]
+    return where, where
