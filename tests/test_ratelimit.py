@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 
 import pytest
 import redis
 from prometheus_client import REGISTRY
 
+from stack.fleet import ROOT
 from tests.ratelimit_load import hammer, max_in_any_interval, utilization
 from worker.config import load_settings
 from worker.ratelimit import RateLimited, RateLimiter, RateLimiterUnavailable
@@ -205,3 +208,14 @@ def test_two_deployments_sharing_a_redis_keep_their_own_counters(client, redis_u
         "agent-jobs:ratelimit:{org-1}:minute:60",
     ]
     assert all(client.exists(k) for k in keys)
+
+
+def test_the_settings_load_the_limiter_but_not_the_metrics_library():
+    """worker.config imports the limiter for its windows; prometheus_client must wait:
+    ``python -m worker`` reads the settings before it sets PROMETHEUS_MULTIPROC_DIR."""
+    names = "{'worker.ratelimit', 'prometheus_client'}"
+    code = f"import sys, worker.config; print(sorted({names} & set(sys.modules)))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert out.stdout.strip() == "['worker.ratelimit']", out.stderr
