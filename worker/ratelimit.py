@@ -35,6 +35,9 @@ than ``N``; then it is counted once in bucket ``k`` of every window, else nothin
   (conservative); a forward step or a failover to a replica whose clock is ahead ages
   admissions early, the one way this guarantee depends on the clock.
 
+Windows are written ``name=count/seconds`` (``RATE_LIMITS``) or given as a mapping;
+``parse_limits`` is their one check, for the settings and for ``RateLimiter`` alike.
+
 Every key of one organization carries the hash tag ``{org}``, so the script runs unchanged
 on Redis Cluster; keys are ``<prefix>:{<org>}:<window>:<seconds>``, the prefix
 ``<JOB_QUEUE_NAME>:ratelimit`` for a worker (``from_settings``). The script is sent with
