@@ -57,7 +57,7 @@ from dataclasses import asdict, dataclass
 from alerts.duration import parse_duration
 from stack import prom
 from stack.prom import PrometheusError
-from worker.config import DEFAULT_RATE_LIMITS, Limits, parse_limits
+from worker.ratelimit import DEFAULT_RATE_LIMITS, Limits, parse_limits
 
 SECONDS_PER_DAY = 86_400
 

@@ -29,6 +29,7 @@ from typing import Any, TextIO
 import dramatiq.errors
 import redis
 
+from worker.backends import parse_latency
 from worker.jobs import QUEUES
 from worker.redis_keys import RedisKeys
 
@@ -87,15 +88,12 @@ def parse_mix(text: str) -> dict[str, float]:
     return {name: weight / total for name, weight in mix.items()}
 
 
-def parse_latency(text: str) -> tuple[float, float]:
-    low, _, high = text.partition("-")
+def latency(text: str) -> tuple[float, float]:
+    """``--latency``, read as the workers read SIM_LATENCY_SECONDS."""
     try:
-        value = (float(low), float(high or low))
-    except ValueError:
-        raise argparse.ArgumentTypeError("latency is seconds, or a range like 15-20") from None
-    if not 0 <= value[0] <= value[1]:
-        raise argparse.ArgumentTypeError("latency range must satisfy 0 <= low <= high")
-    return value
+        return parse_latency(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"latency {exc}") from None
 
 
 def ratio(text: str) -> float:
@@ -254,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
     knobs = parser.add_argument_group("simulated backend, fleet-wide (Redis hash)")
     knobs.add_argument("--failure-ratio", type=ratio, help="share of calls failing with a 500")
     knobs.add_argument("--ratio-429", type=ratio, help="share of calls answered 429")
-    knobs.add_argument("--latency", type=parse_latency, help="seconds per call, e.g. 15-20")
+    knobs.add_argument("--latency", type=latency, help="seconds per call, e.g. 15-20")
     knobs.add_argument("--reset-simulation", action="store_true", help="clear the knobs first")
     knobs.add_argument("--set-only", action="store_true", help="apply the knobs and exit")
     try:

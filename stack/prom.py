@@ -9,34 +9,22 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import httpx
 
 from stack.servers import require_binary
+from worker.redact import strip_userinfo
 
 
 class PrometheusError(RuntimeError):
     """Prometheus could not be reached or gave no usable answer."""
 
 
-def redact(url: str) -> str:
-    """The URL without a password it may carry, for error messages."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(
-        parts._replace(
-            netloc=f"{parts.username}:***@{parts.hostname}"
-            + (f":{parts.port}" if parts.port else "")
-        )
-    )
-
-
 def api(url: str, path: str, params: dict[str, Any] | None = None, timeout: float = 30.0):
     """``data`` of ``GET <url>/api/v1/<path>``; PrometheusError (naming the URL without its
     password) when Prometheus cannot be reached or does not answer with success."""
-    shown = redact(url)
+    shown = strip_userinfo(url)
     if urlsplit(url).scheme not in {"http", "https"}:
         raise PrometheusError(f"Prometheus needs an http:// or https:// URL (got {shown})")
     try:

@@ -79,14 +79,14 @@ def _bounds(field) -> str:
 def config_table() -> str:
     from pydantic import AliasChoices
 
-    from worker.config import SECRETS, Settings
+    from worker.config import Settings, never_echoed
 
-    rows = []
-    for field in Settings.model_fields.values():
+    rows, secret = [], never_echoed()
+    for field_name, field in Settings.model_fields.items():
         alias = field.validation_alias
         names = list(alias.choices) if isinstance(alias, AliasChoices) else [alias]
         variable = " or ".join(f"`{name}`" for name in names)
-        if names[0] in SECRETS:
+        if field_name in secret:
             variable += " (secret)"
         rows.append([variable, _default(field), _bounds(field), field.description or ""])
     return _table(["variable", "default", "valid values", "meaning"], rows)

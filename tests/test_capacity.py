@@ -13,7 +13,7 @@ import pytest
 from stack.capacity import erlang_c, main, plan, slots_for_wait, wait_longer_than
 from stack.prom import backfill_openmetrics
 from stack.servers import free_port, prometheus_server, running
-from worker.config import parse_limits
+from worker.ratelimit import parse_limits
 
 CAPACITY_PAGE = Path(__file__).resolve().parents[1] / "docs" / "capacity.md"
 

@@ -123,7 +123,7 @@ def test_every_bad_value_exits_2_with_one_line_and_no_secret():
 def test_weak_encryption_keys_are_refused_and_random_ones_accepted(key):
     import os
 
-    from worker.config import decode_encryption_key
+    from worker.api_keys import decode_encryption_key
 
     with pytest.raises(ValueError, match="32 random bytes"):
         decode_encryption_key(key)

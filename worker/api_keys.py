@@ -6,6 +6,7 @@ another organization's row does not decrypt there. The ``v1`` prefix names the
 algorithm and layout, so a later format (or key rotation with a key id) can be read
 beside this one.
 
+``decode_encryption_key`` is the one check of ENCRYPTION_KEY's form (the settings use it).
 ``worker encrypt-key --org-id ORG`` encrypts a key read from standard input.
 """
 
@@ -16,17 +17,60 @@ import base64
 import binascii
 import getpass
 import os
+import re
 import sys
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from worker.config import ConfigError, decode_encryption_key
 from worker.errors import PermanentError
 
 VERSION = "v1"
 NONCE_BYTES = 12
 TAG_BYTES = 16
+
+#: What ENCRYPTION_KEY must be, said in every error about it.
+ENCRYPTION_KEY_FORM = (
+    "must be 32 random bytes, as base64 (e.g. `openssl rand -base64 32`) or 64 hex digits"
+)
+
+
+def decode_encryption_key(raw: str) -> bytes:
+    """32 random bytes given as base64 or 64 hex digits (or, for keys made by other tools,
+    32 characters that look random); obvious weak values are refused."""
+    raw = raw.strip()
+    if re.fullmatch(r"[0-9a-fA-F]{64}", raw):
+        key = bytes.fromhex(raw)
+    else:
+        try:
+            key = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError):
+            key = b""
+        if len(key) != 32 and len(raw) == 32:
+            key = raw.encode()
+            if _looks_typed(raw):
+                raise ValueError(f"{ENCRYPTION_KEY_FORM}; this one is a guessable text")
+    if len(key) != 32:
+        raise ValueError(f"{ENCRYPTION_KEY_FORM} (got {len(key)} bytes)")
+    # 32 random bytes hold 32 distinct values but for a couple of repeats: fewer than 16
+    # distinct bytes (all zeros, a repeated short pattern) is not a random key.
+    if len(set(key)) < 16:
+        raise ValueError(f"{ENCRYPTION_KEY_FORM}; this one repeats a few byte values")
+    return key
+
+
+def _looks_typed(text: str) -> bool:
+    """32 characters a person typed rather than drew at random: few distinct characters,
+    one character class only, or a long run like ``abcdefgh`` / ``12345678``."""
+    classes = sum(
+        any(test(c) for c in text) for test in (str.islower, str.isupper, str.isdigit)
+    ) + any(not c.isalnum() for c in text)
+    steps = [ord(b) - ord(a) for a, b in zip(text, text[1:], strict=False)]
+    longest = run = 0
+    for previous, step in zip([None, *steps], steps, strict=False):
+        run = run + 1 if step in (1, -1, 0) and step == previous else 0
+        longest = max(longest, run)
+    return len(set(text)) < 16 or classes < 2 or longest >= 6
 
 
 class KeyDecryptionError(PermanentError):
@@ -103,11 +147,13 @@ def main(argv: list[str]) -> int:
         return 2
     raw_key = os.environ.get("ENCRYPTION_KEY")
     if not raw_key:
-        raise ConfigError("configuration error: ENCRYPTION_KEY: required, not set")
+        print("configuration error: ENCRYPTION_KEY: required, not set", file=sys.stderr)
+        return 2
     try:
         key = decode_encryption_key(raw_key)
     except ValueError as exc:
-        raise ConfigError(f"configuration error: ENCRYPTION_KEY: {exc}") from None
+        print(f"configuration error: ENCRYPTION_KEY: {exc}", file=sys.stderr)
+        return 2
     if sys.stdin.isatty():
         plaintext = getpass.getpass("API key (not echoed): ")
     else:

@@ -202,7 +202,7 @@ def setup(settings: Settings | None = None) -> dramatiq.Broker:
     """Build this process's broker and services, and bind the actors to the broker."""
     logging.getLogger(WORKER_THREAD_LOGGER).addFilter(_DropResultsAdvice())
     settings = settings or load_settings()
-    install_safe_logs(settings.log_level)
+    install_safe_logs(settings.log_level, secrets=settings.secret_values())
     if settings.sentry_dsn is not None:
         from worker.sentry import add_job_tags, init_sentry
 

@@ -29,6 +29,20 @@ class Simulation:
     ratio_429: float = 0.0
 
 
+def parse_latency(value: Any) -> tuple[float, float]:
+    """``15-20`` or ``15`` (seconds) as ``(low, high)``."""
+    if isinstance(value, str):
+        low, _, high = value.partition("-")
+        try:
+            value = (float(low), float(high or low))
+        except ValueError:
+            raise ValueError("must be seconds, or a range like 15-20") from None
+    low, high = value
+    if not 0 <= low <= high:
+        raise ValueError("range must satisfy 0 <= low <= high")
+    return (float(low), float(high))
+
+
 class SimulationKnobs:
     """The simulation's settings, overridable live through the Redis hash ``<ns>:simulation``.
 

@@ -277,7 +277,7 @@ def make_http_server(host: str, port: int, app) -> WSGIServer:
 def serve(settings: Settings | None = None) -> int:
     """Run the replica's endpoint, Redis probe and backlog sampler until SIGTERM."""
     settings = settings or load_settings()
-    install_safe_logs(settings.log_level)
+    install_safe_logs(settings.log_level, secrets=settings.secret_values())
     path = os.environ[ENV]
     parent = os.getppid()
 

@@ -11,6 +11,7 @@ record before it is written:
 - Dramatiq's "Failed to process message" becomes ``job <id> (<actor>) on queue <queue>
   attempt <n> failed: <error type>: <error message, cut>`` with where it was raised,
   no traceback (Sentry, when configured, has the traceback, scrubbed);
+- secrets are removed (``worker.redact``: the configured ones, and credential patterns);
 - control characters are escaped (a newline in a value cannot forge a line) and the line
   is cut to ``MAX_LINE_CHARS``; a traceback of any other record keeps at most
   ``MAX_TRACEBACK_LINES`` lines, each cut likewise.
@@ -20,15 +21,20 @@ from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Iterable
 from typing import Any
 
 from dramatiq import Message, MessageProxy
+
+from worker.redact import REDACTOR
 
 #: No log line of the worker is longer (characters, before the handler's prefix).
 MAX_LINE_CHARS = 2_000
 #: Characters of an exception's text kept in a failure line.
 MAX_ERROR_CHARS = 300
 MAX_TRACEBACK_LINES = 30
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 _FAILED = "Failed to process message %s with unhandled exception."
 #: Dramatiq's actor logs its call's arguments at DEBUG: kept as their names only.
@@ -75,14 +81,18 @@ class SafeRecords(logging.Filter):
                 record.args = tuple(
                     identity(a) if isinstance(a, Message | MessageProxy) else a for a in args
                 )
-            text = cut(escape(record.getMessage()), MAX_LINE_CHARS)
+            text = cut(escape(REDACTOR.redact(record.getMessage())), MAX_LINE_CHARS)
             record.msg, record.args = text, None
             if record.exc_info and not record.exc_text:
                 lines = "".join(traceback.format_exception(*record.exc_info)).splitlines()
-                kept = [cut(escape(line), MAX_LINE_CHARS) for line in lines[-MAX_TRACEBACK_LINES:]]
+                kept = [
+                    cut(escape(REDACTOR.redact(line)), MAX_LINE_CHARS)
+                    for line in lines[-MAX_TRACEBACK_LINES:]
+                ]
                 record.exc_text = "\n".join(kept)
         except Exception:  # a log line must never break the code that logs it
-            record.msg, record.args = cut(escape(str(record.msg)), MAX_LINE_CHARS), None
+            text = REDACTOR.redact(str(record.msg))
+            record.msg, record.args = cut(escape(text), MAX_LINE_CHARS), None
         return True
 
     @staticmethod
@@ -109,11 +119,19 @@ class SafeRecords(logging.Filter):
         record.exc_info, record.exc_text = None, None
 
 
+def check_log_level(value: str) -> str:
+    if value.strip().upper() not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    return value.strip().upper()
+
+
 _SAFE = SafeRecords()
 
 
-def install(level: str | None = None) -> None:
-    """Put ``SafeRecords`` on every handler of the root logger (once), and set its level."""
+def install(level: str | None = None, *, secrets: Iterable[str] = ()) -> None:
+    """Put ``SafeRecords`` on every handler of the root logger (once), and set its level.
+    ``secrets``: values never to log (``Settings.secret_values()``; default none)."""
+    REDACTOR.add(*secrets)
     root = logging.getLogger()
     if level:
         root.setLevel(level)

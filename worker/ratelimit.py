@@ -35,6 +35,9 @@ than ``N``; then it is counted once in bucket ``k`` of every window, else nothin
   (conservative); a forward step or a failover to a replica whose clock is ahead ages
   admissions early, the one way this guarantee depends on the clock.
 
+Windows are written ``name=count/seconds`` (``RATE_LIMITS``) or given as a mapping;
+``parse_limits`` is their one check, for the settings and for ``RateLimiter`` alike.
+
 Every key of one organization carries the hash tag ``{org}``, so the script runs unchanged
 on Redis Cluster; keys are ``<prefix>:{<org>}:<window>:<seconds>``, the prefix
 ``<JOB_QUEUE_NAME>:ratelimit`` for a worker (``from_settings``). The script is sent with
@@ -45,6 +48,7 @@ EVAL, which also caches it on that server.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import time
@@ -54,8 +58,6 @@ from typing import Any, TypeVar
 
 import redis
 
-from worker.config import DEFAULT_RATE_LIMITS, parse_limits
-from worker.metrics import rate_limit_decisions
 from worker.redis_keys import RedisKeys, rate_limit_window
 
 log = logging.getLogger(__name__)
@@ -63,14 +65,74 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 #: Named windows: name -> (max admissions, window seconds).
-LimitsSpec = Mapping[str, tuple[int, float]]
+Limits = dict[str, tuple[int, int]]
+
+DEFAULT_RATE_LIMITS = "minute=100/60,hour=5000/3600,day=100000/86400"
+
+#: Largest window (31 days) and count: beyond them Redis' key expiry and the script's
+#: integer arithmetic would overflow.
+MAX_WINDOW_SECONDS = 31 * 86_400
+MAX_WINDOW_COUNT = 10**9
 
 DEFAULT_BUCKETS = 60
 
 #: Values of the ``decision`` label of ``worker_rate_limit_decisions_total``.
 DECISIONS = ("allowed", "throttled", "unavailable")
 
-_WINDOW_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+_WINDOW = re.compile(r"^\s*([a-z][a-z0-9_]*)\s*=\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def parse_limits(spec: str | Mapping[str, tuple[int, int]]) -> Limits:
+    """The one check of rate-limit windows, as ``RATE_LIMITS`` text (``minute=100/60,
+    hour=5000/3600``) or as a mapping (``{"minute": (100, 60)}``); ``ValueError`` names
+    the window that is wrong. A mapping is checked as the text it stands for."""
+    if not isinstance(spec, str):
+        spec = ",".join(f"{name}={count}/{seconds}" for name, (count, seconds) in spec.items())
+    limits: Limits = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        match = _WINDOW.match(item)
+        if match is None:
+            raise ValueError(f"{item!r} is not name=count/seconds")
+        name, count, seconds = match.group(1), int(match.group(2)), int(match.group(3))
+        if count < 1 or seconds < 1:
+            raise ValueError(f"{item!r}: count and seconds must be positive")
+        if count > MAX_WINDOW_COUNT or seconds > MAX_WINDOW_SECONDS:
+            raise ValueError(
+                f"{item!r}: at most {MAX_WINDOW_COUNT} per window and {MAX_WINDOW_SECONDS} s"
+            )
+        if name in limits:
+            raise ValueError(f"window {name!r} is given twice")
+        limits[name] = (count, seconds)
+    if not limits:
+        raise ValueError("at least one window is needed")
+    return limits
+
+
+def parse_overrides(value: str | Mapping[str, Any]) -> dict[str, Limits]:
+    """``RATE_LIMIT_OVERRIDES``: ``{"org-1": "minute=10/60"}`` or ``{"org-1": {"minute":
+    [10, 60]}}``, as JSON text or a mapping; each organization's windows checked."""
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError:
+            raise ValueError('must be JSON like {"org-1": "minute=10/60"}') from None
+        if not isinstance(value, dict):
+            raise ValueError('must be a JSON object like {"org-1": "minute=10/60"}')
+    return {str(org): _override(str(org), limits) for org, limits in value.items()}
+
+
+def _override(org: str, value: Any) -> Limits:
+    if isinstance(value, str):
+        return parse_limits(value)
+    if not isinstance(value, dict):
+        raise ValueError(f'{org!r}: must be a string like "minute=10/60"')
+    for name, pair in value.items():
+        if not (isinstance(pair, list | tuple) and len(pair) == 2):
+            raise ValueError(f"{org!r}: window {name!r} must be [count, seconds]")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in pair):
+            raise ValueError(f"{org!r}: window {name!r}: count and seconds must be integers")
+    return parse_limits(value)
+
 
 # KEYS[i]: hash of window i: field <bucket index> = admissions counted in that bucket, plus
 #   n = sum of the bucket fields, lo = every bucket field is >= lo (the oldest bucket at the
@@ -220,20 +282,8 @@ class RateLimiterUnavailable(Exception):
     """Redis could not decide (unreachable, loading, read-only, ...); nothing was admitted."""
 
 
-def _window_list(spec: LimitsSpec) -> tuple[Window, ...]:
-    windows = []
-    for name, pair in spec.items():
-        count, seconds = pair
-        if not _WINDOW_NAME.match(name):
-            raise ValueError(f"window name {name!r} must be lower-case letters, digits, '_'")
-        if int(count) != count or count < 1:
-            raise ValueError(f"window {name!r}: count must be a positive integer")
-        if not seconds > 0:
-            raise ValueError(f"window {name!r}: seconds must be positive")
-        windows.append(Window(name, int(count), float(seconds)))
-    if not windows:
-        raise ValueError("at least one window is needed")
-    return tuple(windows)
+def _windows(spec: Mapping[str, tuple[int, int]]) -> tuple[Window, ...]:
+    return tuple(Window(name, count, float(seconds)) for name, (count, seconds) in spec.items())
 
 
 def _hash_tag(org_id: str) -> str:
@@ -255,9 +305,9 @@ class RateLimiter:
     def __init__(
         self,
         redis_client: redis.Redis | redis.RedisCluster,
-        limits: LimitsSpec | None = None,
+        limits: Mapping[str, tuple[int, int]] | None = None,
         *,
-        overrides: Mapping[str, LimitsSpec] | None = None,
+        overrides: Mapping[str, Mapping[str, tuple[int, int]]] | None = None,
         buckets: int = DEFAULT_BUCKETS,
         key_prefix: str = "ratelimit",
     ) -> None:
@@ -268,18 +318,24 @@ class RateLimiter:
         self.redis = redis_client
         self.buckets = buckets
         self.key_prefix = key_prefix
-        default_spec = dict(limits if limits is not None else parse_limits(DEFAULT_RATE_LIMITS))
-        self.default_windows = _window_list(default_spec)
+        default_spec = parse_limits(limits if limits is not None else DEFAULT_RATE_LIMITS)
+        self.default_windows = _windows(default_spec)
         self.overrides = {
-            str(org): _window_list({**default_spec, **dict(spec)})
+            str(org): _windows(parse_limits({**default_spec, **dict(spec)}))
             for org, spec in (overrides or {}).items()
         }
+        # Imported here, not at the top: the settings module imports this one, and nothing
+        # may import prometheus_client before ``python -m worker`` sets
+        # PROMETHEUS_MULTIPROC_DIR (worker.replica).
+        from worker.metrics import rate_limit_decisions
+
+        self._decisions = rate_limit_decisions
 
         # Every configured window x decision exists at 0 from the start: a dashboard shows
         # 0, not "no data", before the first decision.
         for name in {w.name for ws in (self.default_windows, *self.overrides.values()) for w in ws}:
             for decision in DECISIONS:
-                rate_limit_decisions.labels(name, decision)
+                self._decisions.labels(name, decision)
 
     @classmethod
     def from_settings(cls, redis_client: Any, settings: Any, **options: Any) -> RateLimiter:
@@ -323,7 +379,7 @@ class RateLimiter:
             reply = self._run(self.keys_for(org_id), args)
         except redis.RedisError as exc:
             for window in windows:
-                rate_limit_decisions.labels(window.name, "unavailable").inc()
+                self._decisions.labels(window.name, "unavailable").inc()
             raise RateLimiterUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
         allowed = bool(int(reply[0]))
@@ -333,9 +389,9 @@ class RateLimiter:
         )
         for wd in per_window:
             if allowed:
-                rate_limit_decisions.labels(wd.window.name, "allowed").inc()
+                self._decisions.labels(wd.window.name, "allowed").inc()
             elif wd.refused:
-                rate_limit_decisions.labels(wd.window.name, "throttled").inc()
+                self._decisions.labels(wd.window.name, "throttled").inc()
         return Decision(
             allowed=allowed,
             retry_after=0.0 if allowed else max(wd.retry_after for wd in per_window),

@@ -1,4 +1,6 @@
-"""Removes secrets from text before it leaves the process (Sentry events, error reasons).
+"""Removes secrets from text before it leaves the process (logs, Sentry events, error
+reasons), and says which settings are secret: those typed ``SecretStr``, and URLs marked
+``SecretUrl`` (their ``user:password@``), so a new secret setting needs no list updated.
 
 Two nets: the exact values this process knows to be secret (its configured keys, and
 every organization key it has decrypted), and patterns of credentials it cannot know in
@@ -10,8 +12,14 @@ and protect nothing (a URL's short password is still found by its place in the U
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
+from dataclasses import dataclass
+from typing import Any, get_args
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, SecretStr
 
 FILTERED = "[Filtered]"
 
@@ -27,6 +35,69 @@ PATTERNS: tuple[re.Pattern[str], ...] = (
 )
 
 _MIN_SECRET_LENGTH = 8
+
+
+@dataclass(frozen=True)
+class SecretUrl:
+    """``Annotated`` marker of a setting holding a URL whose ``user:password@`` is secret:
+    left out of a repr and of an error, its password scrubbed from logs and events. With
+    ``whole=True`` an error never shows the URL at all (a Redis or AMQP URL may also carry
+    a password in its query)."""
+
+    whole: bool = False
+
+
+def _marks(model: type[BaseModel], name: str) -> list[Any]:
+    """Every type and ``Annotated`` marker inside a field's type (``X | None`` included)."""
+    field = model.model_fields[name]
+    found, todo = list(field.metadata), [field.annotation]
+    while todo:
+        annotation = todo.pop()
+        found += [annotation, *getattr(annotation, "__metadata__", ())]
+        todo += get_args(annotation)
+    return found
+
+
+@functools.cache
+def secret_settings(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of ``model`` typed ``SecretStr`` (or ``SecretStr | None``)."""
+    return frozenset(name for name in model.model_fields if SecretStr in _marks(model, name))
+
+
+@functools.cache
+def secret_urls(model: type[BaseModel]) -> dict[str, SecretUrl]:
+    """The fields of ``model`` marked ``SecretUrl``, with their marker."""
+    return {
+        name: mark
+        for name in model.model_fields
+        for mark in _marks(model, name)
+        if isinstance(mark, SecretUrl)
+    }
+
+
+def secret_values(settings: BaseModel) -> list[str]:
+    """The secrets ``settings`` holds, as text may carry them: every ``SecretStr`` value,
+    and the password of every ``SecretUrl`` (as written, and decoded: an AUTH error may
+    show it alone)."""
+    values = []
+    for name in secret_settings(type(settings)):
+        value = getattr(settings, name)
+        values += [value.get_secret_value()] if value is not None else []
+    for name in secret_urls(type(settings)):
+        password = urlsplit(getattr(settings, name) or "").password
+        values += [password, unquote(password)] if password else []
+    return values
+
+
+def strip_userinfo(url: str) -> str:
+    """``url`` without its ``user:password@`` part (kept as ``***@`` to show it was there)."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return url
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    return f"{scheme}{sep}{authority}{slash}{path}"
 
 
 class Redactor:

@@ -29,11 +29,9 @@ scrubbing fails, the SDK drops the event rather than send it unscrubbed.
 
 from __future__ import annotations
 
-import base64
 import logging
 import warnings
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import dramatiq
 import sentry_sdk
@@ -44,15 +42,16 @@ from sentry_sdk.integrations.logging import LoggingIntegration, ignore_logger
 
 from worker import __version__
 from worker.brokers.redis import WORKER_THREAD_LOGGER
-from worker.config import URL_FIELDS, Settings
+from worker.config import Settings
 from worker.middleware.sentry_tags import SentryJobTags
-from worker.redact import FILTERED, REDACTOR
+from worker.redact import FILTERED, REDACTOR, secret_settings
 
 #: Exceptions that defer a job rather than fail it: never an error event. A rate limiter
 #: that raises its own deferral exception from inside an actor adds it here.
 NOT_ERRORS: tuple[type[BaseException], ...] = (SkipMessage, RateLimitExceeded)
 
-#: Names whose values are dropped wherever they occur (headers, frame variables, extras).
+#: Names whose values are dropped wherever they occur (headers, frame variables, extras),
+#: besides the names of the secret settings (``_SECRET_SETTINGS``).
 SENSITIVE_NAMES = frozenset(
     {
         "authorization",
@@ -69,7 +68,6 @@ SENSITIVE_NAMES = frozenset(
         "refresh_token",
         "dsn",
         "service_role_key",
-        "encryption_key",
         "encryption_key_bytes",
         "plaintext",
         "llm_api_key_encrypted",
@@ -86,6 +84,10 @@ _SENSITIVE_SUFFIXES = (
     "encryption_key",
 )
 
+#: The settings typed secret, by name: those of ``Settings``, and of the subclass that
+#: ``init_sentry`` is given.
+_SECRET_SETTINGS = set(secret_settings(Settings))
+
 #: Payload fields kept in the event's copy of the message; the rest is customer data.
 PAYLOAD_KEPT = frozenset({"job_id", "org_id"})
 
@@ -96,7 +98,11 @@ _DUPLICATE_LOGGERS = (WORKER_THREAD_LOGGER,)
 
 def is_sensitive(name: str) -> bool:
     normalized = name.lower().replace("-", "_")
-    return normalized in SENSITIVE_NAMES or normalized.endswith(_SENSITIVE_SUFFIXES)
+    return (
+        normalized in SENSITIVE_NAMES
+        or normalized in _SECRET_SETTINGS
+        or normalized.endswith(_SENSITIVE_SUFFIXES)
+    )
 
 
 def _scrub(value: Any) -> Any:
@@ -133,33 +139,11 @@ def scrub_event(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any] |
     return _scrub(event)
 
 
-def secret_values(settings: Settings) -> list[str]:
-    """Every configured secret, in each form it may take in text."""
-    values = [
-        s.get_secret_value()
-        for s in (
-            settings.openrouter_api_key,
-            settings.supabase_service_role_key,
-            settings.encryption_key,
-            settings.sentry_dsn,
-        )
-        if s is not None
-    ]
-    for name in URL_FIELDS:  # a URL's password also appears alone (an AUTH error, say)
-        url = getattr(settings, name)
-        if url:
-            password = urlsplit(url).password
-            values += [password, unquote(password)] if password else []
-    key = settings.encryption_key_bytes
-    if key is not None:
-        values += [key.hex(), base64.b64encode(key).decode(), repr(key)[2:-1]]
-    return values
-
-
 def init_sentry(settings: Settings) -> None:
     """Start Sentry for this process; call before building the broker."""
     assert settings.sentry_dsn is not None
-    REDACTOR.add(*secret_values(settings))
+    REDACTOR.add(*settings.secret_values())
+    _SECRET_SETTINGS.update(secret_settings(type(settings)))
     for name in _DUPLICATE_LOGGERS:
         ignore_logger(name)
     with warnings.catch_warnings():
