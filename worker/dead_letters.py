@@ -145,10 +145,11 @@ class Outcome:
     missing: list[str] = field(default_factory=list)
 
     def counts(self) -> dict[str, int]:
+        """The summary: an id asked for that was no dead letter counts as matched and gone."""
         return {
-            "matched": self.matched,
+            "matched": self.matched + len(self.missing),
             self.action: self.done,
-            "already_gone": self.gone,
+            "already_gone": self.gone + len(self.missing),
             "failed": self.failed,
         }
 

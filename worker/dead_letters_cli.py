@@ -268,15 +268,11 @@ def _act(store: DeadLetters, args, selection: Selection, action: str) -> int:
     finally:
         outcome.missing = _missing(selection, matching)
         store.audit(action, by=args.by, selection=selection, outcome=outcome)
-    gone = outcome.gone + len(outcome.missing)
     for missing in outcome.missing:
         _out(f"already gone  {escape(missing)}")
-    verb = outcome.action
-    _out(
-        f"matched {outcome.matched + len(outcome.missing):,}, {verb} {outcome.done:,}, "
-        f"already gone {gone:,}, failed {outcome.failed:,}"
-    )
-    return 1 if gone or outcome.failed else 0
+    counts = outcome.counts()
+    _out(", ".join(f"{name.replace('_', ' ')} {n:,}" for name, n in counts.items()))
+    return 1 if counts["already_gone"] or counts["failed"] else 0
 
 
 def _report(letter: DeadLetter, result: str) -> None:
