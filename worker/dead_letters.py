@@ -155,20 +155,26 @@ class Outcome:
 
 
 class Pacer:
-    """Token pacing at ``rate`` per second with a burst of one: the n-th call returns no
-    earlier than ``n / rate`` seconds after the first."""
+    """Token pacing at ``rate`` per second: the n-th call returns no earlier than
+    ``n / rate`` seconds after the first. A caller late by a hiccup (a slow round trip,
+    a busy CPU) catches up, so the average holds; behind by more than ``max_lag``
+    seconds (a long stall), it starts afresh rather than send a burst.
+    """
 
-    def __init__(self, rate: float, *, clock=time.monotonic, sleep=time.sleep) -> None:
+    def __init__(
+        self, rate: float, *, max_lag: float = 0.25, clock=time.monotonic, sleep=time.sleep
+    ) -> None:
         if rate <= 0:
             raise ValueError("rate must be > 0")
         self.interval = 1.0 / rate
+        self.max_lag = max(max_lag, self.interval)
         self.clock, self.sleep = clock, sleep
         self.next_at: float | None = None
 
     def wait(self) -> None:
         now = self.clock()
-        if self.next_at is None or self.next_at < now - self.interval:
-            self.next_at = now  # no credit for a stall longer than one slot
+        if self.next_at is None or self.next_at < now - self.max_lag:
+            self.next_at = now
         if self.next_at > now:
             self.sleep(self.next_at - now)
         self.next_at += self.interval
