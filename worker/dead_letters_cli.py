@@ -131,6 +131,12 @@ def main(argv: list[str]) -> int:
     except SelectionError as exc:
         return _fail(f"worker dead-letters: {exc}", 2)
     settings = load_settings()
+    if (settings.broker_url or "").startswith("amqp"):
+        return _fail(
+            "worker dead-letters: BROKER_URL is RabbitMQ; its dead letters cannot be read "
+            "here yet (docs/dead-letters.md)",
+            2,
+        )
     client = redis_client(settings.redis_url)
     store = DeadLetters(client, namespace=settings.job_queue_name)
     try:
@@ -232,7 +238,7 @@ def cmd_audit(store: DeadLetters, args, selection: Selection) -> int:
             _out(
                 escape(
                     f"{entry['at']}  {entry['action']:<8} {entry['status']:<8} by {entry['by']}  "
-                    f"{entry['selection']}  {shown}"
+                    f"{entry['selection']}  {shown}".rstrip()
                 )
             )
     return 0
