@@ -304,14 +304,3 @@ def test_requeue_and_purge_are_audited(client, redis_url):
     assert datetime.fromisoformat(purged["at"].replace("Z", "+00:00"))
     table = run(redis_url, "audit").stdout.splitlines()
     assert len(table) == 4 and "by alice" in table[2]
-
-
-def test_a_rabbitmq_broker_is_refused_in_one_line(shared):
-    url, _ = shared
-    env = python_env(REDIS_URL=url, BROKER_URL="amqp://guest:guest@127.0.0.1:1/")
-    result = subprocess.run(
-        [sys.executable, "-m", "worker", "dead-letters", "list"],
-        env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
-    assert result.returncode == 2 and len(result.stderr.splitlines()) == 1
-    assert "RabbitMQ" in result.stderr and "guest" not in result.stderr

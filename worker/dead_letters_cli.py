@@ -1,11 +1,12 @@
 """``worker dead-letters list|show|requeue|purge|export|audit``: the operator's command.
 
-It reads the worker's own settings (``REDIS_URL``, ``JOB_QUEUE_NAME``) and acts through
-``worker.dead_letters``, the library the web console uses too. Every problem is one line
-on stderr: exit 2 for a mistake of the caller (bad duration, unknown queue, conflicting
-selectors, no terminal to confirm on), exit 1 when Redis cannot be reached or an id asked
-for was not a dead letter. Whatever it prints from a message is escaped, so a reason with
-a newline or an ANSI escape cannot forge lines on the terminal.
+It reads the worker's own settings (``REDIS_URL``, ``JOB_QUEUE_NAME``, ``BROKER_URL``) and
+acts through ``worker.dead_letters`` (``worker.dead_letters_rabbitmq`` on RabbitMQ), the
+library the web console uses too. Every problem is one line on stderr: exit 2 for a
+mistake of the caller (bad duration, unknown queue, conflicting selectors, no terminal to
+confirm on), exit 1 when Redis or RabbitMQ cannot be reached or an id asked for was not a
+dead letter. Whatever it prints from a message is escaped, so a reason with a newline or
+an ANSI escape cannot forge lines on the terminal.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import sys
 from typing import NoReturn
 
+import pika
 import redis
 
 from worker.brokers.redis import redis_client
@@ -131,26 +133,37 @@ def main(argv: list[str]) -> int:
     except SelectionError as exc:
         return _fail(f"worker dead-letters: {exc}", 2)
     settings = load_settings()
-    if (settings.broker_url or "").startswith("amqp"):
-        return _fail(
-            "worker dead-letters: BROKER_URL is RabbitMQ; its dead letters cannot be read "
-            "here yet (docs/dead-letters.md)",
-            2,
-        )
     client = redis_client(settings.redis_url)
-    store = DeadLetters(client, namespace=settings.job_queue_name)
+    rabbitmq = (settings.broker_url or "").startswith("amqp")
+    if rabbitmq:
+        if getattr(args, "org", None) is not None:
+            client.close()
+            return _fail(
+                "worker dead-letters: --org: on RabbitMQ the job log is read, which does not "
+                "name the organization",
+                2,
+            )
+        from worker.dead_letters_rabbitmq import RabbitmqDeadLetters
+
+        store = RabbitmqDeadLetters(client, settings.broker_url, namespace=settings.job_queue_name)
+    else:
+        store = DeadLetters(client, namespace=settings.job_queue_name)
     try:
         return COMMANDS[args.command](store, args, selection)
     except UsageError as exc:
         return _fail(str(exc), 2)
+    except pika.exceptions.AMQPError as exc:  # RabbitMQ unreachable, or the channel lost
+        return _fail(f"worker dead-letters: RabbitMQ: {type(exc).__name__}: {_safe(exc)}", 1)
     except redis.RedisError as exc:
-        return _fail(
-            f"worker dead-letters: Redis: {type(exc).__name__}: {REDACTOR.redact(str(exc))}", 1
-        )
+        return _fail(f"worker dead-letters: Redis: {type(exc).__name__}: {_safe(exc)}", 1)
     except BrokenPipeError:  # piped into head: the reader has what it wanted
         return 0
     finally:
         client.close()
+
+
+def _safe(exc: BaseException) -> str:
+    return REDACTOR.redact(str(exc) or repr(exc))
 
 
 def _fail(line: str, code: int) -> int:
