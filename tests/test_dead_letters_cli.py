@@ -7,6 +7,7 @@ import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from datetime import datetime
@@ -18,6 +19,7 @@ from hypothesis import strategies as st
 
 from stack.dead_letter_seed import Seed, seed_dead_letters
 from stack.fleet import python_env
+from stack.poll import wait_until
 from stack.servers import free_port, redis_server, running
 from worker import dead_letters_cli
 from worker.dead_letters import DeadLetters, audit_key, counter_key
@@ -304,3 +306,32 @@ def test_requeue_and_purge_are_audited(client, redis_url):
     assert datetime.fromisoformat(purged["at"].replace("Z", "+00:00"))
     table = run(redis_url, "audit").stdout.splitlines()
     assert len(table) == 4 and "by alice" in table[2]
+
+
+def test_ctrl_c_stops_a_requeue_and_the_audit_says_how_far_it_got(client, redis_url):
+    seed_dead_letters(client, NS, [Seed()] * 100)
+    argv = [sys.executable, "-m", "worker", "dead-letters", "requeue", "--all", "--yes"]
+    proc = subprocess.Popen(
+        [*argv, "--rate", "20"],
+        env=python_env(REDIS_URL=redis_url),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_until(
+            lambda: int(client.hget(counter_key(NS, "requeued"), "default") or 0) >= 10,
+            timeout=30,
+        )
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    moved = int(client.hget(counter_key(NS, "requeued"), "default"))
+    assert proc.returncode == 130 and 10 <= moved < 100
+    assert out.splitlines()[-1] == (
+        f"interrupted: matched 100, requeued {moved}, already gone 0, failed 0"
+    )
+    last = json.loads(run(redis_url, "audit", "--json", "--limit", "1").stdout)
+    assert last["status"] == "interrupted" and json.loads(last["counts"])["requeued"] == moved
+    assert DeadLetters(client, namespace=NS).total() == 100 - moved

@@ -305,11 +305,13 @@ class DeadLetters:
         *,
         rate: float = 5.0,
         on_each: Callable[[DeadLetter, str], None] | None = None,
+        outcome: Outcome | None = None,
     ) -> Outcome:
         """Move each of ``letters`` back to its queue, at most ``rate`` a second, each in
         one atomic step (``_REQUEUE``). ``on_each(letter, result)`` hears of each:
-        "requeued", "already gone", or "failed: <why>"."""
-        outcome = Outcome("requeued", matched=len(letters))
+        "requeued", "already gone", or "failed: <why>". ``outcome``, when given, is
+        counted into as it goes (an interrupted caller still knows how far it got)."""
+        outcome = outcome or Outcome("requeued", matched=len(letters))
         pacer = Pacer(rate)
         for letter in letters:
             if letter.fields is None:
@@ -335,9 +337,10 @@ class DeadLetters:
         letters: list[DeadLetter],
         *,
         on_each: Callable[[DeadLetter, str], None] | None = None,
+        outcome: Outcome | None = None,
     ) -> Outcome:
         """Delete each of ``letters`` for good, each in one atomic step (``_PURGE``)."""
-        outcome = Outcome("purged", matched=len(letters))
+        outcome = outcome or Outcome("purged", matched=len(letters))
         for letter in letters:
             xq, xq_bodies = dead_letter_keys(self.namespace, letter.queue)
             keys = [xq, xq_bodies, counter_key(self.namespace, "purged")]

@@ -279,18 +279,25 @@ def _act(store: DeadLetters, args, selection: Selection, action: str) -> int:
         _confirm(f"{action} {len(matching):,} of {total:,} dead letters?")
     store.audit(action, by=args.by, selection=selection, status="started")
     outcome = Outcome("requeued" if action == "requeue" else "purged", matched=len(matching))
+    status = "done"
     try:
         if action == "requeue":
-            outcome = store.requeue(matching, rate=args.rate, on_each=_report)
+            store.requeue(matching, rate=args.rate, on_each=_report, outcome=outcome)
         else:
-            outcome = store.purge(matching, on_each=_report)
+            store.purge(matching, on_each=_report, outcome=outcome)
+    except KeyboardInterrupt:  # Ctrl-C: what moved stays moved, the rest stays dead
+        status = "interrupted"
     finally:
         outcome.missing = _missing(selection, matching)
-        store.audit(action, by=args.by, selection=selection, outcome=outcome)
+        store.audit(action, by=args.by, selection=selection, outcome=outcome, status=status)
     for missing in outcome.missing:
         _out(f"already gone  {escape(missing)}")
     counts = outcome.counts()
-    _out(", ".join(f"{name.replace('_', ' ')} {n:,}" for name, n in counts.items()))
+    summary = ", ".join(f"{name.replace('_', ' ')} {n:,}" for name, n in counts.items())
+    if status == "interrupted":
+        _out(f"interrupted: {summary}")
+        return 130
+    _out(summary)
     return 1 if counts["already_gone"] or counts["failed"] else 0
 
 

@@ -107,16 +107,17 @@ class RabbitmqDeadLetters(DeadLetters):
     def _log_key(self) -> str:
         return job_log_dead_key(self.namespace)
 
-    def requeue(self, letters, *, rate: float = 5.0, on_each=None) -> Outcome:
-        return self._drain(letters, publish=True, rate=rate, on_each=on_each)
+    def requeue(self, letters, *, rate: float = 5.0, on_each=None, outcome=None) -> Outcome:
+        outcome = outcome or Outcome("requeued", matched=len(letters))
+        return self._drain(letters, publish=True, rate=rate, on_each=on_each, outcome=outcome)
 
-    def purge(self, letters, *, on_each=None) -> Outcome:
-        return self._drain(letters, publish=False, rate=None, on_each=on_each)
+    def purge(self, letters, *, on_each=None, outcome=None) -> Outcome:
+        outcome = outcome or Outcome("purged", matched=len(letters))
+        return self._drain(letters, publish=False, rate=None, on_each=on_each, outcome=outcome)
 
-    def _drain(self, letters, *, publish: bool, rate: float | None, on_each) -> Outcome:
+    def _drain(self, letters, *, publish: bool, rate: float | None, on_each, outcome) -> Outcome:
         """Take every message of the dead-letter queues of ``letters``; move (or delete)
         those whose message id is asked for, put the others back."""
-        outcome = Outcome("requeued" if publish else "purged", matched=len(letters))
         wanted = {x.message_id: x for x in letters}
         pacer = Pacer(rate) if rate else None
         connection, channel = self._channel()
