@@ -57,7 +57,14 @@ def counter_key(namespace: str, action: str) -> str:
     return f"{namespace}:dead-letters.{action}"
 
 
-# --- the other keys this module reads or writes -------------------------------------------
+#: Entries kept in the audit stream (approximately: ``XADD ... MAXLEN ~``).
+AUDIT_MAX = 10_000
+#: Ids written into one audit entry; the counts are always complete.
+AUDIT_IDS_MAX = 100
+#: Requeues remembered in a message's ``options["requeued_at"]`` (its count is complete).
+REQUEUE_HISTORY_MAX = 20
+
+# --- keys of this module's own (beside the broker's, from worker.brokers.redis) ----------
 
 
 def job_log_dead_key(namespace: str) -> str:
@@ -72,12 +79,6 @@ def audit_key(namespace: str) -> str:
 
 # ------------------------------------------------------------------------------------------
 
-#: Entries kept in the audit stream (approximately: ``XADD ... MAXLEN ~``).
-AUDIT_MAX = 10_000
-#: Ids written into one audit entry; the counts are always complete.
-AUDIT_IDS_MAX = 100
-#: Requeues remembered in a message's ``options["requeued_at"]`` (its count is complete).
-REQUEUE_HISTORY_MAX = 20
 
 #: Moves one dead letter to its queue, if it is still there with the body that was read.
 #: KEYS: dead-letter set, its bodies, the queue's list, its bodies, the requeued counter.
