@@ -166,3 +166,18 @@ def test_the_count_of_every_queue_is_read_passively(env):
     letters = store.all()
     assert collections.Counter(x.queue for x in letters) == {"default": 3}
     assert pika.__version__  # the client the command uses
+
+
+def test_two_concurrent_requeues_of_the_same_ids_move_each_once(env):
+    client, broker, penv = env
+    ids = dead_letter(client, broker, "boom", 200)
+    argv = [sys.executable, "-m", "worker", "dead-letters", "requeue", "--all", "--yes"]
+    procs = [
+        subprocess.Popen([*argv, "--rate", "100"], env=penv, stdout=subprocess.PIPE, text=True)
+        for _ in "ab"
+    ]
+    summaries = [p.communicate(timeout=60)[0].splitlines()[-1] for p in procs]
+    print(f"\nRabbitMQ concurrent requeues: {summaries}")
+    queued = drain(broker, "default")
+    assert sorted(queued) == sorted(ids) and drain(broker, "default.XQ") == []
+    assert client.hget(counter_key(NS, "requeued"), "default") == b"200"
