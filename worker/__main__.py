@@ -4,6 +4,7 @@ Subcommands:
   run (default)  run one replica: WORKER_PROCESSES processes sharing JOB_CONCURRENCY slots
   encrypt-key    encrypt an organization's LLM API key (read from stdin) for storage
   healthcheck    exit 0 when this container's /healthz answers 200 (the image's health check)
+  dead-letters   list, show, requeue, purge, export dead letters; their audit trail
 
 The tooling around the worker (local twin, load generator, alert receiver, capacity
 planner) is the ``stack`` command.
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": run,
         "encrypt-key": _lazy("worker.api_keys"),
         "healthcheck": healthcheck,
+        "dead-letters": _lazy("worker.dead_letters_cli"),
     }
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__.strip())

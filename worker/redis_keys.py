@@ -105,6 +105,16 @@ class RedisKeys:
         """The prefix of the rate limiter's keys (``rate_limit_window``)."""
         return f"{self.namespace}:ratelimit"
 
+    @property
+    def audit(self) -> str:
+        """The capped stream of every dead-letter requeue and purge (``worker.dead_letters``)."""
+        return f"{self.namespace}:audit"
+
+    def dead_letters_counted(self, action: str) -> str:
+        """The hash of dead letters requeued or purged (``action``) so far, by queue: the
+        ``worker dead-letters`` command counts them, every replica exports them."""
+        return f"{self.namespace}:dead-letters.{action}"
+
     def job(self, job_id: str) -> str:
         """The hash of a job's status (``RedisJobStore``)."""
         return f"{self.namespace}:job:{job_id}"
