@@ -1,0 +1,43 @@
+"""The dead letters' counters on a live replica: ``worker dead-letters`` counts its
+requeues and purges in Redis (it runs in no replica), and each replica exports those
+totals. The contract on the workload's replica is in ``tests/test_exposition.py``."""
+
+from __future__ import annotations
+
+import redis
+
+from stack.fleet import Scrape, scraped
+from stack.servers import free_port
+from worker.dead_letters import counter_key
+
+
+def requeued(s: Scrape) -> dict[str, float]:
+    return {
+        dict(labels)["queue"]: v
+        for labels, v in s.series("worker_dead_letters_requeued_total").items()
+    }
+
+
+def test_the_counters_follow_redis_and_start_over_when_it_loses_them(
+    redis_url, tmp_path, metrics_env, start_replica
+):
+    """They grow with Redis' totals, and start over (a counter reset, which rate() reads
+    as one) when Redis loses its hash: a flush, an older backup restored."""
+    port = free_port()
+    replica = start_replica(metrics_env(redis_url, port), tmp_path / "w.log")
+    client = redis.Redis.from_url(redis_url)
+    key = counter_key("agent-jobs", "requeued")
+    seen = [requeued(scraped(port))]
+    try:
+        for change in (
+            lambda: client.hincrby(key, "default", 5),
+            lambda: client.hincrby(key, "default", 2),
+            lambda: client.delete(key),
+            lambda: client.hincrby(key, "default", 1),
+        ):
+            change()
+            seen.append(requeued(scraped(port)))
+    finally:
+        assert replica.stop() == 0
+    assert [s["default"] for s in seen] == [0, 5, 7, 0, 1]
+    assert all(s["critical"] == s["fast"] == 0 for s in seen)
