@@ -41,3 +41,16 @@ def test_the_counters_follow_redis_and_start_over_when_it_loses_them(
         assert replica.stop() == 0
     assert [s["default"] for s in seen] == [0, 5, 7, 0, 1]
     assert all(s["critical"] == s["fast"] == 0 for s in seen)
+
+
+def test_on_rabbitmq_the_counts_are_read_from_redis_without_the_oldest_age(redis_url):
+    """RabbitMQ cannot show its ``.XQ`` queue without taking its messages: no age there;
+    the command still counts in Redis, so the counters are read from it."""
+    from worker.config import Settings
+    from worker.exposition import backlog_for
+
+    settings = Settings(_env_file=None, REDIS_URL=redis_url, BROKER_URL="amqp://127.0.0.1:1")
+    _, oldest, read = backlog_for(settings)
+    redis.Redis.from_url(redis_url).hincrby(counter_key("agent-jobs", "purged"), "critical", 4)
+    assert oldest is None
+    assert read() == {"critical": (0, 4, None), "default": (0, 0, None), "fast": (0, 0, None)}

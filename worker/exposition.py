@@ -175,7 +175,7 @@ def redis_dead_letters(
                 pipe.zrange(keys.dead_letters(queue), 0, 0, withscores=True)
             done, gone, *heads = pipe.execute()
         now, ages = time.time(), {}
-        for queue, head in zip(queues, heads, strict=True):
+        for queue, head in zip(queues if oldest else (), heads, strict=True):
             ages[queue] = max(now - head[0][1] / 1000, 0.0) if head else 0.0
         return {
             q: (int(done[i] or 0), int(gone[i] or 0), ages.get(q)) for i, q in enumerate(queues)
