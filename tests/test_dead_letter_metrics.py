@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import redis
 
-from stack.fleet import Scrape, scraped
+from stack.fleet import Scrape, scraped, settings_for
+from stack.poll import wait_until
 from stack.servers import free_port
+from worker.app import setup
 from worker.dead_letters import counter_key
 
 
@@ -54,3 +56,31 @@ def test_on_rabbitmq_the_counts_are_read_from_redis_without_the_oldest_age(redis
     redis.Redis.from_url(redis_url).hincrby(counter_key("agent-jobs", "purged"), "critical", 4)
     assert oldest is None
     assert read() == {"critical": (0, 4, None), "default": (0, 0, None), "fast": (0, 0, None)}
+
+
+def test_a_counter_hash_of_the_wrong_type_does_not_stop_the_backlog(
+    redis_url, tmp_path, metrics_env, start_replica
+):
+    """The backlog feeds alerts; the dead letters' counts must not take it down with them:
+    they keep their last values, the backlog goes on, and the replica says why once."""
+    port = free_port()
+    replica = start_replica(metrics_env(redis_url, port), tmp_path / "w.log")
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.hincrby(counter_key("agent-jobs", "requeued"), "default", 2)
+        assert requeued(scraped(port))["default"] == 2
+        client.delete(counter_key("agent-jobs", "requeued"))
+        client.set(counter_key("agent-jobs", "requeued"), "not a hash")
+        setup(settings_for(redis_url))
+        from worker import actors
+
+        actors.crm_sync.send_with_options(kwargs={"job_id": "c", "org_id": "o", "record": {}},
+                                          delay=600_000)  # fmt: skip
+        delayed = lambda: scraped(port).value(  # noqa: E731
+            "worker_queue_messages", queue="critical", state="delayed"
+        )
+        wait_until(lambda: delayed() == 1, timeout=20)
+        assert requeued(scraped(port)) == {"critical": 0, "default": 2, "fast": 0}
+    finally:
+        assert replica.stop() == 0
+    assert replica.output.count("cannot read the dead letters' counts: ResponseError") == 1

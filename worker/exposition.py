@@ -221,7 +221,7 @@ class QueueBacklog:
         self.retry_after_failure = retry_after_failure
         self._next_read = float("-inf")
         self._lock = threading.Lock()
-        self._failing = False
+        self._failing = self._dead_letters_failing = False
         self._totals: dict[tuple[object, str], int] = {}
 
     def refresh(self) -> None:
@@ -233,7 +233,6 @@ class QueueBacklog:
             try:
                 counts = self.read()
                 ages = self.oldest() if self.oldest is not None else {}
-                dead = self.dead_letters() if self.dead_letters is not None else {}
             except Exception as exc:
                 if not self._failing:
                     log.warning("cannot sample the queue backlog: %s: %s", type(exc).__name__, exc)
@@ -248,11 +247,25 @@ class QueueBacklog:
                     metrics.queue_messages.labels(queue, state).set(value)
             for queue, age in ages.items():
                 metrics.queue_oldest_message_age.labels(queue).set(age)
-            for queue, (requeued, purged, oldest) in dead.items():
-                self._follow(metrics.dead_letters_requeued, queue, requeued)
-                self._follow(metrics.dead_letters_purged, queue, purged)
-                if oldest is not None:
-                    metrics.dead_letters_oldest_age.labels(queue).set(oldest)
+            if self.dead_letters is not None:
+                self._sample_dead_letters(self.dead_letters)
+
+    def _sample_dead_letters(self, read: Callable[[], DeadLetters]) -> None:
+        """Apart from the backlog, which alerts read: a counter hash of the wrong type
+        (written by hand) keeps the dead letters' last values, not the backlog's."""
+        try:
+            dead = read()
+        except Exception as exc:
+            if not self._dead_letters_failing:
+                log.warning("cannot read the dead letters' counts: %s: %s", type(exc).__name__, exc)
+            self._dead_letters_failing = True
+            return
+        self._dead_letters_failing = False
+        for queue, (requeued, purged, oldest) in dead.items():
+            self._follow(metrics.dead_letters_requeued, queue, requeued)
+            self._follow(metrics.dead_letters_purged, queue, purged)
+            if oldest is not None:
+                metrics.dead_letters_oldest_age.labels(queue).set(oldest)
 
     def _follow(self, counter, queue: str, total: int) -> None:
         """Bring ``counter`` of ``queue`` to ``total``, a count kept in Redis: add what it
