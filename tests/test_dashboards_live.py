@@ -21,8 +21,8 @@ from dashboards.dead_letters import PANEL_IDS as DEAD_LETTER_PANEL_IDS
 from dashboards.render import GENERATED_DIR
 from stack.fleet import simulated_fleet
 from stack.prom import query
-from worker.brokers.redis import dead_letter_keys
 from worker.dead_letters import counter_key
+from worker.redis_keys import RedisKeys
 
 RATE_LIMITER_PANEL = 13
 RATE_LIMITER_EVENT = 'sum(rate(worker_rate_limit_decisions_total{decision="throttled"}[1m])) > 0'
@@ -109,7 +109,7 @@ def test_dead_letter_row_shows_the_depth_its_oldest_age_and_the_replays_per_queu
     fleet.wait_for('worker_dead_letters_purged_total{queue="fast"}', timeout=60)
     client = redis.Redis.from_url(fleet.redis.url)
     for (action, queue), n in REPLAYS.items():
-        client.hincrby(counter_key("agent-jobs", action), queue, n)
+        client.hincrby(counter_key(RedisKeys().namespace, action), queue, n)
     for action, queue in REPLAYS:
         fleet.wait_for(f'rate(worker_dead_letters_{action}_total{{queue="{queue}"}}[1m]) > 0')
     d = load("worker-overview")
@@ -125,8 +125,7 @@ def test_dead_letter_row_shows_the_depth_its_oldest_age_and_the_replays_per_queu
     depth, ages = shown[ids["depth"], "{{queue}}"], shown[ids["oldest"], "{{queue}}"]
     assert set(ages) == set(depth) == {"critical", "default", "fast"}
     for queue in ("default", "fast"):  # the simulation's invalid payloads
-        ((_, score),) = client.zrange(dead_letter_keys("agent-jobs", queue)[0], 0, 0,
-                                      withscores=True)  # fmt: skip
+        ((_, score),) = client.zrange(RedisKeys().dead_letters(queue), 0, 0, withscores=True)
         # scraped every second, sampled at each scrape
         assert depth[queue] > 0 and abs(ages[queue] - (time.time() - score / 1000)) < 5, ages
     for action in ("requeued", "purged"):

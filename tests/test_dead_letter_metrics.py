@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import redis
 
-from stack.fleet import Scrape, scraped, settings_for
+from stack.fleet import Scrape, scraped
 from stack.poll import wait_until
 from stack.servers import free_port
+from tests.support.fleet import settings_for
 from worker.app import setup
 from worker.dead_letters import counter_key
+from worker.redis_keys import RedisKeys
+
+NAMESPACE = RedisKeys().namespace
 
 
 def requeued(s: Scrape) -> dict[str, float]:
@@ -28,7 +32,7 @@ def test_the_counters_follow_redis_and_start_over_when_it_loses_them(
     port = free_port()
     replica = start_replica(metrics_env(redis_url, port), tmp_path / "w.log")
     client = redis.Redis.from_url(redis_url)
-    key = counter_key("agent-jobs", "requeued")
+    key = counter_key(NAMESPACE, "requeued")
     seen = [requeued(scraped(port))]
     try:
         for change in (
@@ -53,7 +57,7 @@ def test_on_rabbitmq_the_counts_are_read_from_redis_without_the_oldest_age(redis
 
     settings = Settings(_env_file=None, REDIS_URL=redis_url, BROKER_URL="amqp://127.0.0.1:1")
     _, oldest, read = backlog_for(settings)
-    redis.Redis.from_url(redis_url).hincrby(counter_key("agent-jobs", "purged"), "critical", 4)
+    redis.Redis.from_url(redis_url).hincrby(counter_key(NAMESPACE, "purged"), "critical", 4)
     assert oldest is None
     assert read() == {"critical": (0, 4, None), "default": (0, 0, None), "fast": (0, 0, None)}
 
@@ -67,10 +71,10 @@ def test_a_counter_hash_of_the_wrong_type_does_not_stop_the_backlog(
     replica = start_replica(metrics_env(redis_url, port), tmp_path / "w.log")
     client = redis.Redis.from_url(redis_url)
     try:
-        client.hincrby(counter_key("agent-jobs", "requeued"), "default", 2)
+        client.hincrby(counter_key(NAMESPACE, "requeued"), "default", 2)
         assert requeued(scraped(port))["default"] == 2
-        client.delete(counter_key("agent-jobs", "requeued"))
-        client.set(counter_key("agent-jobs", "requeued"), "not a hash")
+        client.delete(counter_key(NAMESPACE, "requeued"))
+        client.set(counter_key(NAMESPACE, "requeued"), "not a hash")
         setup(settings_for(redis_url))
         from worker import actors
 
