@@ -251,8 +251,9 @@ class QueueBacklog:
                 self._sample_dead_letters(self.dead_letters)
 
     def _sample_dead_letters(self, read: Callable[[], DeadLetters]) -> None:
-        """Apart from the backlog, which alerts read: a counter hash of the wrong type
-        (written by hand) keeps the dead letters' last values, not the backlog's."""
+        """Read apart from the backlog, which alerts read: when this read fails (a counter
+        key of the wrong type, written by hand), only the dead letters' series keep their
+        last values; the backlog is sampled as before."""
         try:
             dead = read()
         except Exception as exc:
