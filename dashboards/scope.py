@@ -128,6 +128,24 @@ class Scope:
             return f"max by (queue) (worker_queue_messages{m})"
         return self.alerts.records["queueMessages"] + '{state="ready"}'
 
+    def dead_letters(self) -> str:
+        """Dead letters held per queue (the ``dead`` backlog); max across replicas."""
+        if self.replica:
+            m = self._matchers(job_type=False, extra='state="dead"')
+            return f"max by (queue) (worker_queue_messages{m})"
+        return self.alerts.records["queueMessages"] + '{queue=~"$queue", state="dead"}'
+
+    def oldest_dead_letter(self) -> str:
+        """Age of each queue's oldest dead letter; no recording rule has it: raw, max."""
+        m = self._matchers(job_type=False)
+        return f"max by (queue) (worker_dead_letters_oldest_age_seconds{m})"
+
+    def dead_letter_replays(self, action: str) -> str:
+        """Dead letters ``requeued`` or ``purged`` per second and queue by `worker
+        dead-letters`: every replica exports Redis' total, so each replica's rate, then max."""
+        m = self._matchers(job_type=False)
+        return f"max by (queue) (rate(worker_dead_letters_{action}_total{m}[{RATE}]))"
+
     def queue_completions(self) -> str:
         """Completions per queue over LowWorkerThroughput's window."""
         if self.replica:

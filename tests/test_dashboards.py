@@ -35,6 +35,9 @@ CONTRACT = {
     "worker_build_info",
     "worker_job_queue_wait_seconds",
     "worker_queue_oldest_message_age_seconds",
+    "worker_dead_letters_requeued_total",
+    "worker_dead_letters_purged_total",
+    "worker_dead_letters_oldest_age_seconds",
 }
 HISTOGRAM_SERIES = {
     f"{h}_{s}"
@@ -264,6 +267,10 @@ def test_fleet_queries_read_the_recording_rules_the_alerts_read():
         "worker_job_duration_seconds_count",
         "worker_rate_limit_decisions_total",
         "worker_job_queue_wait_seconds_bucket",  # queue-wait quantiles per queue
+        # the dead-letter row: no recording rule has them (max across replicas in the panel)
+        "worker_dead_letters_oldest_age_seconds",
+        "worker_dead_letters_requeued_total",
+        "worker_dead_letters_purged_total",
     }, raw
 
 

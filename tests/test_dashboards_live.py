@@ -11,16 +11,24 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
+import redis
 
 from dashboards import promql
+from dashboards.dead_letters import PANEL_IDS as DEAD_LETTER_PANEL_IDS
 from dashboards.render import GENERATED_DIR
 from stack.fleet import simulated_fleet
 from stack.prom import query
+from worker.redis_keys import RedisKeys
 
 RATE_LIMITER_PANEL = 13
 RATE_LIMITER_EVENT = 'sum(rate(worker_rate_limit_decisions_total{decision="throttled"}[1m])) > 0'
+DEAD_LETTER_PANELS = set(DEAD_LETTER_PANEL_IDS.values())
+#: What `worker dead-letters requeue` and `purge` count in Redis during the load (the test
+#: of the dead-letter row writes it: a rate over 1m must see it).
+REPLAYS = {("requeued", "default"): 30, ("purged", "fast"): 12}
 
 #: Series that exist only after specific events; the load waits for each before checking.
 EVENTS = [
@@ -90,6 +98,39 @@ def test_rate_limiter_panel_shows_allowed_and_throttled_decisions(fleet, uid):
     variables = promql.dashboard_variables(d, {"instance": [instance]})
     result = query(fleet.prometheus_url, promql.interpolate(target.expr, variables))
     assert {s["metric"]["decision"] for s in result} >= {"allowed", "throttled"}
+
+
+def test_dead_letter_row_shows_the_depth_its_oldest_age_and_the_replays_per_queue(fleet):
+    """The overview's dead-letter row against the simulation's dead letters and the
+    requeues and purges counted in Redis: per queue, the depth and the age of the oldest
+    (younger than the fleet), and each replay on its own queue only."""
+    # Counted once the replica exports the series: one born at its total has no rate.
+    fleet.wait_for('worker_dead_letters_purged_total{queue="fast"}', timeout=60)
+    client = redis.Redis.from_url(fleet.redis.url)
+    for (action, queue), n in REPLAYS.items():
+        client.hincrby(RedisKeys(RedisKeys().namespace).dead_letters_counted(action), queue, n)
+    for action, queue in REPLAYS:
+        fleet.wait_for(f'rate(worker_dead_letters_{action}_total{{queue="{queue}"}}[1m]) > 0')
+    d = load("worker-overview")
+    assert empty_targets(fleet, d, {}, DEAD_LETTER_PANELS) == []
+    variables = promql.dashboard_variables(d, {})
+    shown = {}
+    for t in promql.targets(d):
+        if t.panel_id in DEAD_LETTER_PANELS:
+            result = query(fleet.prometheus_url, promql.interpolate(t.expr, variables))
+            shown[t.panel_id, t.legend] = {s["metric"]["queue"]: float(s["value"][1])
+                                           for s in result}  # fmt: skip
+    ids = DEAD_LETTER_PANEL_IDS
+    depth, ages = shown[ids["depth"], "{{queue}}"], shown[ids["oldest"], "{{queue}}"]
+    assert set(ages) == set(depth) == {"critical", "default", "fast"}
+    for queue in ("default", "fast"):  # the simulation's invalid payloads
+        ((_, score),) = client.zrange(RedisKeys().dead_letters(queue), 0, 0, withscores=True)
+        # scraped every second, sampled at each scrape
+        assert depth[queue] > 0 and abs(ages[queue] - (time.time() - score / 1000)) < 5, ages
+    for action in ("requeued", "purged"):
+        rates = shown[ids["replays"], f"{action} {{{{queue}}}}"]
+        assert set(rates) == {"critical", "default", "fast"}, (action, rates)
+        assert {q for q, r in rates.items() if r > 0} == {q for a, q in REPLAYS if a == action}
 
 
 def test_variable_queries_list_the_replica_queues_and_job_types(fleet):

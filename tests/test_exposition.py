@@ -52,6 +52,9 @@ REPLICA_METRICS = {
     "worker_queue_messages": ("gauge", {"queue", "state"}),
     "worker_queue_oldest_message_age_seconds": ("gauge", {"queue"}),
     "worker_build_info": ("gauge", {"version"}),
+    "worker_dead_letters_requeued": ("counter", {"queue"}),
+    "worker_dead_letters_purged": ("counter", {"queue"}),
+    "worker_dead_letters_oldest_age_seconds": ("gauge", {"queue"}),
 }
 
 
@@ -70,6 +73,11 @@ def promtool_problems(text: str) -> str:
     )
 
 
+def per_queue(s: Scrape, name: str) -> dict[str, float]:
+    """queue -> value of a metric whose only label is ``queue``."""
+    return {dict(labels)["queue"]: v for labels, v in s.series(name).items()}
+
+
 def jobs(s: Scrape, queue: str, job_type: str) -> dict[str, float]:
     labels = {"queue": queue, "job_type": job_type}
     names = ["total", "completed_total", "failed_total", "retried_total", "dead_lettered_total"]
@@ -85,7 +93,9 @@ class Workload:
     """What one replica of two worker processes reported about a known mix of jobs."""
 
     before: Scrape  # as the replica started, before any job
-    after: Scrape  # once every attempt was counted
+    after: Scrape  # once every attempt was counted, and requeues and purges were counted
+    dead_since: dict[str, float]  # queue -> when (epoch s) its first dead letter was made
+    scraping: tuple[float, float]  # when the scrape of ``after`` began and ended (epoch s)
     ids: set[str]  # organization, job and message ids the jobs carried
     metrics_dir: Path
     exit_code: int | None
@@ -149,12 +159,21 @@ def workload(tmp_path_factory, metrics_env) -> Workload:
 
             wait_until(settled, timeout=60, interval=0.2)
             time.sleep(1.0)  # nothing more may happen: every attempt has been counted
-            after = scraped(port)
+            # What `worker dead-letters requeue` and `purge` count, in no replica: the
+            # replica exports it; `critical` is never touched.
+            client.hincrby(RedisKeys(KEYS.namespace).dead_letters_counted("requeued"), "default", 3)
+            client.hincrby(RedisKeys(KEYS.namespace).dead_letters_counted("requeued"), "fast", 1)
+            client.hincrby(RedisKeys(KEYS.namespace).dead_letters_counted("purged"), "fast", 2)
+            firsts = {q: client.zrange(KEYS.dead_letters(q), 0, 0, withscores=True)
+                      for q in QUEUE_NAMES}  # fmt: skip
+            dead_since = {q: first[0][1] / 1000 for q, first in firsts.items()}
+            began = time.time()
+            after, scraping = scraped(port), (began, time.time())
         finally:
             exit_code = replica.stop()
         ids = {f"org-{i}" for i in range(10)} | {f"job-{i}" for i in range(20)}
         ids |= {m.message_id for m in sent} | {"garbage-1", "bad-0", "bad-1", "x", "y"}
-        yield Workload(before, after, ids, metrics_dir, exit_code)
+        yield Workload(before, after, dead_since, scraping, ids, metrics_dir, exit_code)
 
 
 def test_replica_starts_with_every_job_series_at_zero_and_stops_cleanly(workload):
@@ -197,6 +216,24 @@ def test_backlog_is_reported_as_the_broker_holds_it(workload):
     assert workload.after.series("worker_queue_oldest_message_age_seconds") == {
         frozenset({("queue", q)}): 0.0 for q in ("default", "fast", "critical")
     }
+
+
+def test_dead_letters_requeued_purged_and_their_oldest_age_are_exported_per_queue(workload):
+    """Every declared queue at 0 from the start; then what `worker dead-letters` counted in
+    Redis, 0 for the queue it never touched, and the age of each queue's first dead letter
+    (from the score Dramatiq gave it), sampled while the scrape ran."""
+    for name in ("requeued_total", "purged_total", "oldest_age_seconds"):
+        assert per_queue(workload.before, f"worker_dead_letters_{name}") == dict.fromkeys(
+            QUEUE_NAMES, 0.0
+        ), name
+    after = {n: per_queue(workload.after, f"worker_dead_letters_{n}") for n in ("requeued_total",
+             "purged_total", "oldest_age_seconds")}  # fmt: skip
+    assert after["requeued_total"] == {"default": 3, "fast": 1, "critical": 0}
+    assert after["purged_total"] == {"default": 0, "fast": 2, "critical": 0}
+    (began, ended), ages = workload.scraping, after["oldest_age_seconds"]
+    assert set(ages) == set(workload.dead_since) == set(QUEUE_NAMES)
+    for queue, since in workload.dead_since.items():  # scores are whole milliseconds
+        assert 0 < began - since <= ages[queue] <= ended - since + 0.001, (queue, ages, since)
 
 
 def test_replica_gauges(workload):

@@ -11,7 +11,8 @@
 - ``/healthz``: 200 while this replica's main process lives (for container health
   checks; alerting reads Prometheus' own ``up`` instead), else 503.
 
-This process is also the replica's Redis health probe and samples the broker's backlog.
+This process is also the replica's Redis health probe and samples the broker's backlog,
+with the dead letters' counts that ``worker dead-letters`` keeps in Redis.
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from worker.jobs import QUEUES
 from worker.logs import install as install_safe_logs
 from worker.middleware.metrics import runnable_since
 from worker.middleware.redis_health import RedisWatch, probe_client
+from worker.redis_keys import RedisKeys
 from worker.replica import ENV
 
 log = logging.getLogger(__name__)
@@ -147,6 +149,41 @@ def redis_oldest_ages(client, namespace: str, queues: Iterable[str]) -> Callable
     return read
 
 
+#: queue -> (dead letters requeued so far, purged so far, age in seconds of its oldest
+#: dead letter, or None where the broker cannot tell)
+DeadLetters = dict[str, tuple[int, int, float | None]]
+
+
+def redis_dead_letters(
+    client, namespace: str, queues: Iterable[str], *, oldest: bool = True
+) -> Callable[[], DeadLetters]:
+    """What ``worker dead-letters`` counted in Redis (``RedisKeys.dead_letters_counted``:
+    requeued and purged, by queue; a queue never touched reads 0) and, with ``oldest``, the
+    age of each queue's oldest dead letter, 0 when it has none; one round trip.
+
+    Dramatiq scores a dead letter in ``<queue>.XQ`` with the time it was dead-lettered
+    (milliseconds, the worker's clock), so the lowest score is the oldest."""
+    queues, keys = tuple(queues), RedisKeys(namespace)
+    keys = RedisKeys(namespace)
+    requeued, purged = keys.dead_letters_counted("requeued"), keys.dead_letters_counted("purged")
+
+    def read() -> DeadLetters:
+        with client.pipeline(transaction=False) as pipe:
+            pipe.hmget(requeued, queues)
+            pipe.hmget(purged, queues)
+            for queue in queues if oldest else ():
+                pipe.zrange(keys.dead_letters(queue), 0, 0, withscores=True)
+            done, gone, *heads = pipe.execute()
+        now, ages = time.time(), {}
+        for queue, head in zip(queues if oldest else (), heads, strict=True):
+            ages[queue] = max(now - head[0][1] / 1000, 0.0) if head else 0.0
+        return {
+            q: (int(done[i] or 0), int(gone[i] or 0), ages.get(q)) for i, q in enumerate(queues)
+        }
+
+    return read
+
+
 def rabbitmq_backlog(url: str, queues: Iterable[str]) -> Callable[[], Counts]:
     """Counts of Dramatiq's RabbitMQ broker from a passive declare of each queue, its
     delay queue and its dead-letter queue: messages not delivered to a consumer, so a
@@ -160,10 +197,14 @@ def rabbitmq_backlog(url: str, queues: Iterable[str]) -> Callable[[], Counts]:
 
 class QueueBacklog:
     """Sets ``worker_queue_messages`` (and, given ``oldest``, the age of each queue's oldest
-    ready message) at most once per ``min_interval`` seconds, when a scrape asks. While
-    ``available()`` says the broker is unreachable, or for ``retry_after_failure`` seconds
-    after a failed read, no read is tried and the last values stay: an outage never makes
-    every scrape wait on a connection timeout."""
+    ready message; given ``dead_letters``, the dead letters' counters and oldest age) at
+    most once per ``min_interval`` seconds, when a scrape asks. While ``available()`` says
+    the broker is unreachable, or for ``retry_after_failure`` seconds after a failed read,
+    no read is tried and the last values stay: an outage never makes every scrape wait on
+    a connection timeout.
+
+    A dead-letter counter is created only once Redis has been read: exported at 0 before
+    that, its first real value would look like that many requeues at once."""
 
     def __init__(
         self,
@@ -173,13 +214,15 @@ class QueueBacklog:
         available: Callable[[], bool] = lambda: True,
         retry_after_failure: float = 30.0,
         oldest: Callable[[], Ages] | None = None,
+        dead_letters: Callable[[], DeadLetters] | None = None,
     ) -> None:
         self.read, self.min_interval, self.available = read, min_interval, available
-        self.oldest = oldest
+        self.oldest, self.dead_letters = oldest, dead_letters
         self.retry_after_failure = retry_after_failure
         self._next_read = float("-inf")
         self._lock = threading.Lock()
-        self._failing = False
+        self._failing = self._dead_letters_failing = False
+        self._totals: dict[tuple[object, str], int] = {}
 
     def refresh(self) -> None:
         with self._lock:
@@ -204,18 +247,61 @@ class QueueBacklog:
                     metrics.queue_messages.labels(queue, state).set(value)
             for queue, age in ages.items():
                 metrics.queue_oldest_message_age.labels(queue).set(age)
+            if self.dead_letters is not None:
+                self._sample_dead_letters(self.dead_letters)
+
+    def _sample_dead_letters(self, read: Callable[[], DeadLetters]) -> None:
+        """Read apart from the backlog, which alerts read: when this read fails (a counter
+        key of the wrong type, written by hand), only the dead letters' series keep their
+        last values; the backlog is sampled as before."""
+        try:
+            dead = read()
+        except Exception as exc:
+            if not self._dead_letters_failing:
+                log.warning("cannot read the dead letters' counts: %s: %s", type(exc).__name__, exc)
+            self._dead_letters_failing = True
+            return
+        self._dead_letters_failing = False
+        for queue, (requeued, purged, oldest) in dead.items():
+            self._follow(metrics.dead_letters_requeued, queue, requeued)
+            self._follow(metrics.dead_letters_purged, queue, purged)
+            if oldest is not None:
+                metrics.dead_letters_oldest_age.labels(queue).set(oldest)
+
+    def _follow(self, counter, queue: str, total: int) -> None:
+        """Bring ``counter`` of ``queue`` to ``total``, a count kept in Redis: add what it
+        grew by; when it shrank (Redis lost the hash), start over from it, which Prometheus
+        reads as a counter reset."""
+        child, key = counter.labels(queue), (counter, queue)
+        last = self._totals.get(key, 0)
+        if total < last:
+            child.reset()
+            last = 0
+        child.inc(total - last)
+        self._totals[key] = total
 
 
-def backlog_for(settings: Settings) -> tuple[Callable[[], Counts], Callable[[], Ages] | None]:
-    """The backlog reader of the configured broker and its oldest-message reader (None on
-    RabbitMQ: a queue's head cannot be read there without taking it)."""
+def backlog_for(
+    settings: Settings,
+) -> tuple[Callable[[], Counts], Callable[[], Ages] | None, Callable[[], DeadLetters]]:
+    """The backlog reader of the configured broker, its oldest-message reader (None on
+    RabbitMQ: a queue's head cannot be read there without taking it) and the dead
+    letters' reader (from Redis, where ``worker dead-letters`` counts on either broker;
+    no oldest age on RabbitMQ)."""
     url = settings.broker_url or settings.redis_url
+    namespace = settings.job_queue_name
     if url.startswith("amqp"):
-        return rabbitmq_backlog(url, QUEUES), None
+        redis_client = probe_client(settings.redis_url, timeout=1.0)
+        return (
+            rabbitmq_backlog(url, QUEUES),
+            None,
+            redis_dead_letters(redis_client, namespace, QUEUES, oldest=False),
+        )
     client = probe_client(url, timeout=1.0)
     return (
-        redis_backlog(client, settings.job_queue_name, QUEUES),
-        redis_oldest_ages(client, settings.job_queue_name, QUEUES),
+        redis_backlog(client, namespace, QUEUES),
+        redis_oldest_ages(client, namespace, QUEUES),
+        redis_dead_letters(client, namespace, QUEUES),
     )
 
 
@@ -289,12 +375,13 @@ def serve(settings: Settings | None = None) -> int:
         on_status=lambda up: metrics.redis_connection_status.set(1 if up else 0),
         name="Redis",
     ).start()
-    read, oldest = backlog_for(settings)
+    read, oldest, dead_letters = backlog_for(settings)
     backlog = QueueBacklog(
         read,
         min_interval=settings.metrics_queue_sample_seconds,
         available=lambda: probe.connected,
         oldest=oldest,
+        dead_letters=dead_letters,
     )
     server = make_http_server(
         settings.metrics_host,

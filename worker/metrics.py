@@ -14,6 +14,9 @@ use a ``live*`` mode so that a process that exits takes its values with it:
 - ``livemax`` for the values only the exposition process sets (Redis status, queue
   backlog, concurrency, build info): every other process holds the default 0, so the
   maximum is the exposition process's value, never a sum over processes.
+
+The dead-letter counters are totals kept in Redis; only the exposition process writes
+them (``worker.exposition.QueueBacklog``), so their sum over processes is its value.
 """
 
 from __future__ import annotations
@@ -136,4 +139,33 @@ rate_limit_decisions = Counter(
     "Rate-limiter decisions per window: allowed, throttled, or unavailable (Redis could not "
     "decide; the job was deferred, not run).",
     ("window", "decision"),
+)
+
+# --- dead letters (counted in Redis by `worker dead-letters`; worker.exposition samples) --
+# The command runs in no replica: it counts in the hashes of RedisKeys.dead_letters_counted,
+# and every replica exports those totals, read with the backlog. Each value is the broker's,
+# the same on every replica: aggregate with max, never sum.
+
+dead_letters_requeued = Counter(
+    "worker_dead_letters_requeued",
+    "Dead letters moved back to their queue by `worker dead-letters requeue`, per queue, "
+    "since the Redis data was created: counted in Redis by the command and sampled with "
+    "the backlog; every replica reports the same count, so aggregate with max, never sum.",
+    ("queue",),
+)
+dead_letters_purged = Counter(
+    "worker_dead_letters_purged",
+    "Dead letters deleted by `worker dead-letters purge`, per queue, since the Redis data "
+    "was created: counted in Redis by the command and sampled with the backlog; every "
+    "replica reports the same count, so aggregate with max, never sum.",
+    ("queue",),
+)
+dead_letters_oldest_age = Gauge(
+    "worker_dead_letters_oldest_age_seconds",
+    "Age in seconds of the oldest dead letter of each queue, counted from when it was "
+    "dead-lettered, 0 when there is none; sampled with the backlog. The broker drops dead "
+    "letters older than DEAD_LETTERS_TTL_SECONDS (7 days at most), so it stays under that. "
+    "Every replica reports the same broker: aggregate with max.",
+    ("queue",),
+    multiprocess_mode="livemax",
 )
