@@ -1,7 +1,7 @@
 # One target per artifact or job. Every target uses the project's virtual environment.
 PY := .venv/bin/python
 
-.PHONY: help venv test lint format rules check dashboards dashboards-preview docs up down up-local bench
+.PHONY: help venv test test-quick lint format rules check dashboards dashboards-preview docs up down up-local bench
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -11,6 +11,9 @@ venv:  ## create .venv and install the package with its dev extra
 
 test:  ## install what is missing, lint, run every test (same as .ci/run)
 	./scripts/test
+
+test-quick:  ## lint and the quick tier (unit tests, under 2 minutes): the edit loop
+	./scripts/test -m quick
 
 lint: venv  ## ruff lint and format check, jsonnetfmt check of alerts/*.libsonnet
 	.venv/bin/ruff check . && .venv/bin/ruff format --check .
