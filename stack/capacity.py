@@ -147,8 +147,11 @@ def plan(
         jobs_per_day = jobs_per_second * SECONDS_PER_DAY
     _check(jobs_per_day > 0, "jobs per day must be positive", jobs_per_day)
     _check(job_seconds > 0, "job seconds must be positive", job_seconds)
-    _check(concurrency_per_replica >= 1, "concurrency per replica must be >= 1",
-           concurrency_per_replica)  # fmt: skip
+    _check(
+        concurrency_per_replica >= 1,
+        "concurrency per replica must be >= 1",
+        concurrency_per_replica,
+    )
     _check(0 < utilization <= 1, "utilization must be in (0, 1]", utilization)
     _check(peak_factor >= 1, "peak factor must be >= 1", peak_factor)
     _check(retry_fraction >= 0, "retry fraction must be >= 0", retry_fraction)
