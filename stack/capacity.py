@@ -370,6 +370,12 @@ def build_parser(prog: str = "stack capacity") -> argparse.ArgumentParser:
         help="also size for a queue-wait SLO, e.g. 0.99:60: at most 1 %% of jobs wait over "
         "60 s at the peak rate (Erlang C, M/M/c)",
     )
+    parser.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="also print the KEDA trigger's target and the replica bounds (with --json: "
+        "min_replicas, max_replicas, trigger_target); see docs/kubernetes.md",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as a JSON object")
     return parser
 
@@ -453,7 +459,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     measured_over = args.prometheus_range if args.from_prometheus else None
-    print(json.dumps(asdict(result), indent=2) if args.json else render(result, measured_over))
+    output, text = asdict(result), render(result, measured_over)
+    if args.kubernetes:
+        from stack.autoscaling import bounds, render_bounds  # it imports this module
+
+        scaling = bounds(result)
+        output |= {k: getattr(scaling, k) for k in ("min_replicas", "max_replicas",
+                                                     "trigger_target")}  # fmt: skip
+        text += "\n" + render_bounds(scaling)
+    print(json.dumps(output, indent=2) if args.json else text)
     return 0
 
 
