@@ -376,6 +376,12 @@ def build_parser(prog: str = "stack capacity") -> argparse.ArgumentParser:
         help="also print the KEDA trigger's target and the replica bounds (with --json: "
         "min_replicas, max_replicas, trigger_target); see docs/kubernetes.md",
     )
+    parser.add_argument(
+        "--simulate-day",
+        action="store_true",
+        help="with --kubernetes: replay a day of the load (sine, --peak-factor) through the "
+        "autoscaler and print replicas and the share of jobs started within the wait SLO",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as a JSON object")
     return parser
 
@@ -467,6 +473,10 @@ def main(argv: list[str] | None = None) -> int:
         output |= {k: getattr(scaling, k) for k in ("min_replicas", "max_replicas",
                                                      "trigger_target")}  # fmt: skip
         text += "\n" + render_bounds(scaling)
+        if args.simulate_day:
+            from stack.scaledown import simulate_plan
+
+            text += "\n" + simulate_plan(result, scaling)
     print(json.dumps(output, indent=2) if args.json else text)
     return 0
 

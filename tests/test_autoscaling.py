@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import re
+
+import pytest
 
 from stack.autoscaling import MIN_REPLICAS, bounds, grace_period
 from stack.capacity import main, plan
+from stack.scaledown import rate_at, simulate
 
 PLANNED = ["--jobs-per-day", "450000", "--job-seconds", "17.5"]
 
@@ -64,3 +68,55 @@ def test_the_grace_period_is_the_longest_attempt_plus_the_exit():
     assert (g.longest_attempt_seconds, g.shutdown_grace_seconds) == (70, 70)
     assert g.termination_grace_period_seconds == 85
     assert "= 85 s" in g.explain()[-1]
+
+
+# --- the day simulated (stack/scaledown.py) ----------------------------------------------
+
+DAY = dict(jobs_per_day=450_000, job_seconds=17.5, slots_per_replica=25, min_replicas=2,
+           max_replicas=10, slo_seconds=60)  # fmt: skip
+
+
+def test_a_flat_day_settles_at_the_hpas_count():
+    day = simulate(peak_factor=1.0, target=20, **DAY)
+    assert len(day.hours) == 24
+    assert abs(day.jobs - 450_000) < 450_000 * 0.01  # the Poisson arrivals keep the mean
+    # 91 jobs in flight on average: ceil(91 / 20) = 5; Poisson bursts of +-10 jobs ask for
+    # 6, which the 5 minutes' stabilization keeps. Never the ceiling, never the floor.
+    assert all(5 <= lo <= hi <= 7 for _, lo, hi, _ in day.hours[1:])
+    assert 5 <= day.replica_hours / 24 <= 6.5
+    assert day.share_within > 0.999
+
+
+def test_a_diurnal_day_follows_the_load_between_the_bounds():
+    day = simulate(peak_factor=2.0, target=20, **DAY)
+    rates = [rate for rate, *_ in day.hours]
+    assert rates.index(max(rates)) in (15, 16) and rates.index(min(rates)) in (3, 4)
+    assert day.hours[4][1:3] == (2, 2)  # the floor at night
+    assert day.hours[15][1:3] == (10, 10)  # the ceiling at the peak
+    assert day.replica_hours < 10 * 24 * 0.7  # cheaper than the peak all day
+    assert day.share_within > 0.999
+
+
+def test_a_target_at_the_slot_count_lets_the_prefetch_hide_a_backlog():
+    """Prefetched jobs are neither ready nor in flight: at a target equal to the slots the
+    fleet sits saturated within the tolerance while they wait; at 0.8 x it scales first."""
+    at_slots = simulate(peak_factor=2.0, target=25, **DAY)
+    below = simulate(peak_factor=2.0, target=20, **DAY)
+    assert below.wait_quantile(0.99) <= 5 < 20 <= at_slots.wait_quantile(0.99)
+    assert below.replica_hours > at_slots.replica_hours  # what the shorter waits cost
+
+
+def test_rate_at_averages_the_daily_mean_with_the_peak_factor():
+    mean = 450_000 / 86_400
+    samples = [rate_at(s, mean, 2.0) for s in range(0, 86_400, 60)]
+    assert abs(sum(samples) / len(samples) - mean) < mean * 1e-6
+    assert max(samples) == pytest.approx(2 * mean, rel=1e-3)
+
+
+def test_cli_simulate_day_prints_24_hours_and_the_targets_compared(capsys):
+    code, out, _ = run(capsys, *PLANNED, "--peak-factor", "2", "--kubernetes", "--simulate-day")
+    assert code == 0
+    hours = [line for line in out.splitlines() if re.match(r"  \d\d {4}", line)]
+    assert len(hours) == 24
+    assert "Targets compared (fixed 10 replicas all day: 240 replica-hours)" in out
+    assert re.search(r"^ +20 +\d+\.\d\d% +\d+ s +\d+ s +\d+$", out, re.M)
