@@ -13,11 +13,14 @@ import json
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import jsonschema
 import kubernetes_validate
 import pytest
+import redis
 import yaml
 
 from stack import autoscaling, kubernetes
@@ -320,3 +323,53 @@ def test_the_pod_monitor_gives_the_job_label_the_rules_select():
 
 def _pod_labels() -> dict:
     return base("worker-deployment.yaml")["spec"]["template"]["metadata"]["labels"]
+
+
+# --- the container's process, short of a container -------------------------------------------
+
+
+def test_the_containers_command_and_configmap_run_a_replica_that_stops_losing_nothing(
+    redis_url, tmp_path
+):
+    """`worker run` with the rendered ConfigMap's environment (the metrics endpoint moved to
+    a free loopback port, and 3 s simulated jobs instead of 15-20 s) against a real Redis:
+    the probes' path answers 200, and a SIGTERM with jobs running and queued ends well
+    within the grace period; a second replica then completes every job exactly once. No
+    container runs here: the uid, the read-only root and the probes' timings are not tested."""
+    from stack.fleet import Replica, replica_env
+    from stack.poll import wait_until
+    from stack.servers import free_port
+    from tests.support.fleet import completed_ids
+    from worker.app import setup
+    from worker.config import Settings
+
+    (container,) = _pod()["containers"]
+    assert container["command"] == ["worker", "run"]  # what Replica runs
+    port = free_port()
+    config = {**base("worker-config.yaml")["data"], "METRICS_HOST": "127.0.0.1"}
+    env = replica_env(redis_url, **{**config, "METRICS_PORT": str(port)}, SIM_LATENCY_SECONDS="3")
+    replica = Replica(env, tmp_path / "pod.log").start().wait_for_metrics()
+    try:
+        probe = container["readinessProbe"]["httpGet"]["path"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{probe}", timeout=5) as answer:
+            assert answer.status == 200
+        setup(Settings(_env_file=None, REDIS_URL=redis_url))
+        from worker import actors
+
+        ids = [actors.agent_run.send(job_id=f"k{i}", org_id=f"org-{i % 3}", prompt="p").message_id
+               for i in range(40)]  # fmt: skip
+        client = redis.Redis.from_url(redis_url)
+        wait_until(lambda: len(completed_ids(client)) >= 1, timeout=30)
+    finally:
+        started = time.monotonic()
+        code = replica.stop(timeout=_pod()["terminationGracePeriodSeconds"])
+        took = time.monotonic() - started
+    assert code == 0, replica.output[-2000:]
+    assert took < float(config["SHUTDOWN_GRACE_SECONDS"])
+    second = Replica(env, tmp_path / "pod-2.log").start().wait_for_metrics()
+    try:
+        wait_until(lambda: set(completed_ids(client)) >= set(ids), timeout=60)
+    finally:
+        second.stop()
+    done = completed_ids(client)
+    assert sorted(done) == sorted(ids)  # every job once: none lost, none run twice
