@@ -310,6 +310,8 @@ def network_policy() -> dict:
 # --- the files ----------------------------------------------------------------------------
 
 KUSTOMIZE = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization"}
+#: The rendered folders under deploy/kubernetes/ (schema/ is vendored, not rendered).
+FOLDERS = ("base", "overlays", "alertmanager")
 
 
 def base_objects() -> dict[str, dict]:
@@ -322,7 +324,6 @@ def base_objects() -> dict[str, dict]:
         "worker-rules.yaml": prometheus_rule(),
         "worker-scaledobject.yaml": scaled_object(),
         "worker-networkpolicy.yaml": network_policy(),
-        "alertmanager-worker.yaml": alertmanager_secret(),
     }
     for name, obj in dashboard_config_maps().items():
         objects[f"{name}.yaml"] = obj
@@ -382,19 +383,22 @@ def render() -> dict[str, str]:
     for overlay, objects in overlays().items():
         for name, obj in objects.items():
             files[f"overlays/{overlay}/{name}"] = _dump(obj)
+    # The routing goes where the Alertmanager runs, not where the workers do.
+    files["alertmanager/alertmanager-worker.yaml"] = _dump(alertmanager_secret())
+    files["alertmanager/kustomization.yaml"] = _dump(
+        {**KUSTOMIZE, "namespace": "monitoring", "resources": ["alertmanager-worker.yaml"]}
+    )
     return files
 
 
 def rendered_paths(root: Path) -> list[str]:
     return sorted(
-        str(p.relative_to(root))
-        for folder in ("base", "overlays")
-        for p in (root / folder).rglob("*.yaml")
+        str(p.relative_to(root)) for folder in FOLDERS for p in (root / folder).rglob("*.yaml")
     )
 
 
 def problems(root: Path = OUT) -> list[str]:
-    """Files under root/base and root/overlays that differ from a fresh render, are missing,
+    """Rendered files under root that differ from a fresh render, are missing,
     or should not be there."""
     files = render()
     found = [
