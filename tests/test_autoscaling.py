@@ -3,15 +3,17 @@ planner (stack/autoscaling.py), in the style of tests/test_capacity.py."""
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 
 from stack.autoscaling import MIN_REPLICAS, bounds, grace_period
 from stack.capacity import main, plan
-from stack.scaledown import rate_at, simulate
+from stack.scaledown import Day, rate_at, simulate
 
 PLANNED = ["--jobs-per-day", "450000", "--job-seconds", "17.5"]
 
@@ -76,6 +78,12 @@ DAY = dict(jobs_per_day=450_000, job_seconds=17.5, slots_per_replica=25, min_rep
            max_replicas=10, slo_seconds=60)  # fmt: skip
 
 
+@functools.cache
+def diurnal(target: float) -> Day:
+    """The planned load's day (peak factor 2) at a target: what docs/kubernetes.md shows."""
+    return simulate(peak_factor=2.0, target=target, **DAY)
+
+
 def test_a_flat_day_settles_at_the_hpas_count():
     day = simulate(peak_factor=1.0, target=20, **DAY)
     assert len(day.hours) == 24
@@ -88,7 +96,7 @@ def test_a_flat_day_settles_at_the_hpas_count():
 
 
 def test_a_diurnal_day_follows_the_load_between_the_bounds():
-    day = simulate(peak_factor=2.0, target=20, **DAY)
+    day = diurnal(20)
     rates = [rate for rate, *_ in day.hours]
     assert rates.index(max(rates)) in (15, 16) and rates.index(min(rates)) in (3, 4)
     assert day.hours[4][1:3] == (2, 2)  # the floor at night
@@ -100,8 +108,7 @@ def test_a_diurnal_day_follows_the_load_between_the_bounds():
 def test_a_target_at_the_slot_count_lets_the_prefetch_hide_a_backlog():
     """Prefetched jobs are neither ready nor in flight: at a target equal to the slots the
     fleet sits saturated within the tolerance while they wait; at 0.8 x it scales first."""
-    at_slots = simulate(peak_factor=2.0, target=25, **DAY)
-    below = simulate(peak_factor=2.0, target=20, **DAY)
+    at_slots, below = diurnal(25), diurnal(20)
     assert below.wait_quantile(0.99) <= 5 < 20 <= at_slots.wait_quantile(0.99)
     assert below.replica_hours > at_slots.replica_hours  # what the shorter waits cost
 
@@ -120,3 +127,24 @@ def test_cli_simulate_day_prints_24_hours_and_the_targets_compared(capsys):
     assert len(hours) == 24
     assert "Targets compared (fixed 10 replicas all day: 240 replica-hours)" in out
     assert re.search(r"^ +20 +\d+\.\d\d% +\d+ s +\d+ s +\d+$", out, re.M)
+
+
+def _doc_table(header: str) -> list[list[str]]:
+    text = (Path(__file__).resolve().parents[1] / "docs" / "kubernetes.md").read_text()
+    block = text.split(header, 1)[1].split("\n\n", 1)[0]
+    return [[c.strip().strip("*") for c in line.strip("|").split("|")]
+            for line in block.splitlines()[2:]]  # fmt: skip
+
+
+def test_the_pages_tables_are_the_simulations():
+    for target, share, p99, longest, hours in _doc_table("| target | started within 60 s |"):
+        day = diurnal(float(target))
+        assert share == f"{day.share_within:.2%}".replace("%", " %")
+        assert (p99, longest) == (f"{day.wait_quantile(0.99)} s", f"{day.wait_quantile(1.0)} s")
+        assert hours == f"{day.replica_hours:.0f}"
+    rows = _doc_table("| hour | jobs/s | replicas | started within 60 s |")
+    assert len(rows) == 12
+    for hour, rate, replicas, share in rows:
+        got_rate, lo, hi, got_share = diurnal(20).hours[int(hour)]
+        assert rate == f"{got_rate:.2f}" and share == f"{got_share:.2%}".replace("%", " %")
+        assert replicas == (f"{lo}" if lo == hi else f"{lo}-{hi}")
