@@ -296,6 +296,8 @@ def test_every_docs_page_a_file_cites_exists():
     found = [
         f"{name}: {page}"
         for name, text in _repository_texts().items()
+        # Vendored upstream files cite their own projects' docs/ pages.
+        if not name.startswith("deploy/kubernetes/schema/")
         for page in re.findall(r"\bdocs/[\w/.-]+\.md", text)
         if not (REPO / page).is_file()
     ]
