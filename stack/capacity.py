@@ -474,8 +474,9 @@ def main(argv: list[str] | None = None) -> int:
         from stack.autoscaling import bounds, render_bounds  # it imports this module
 
         scaling = bounds(result)
-        output |= {k: getattr(scaling, k) for k in ("min_replicas", "max_replicas",
-                                                     "trigger_target")}  # fmt: skip
+        output |= {
+            k: getattr(scaling, k) for k in ("min_replicas", "max_replicas", "trigger_target")
+        }
         text += "\n" + render_bounds(scaling)
         if args.simulate_day:
             from stack.scaledown import simulate_plan
