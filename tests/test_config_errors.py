@@ -33,6 +33,7 @@ CASES: list[tuple[str, dict[str, str | bytes | None], str]] = [
     ("BROKER_URL", {"BROKER_URL": f"amqp://guest:{SECRET}@host:x/"}, "port must be a number"),
     # Redis Sentinel instead of REDIS_URL
     ("REDIS_URL", {"REDIS_URL": None}, "required, not set (or REDIS_SENTINELS"),
+    ("REDIS_URL", {"REDIS_URL": ""}, "required, not set (or REDIS_SENTINELS"),
     ("REDIS_SENTINELS", {"REDIS_SENTINELS": "127.0.0.1:26379"}, "not with REDIS_URL"),
     ("REDIS_SENTINEL_MASTER", {**NO_URL, "REDIS_SENTINEL_MASTER": " "}, "not empty"),
     ("REDIS_SENTINEL_MASTER", {**NO_URL, "REDIS_SENTINEL_MASTER": None}, "required with"),

@@ -75,9 +75,9 @@ class Settings(BaseSettings):
         "`REDIS_SENTINELS` is set.",
     )
     redis_sentinels: Annotated[
-        tuple[tuple[str, int], ...], NoDecode, BeforeValidator(parse_sentinels)
+        tuple[tuple[str, int], ...] | None, NoDecode, BeforeValidator(parse_sentinels)
     ] = Field(
-        (),
+        None,
         description="Instead of `REDIS_URL`: the Sentinels (`host:port,...`) that name the "
         "master; every client follows a failover.",
     )
@@ -352,8 +352,8 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
+        if not value:
+            return None  # empty counts as unset: a compose file may pass REDIS_URL= through
         return check_url(value, {"redis", "rediss", "unix"}, "redis://, rediss:// (TLS) or unix://")
 
     @field_validator("broker_url")
