@@ -75,10 +75,10 @@ def probe_client(target: Settings | str, timeout: float = 2.0) -> redis.Redis:
 # --- settings ---------------------------------------------------------------------------------
 
 
-def parse_sentinels(value: Any) -> tuple[tuple[str, int], ...]:
+def parse_sentinels(value: Any) -> tuple[tuple[str, int], ...] | None:
     """``REDIS_SENTINELS``: ``host:port`` pairs, comma-separated (``[v6]:port`` too)."""
     if not isinstance(value, str):
-        return value or ()
+        return value or None
     found = []
     for item in filter(None, (part.strip() for part in value.split(","))):
         host, colon, port = item.rpartition(":")
@@ -86,7 +86,7 @@ def parse_sentinels(value: Any) -> tuple[tuple[str, int], ...]:
         if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
             raise ValueError("must be host:port pairs, comma-separated, ports 1 to 65535")
         found.append((host, int(port)))
-    return tuple(found)
+    return tuple(found) or None
 
 
 def sentinel_problem(settings: Settings) -> str | None:
