@@ -243,3 +243,36 @@ def _acquired(limiter: RateLimiter) -> bool:
         return limiter.try_acquire("o").allowed
     except (RateLimiterUnavailable, redis.RedisError):
         return False
+
+
+def test_the_twin_runs_the_same_set_and_its_fleet_follows_a_failover(tmp_path):
+    """``stack up-local --sentinel``: the twin starts the set, its replica and load
+    generator find Redis through the sentinels, and keep working after the master dies."""
+    from stack.twin import LocalStack
+
+    env = {"SIM_LATENCY_SECONDS": "0.05", "JOB_CONCURRENCY": "4"}
+    twin = LocalStack(
+        tmp_path / "twin",
+        replicas=1,
+        sentinel=True,
+        loadgen_rate=5,
+        alertmanagers=1,
+        replica_env=env,
+    )
+    with twin:
+        replica_env = twin.replicas[0].env
+        assert not replica_env["REDIS_URL"] and replica_env["REDIS_SENTINELS"]  # empty: unset
+        client = redis_client(settings_of(twin.sentinels))
+
+        def jobs_done() -> int:
+            try:
+                return client.xlen(KEYS.completed)
+            except redis.ConnectionError:
+                return -1
+
+        wait_until(lambda: jobs_done() > 3, 60, "jobs completed on the twin", 0.2)
+        before, old_port = jobs_done(), twin.redis.port
+        twin.redis.stop(signal.SIGKILL)
+        wait_until(lambda: jobs_done() > before + 3, 60, "jobs after the failover", 0.2)
+        assert twin.sentinels.master_port() == twin.sentinels.replica.port != old_port
+    assert not any(s.running for s in (twin.sentinels.replica, *twin.sentinels.sentinels))
