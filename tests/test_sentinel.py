@@ -11,7 +11,10 @@ master forgot. docs/running.md ("When one host is not enough") keeps the numbers
 from __future__ import annotations
 
 import contextlib
+import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -20,7 +23,7 @@ import pytest
 import redis
 
 from stack.dead_letter_seed import Seed, seed_dead_letters
-from stack.fleet import replica_env, scraped
+from stack.fleet import ROOT, replica_env, scraped
 from stack.poll import wait_until
 from stack.sentinel import SentinelSet, redis_sentinel_set
 from stack.servers import free_port
@@ -289,3 +292,24 @@ def test_the_twin_runs_the_same_set_and_its_fleet_follows_a_failover(tmp_path):
         wait_until(lambda: jobs_done() > before + 3, 60, "jobs after the failover", 0.2)
         assert twin.sentinels.master_port() == twin.sentinels.replica.port != old_port
     assert not any(s.running for s in (twin.sentinels.replica, *twin.sentinels.sentinels))
+
+
+def test_the_dead_letters_command_finds_the_master_through_the_sentinels(sentinels):
+    """``worker dead-letters`` takes its Redis from the same settings: with REDIS_SENTINELS
+    it lists what the master holds, after a failover too."""
+    client = redis_client(settings_of(sentinels))
+    ids = seed_dead_letters(client, KEYS.namespace, [Seed(), Seed(queue="critical")])
+    env = sentinel_replica_env(sentinels)
+
+    def listed() -> list[str]:
+        argv = [sys.executable, "-m", "worker", "dead-letters", "list", "--json"]
+        done = subprocess.run(argv, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return sorted(json.loads(line)["message_id"] for line in done.stdout.splitlines())
+
+    assert listed() == sorted(ids)
+    old_port = sentinels.master.port
+    sentinels.master.stop(signal.SIGKILL)
+    wait_until(lambda: _flushed(client), 30, "the new master", 0.05)
+    assert sentinels.master_port() != old_port
+    assert listed() == sorted(ids)
