@@ -31,7 +31,8 @@ from stack.kubernetes_monitoring import (
     prometheus_rule,
 )
 from worker import __version__
-from worker.config import Settings, never_echoed
+from worker.config import Settings
+from worker.config_errors import never_echoed
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "deploy" / "kubernetes"
@@ -54,7 +55,7 @@ CONFIG_KEYS = """
 """.split()
 #: Secret settings (every one the settings type as secret), each from a key of the Secret
 #: ``worker-secrets``; only REDIS_URL is required (Redis is external: managed, or Sentinel).
-SECRET_KEYS = sorted(str.upper(name) for name in never_echoed())
+SECRET_KEYS = sorted(str.upper(name) for name in never_echoed(Settings))
 
 #: Memory of one replica as measured (docs/performance.md, "How many jobs one replica
 #: holds"): 129 MiB at 25 slots, about 73 KiB more per slot. The benchmark's jobs hold no

@@ -273,11 +273,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--orgs must be at least 1 and --duration not negative")
 
     from worker.app import setup
-    from worker.brokers.redis import redis_client
     from worker.config import load_settings
+    from worker.redis_client import redis_client
 
     settings = load_settings()
-    client = redis_client(settings.redis_url)
+    client = redis_client(settings)
     namespace = settings.job_queue_name
     keys = RedisKeys(namespace)
     try:

@@ -79,9 +79,10 @@ def _bounds(field) -> str:
 def config_table() -> str:
     from pydantic import AliasChoices
 
-    from worker.config import Settings, never_echoed
+    from worker.config import Settings
+    from worker.config_errors import never_echoed
 
-    rows, secret = [], never_echoed()
+    rows, secret = [], never_echoed(Settings)
     for field_name, field in Settings.model_fields.items():
         alias = field.validation_alias
         names = list(alias.choices) if isinstance(alias, AliasChoices) else [alias]

@@ -44,6 +44,7 @@ import yaml
 
 from stack import fleet, prom
 from stack.fleet import Replica, python_env
+from stack.sentinel import SentinelSet, redis_sentinel_set
 from stack.servers import (
     HttpServer,
     Process,
@@ -89,6 +90,9 @@ class LocalStack:
       loadgen_args         more arguments for it (e.g. ["--seed", "1"])
       replica_ready_path   the replica endpoint that says it is up
       redis_password       start Redis with requirepass, and give replicas the password
+      sentinel             Redis as compose's `sentinel` profile: a master, a replica and
+                           three sentinels (``stack.sentinel``); the replicas and the load
+                           generator follow the sentinels (``sentinels``); no password
       alertmanagers        members of the gossiping Alertmanager cluster (compose: 2); the
                            first is ``alertmanager``, all are in ``alertmanagers``
       alertmanager_args    more flags for every Alertmanager (e.g. --cluster.peer-timeout=2s)
@@ -120,6 +124,7 @@ class LocalStack:
         alertmanager_args: Sequence[str] = (),
         prometheus_args: Sequence[str] = (),
         deadman_timeout: float | None = None,
+        sentinel: bool = False,
     ) -> None:
         if replicas < 1:
             raise ValueError("at least one replica")
@@ -146,6 +151,9 @@ class LocalStack:
         )
         self.deadman_timeout = deadman_timeout
         self.redis: RedisServer | None = None
+        self.sentinel = sentinel
+        self.sentinels: SentinelSet | None = None
+        self._sentinel_stack = contextlib.ExitStack()
         self.receiver: HttpServer | None = None
         self.alertmanagers: list[HttpServer] = []
         self.prometheus: HttpServer | None = None
@@ -188,8 +196,13 @@ class LocalStack:
             ports.add(p)
             return p
 
-        self.redis = redis_server(self.run_dir / "redis", port(), password=self.redis_password)
-        self.redis.start(timeout)
+        if self.sentinel:  # the master is ``redis``: stop_redis() and kill tests act on it
+            found = redis_sentinel_set(self.run_dir / "redis")
+            self.sentinels = self._sentinel_stack.enter_context(found)
+            self.redis = self.sentinels.master
+        else:
+            self.redis = redis_server(self.run_dir / "redis", port(), password=self.redis_password)
+            self.redis.start(timeout)
 
         receiver_port, store = port(), self.run_dir / "receiver" / "alerts.jsonl"
         deadman = (
@@ -285,14 +298,19 @@ class LocalStack:
                 None,
                 self.run_dir / "loadgen",
                 name="loadgen",
-                env=python_env(REDIS_URL=self.redis.url, JOB_QUEUE_NAME=self.namespace),
+                env=python_env(**self._redis_env(), JOB_QUEUE_NAME=self.namespace),
             )
             self.loadgen.start(timeout=0.5)
 
+    def _redis_env(self) -> dict[str, str]:
+        """How a process finds Redis: ``REDIS_URL``, or the sentinels (``REDIS_URL`` unset)."""
+        return self.sentinels.env() if self.sentinels else {"REDIS_URL": self.redis.url}
+
     def _replica(self, index: int, port: int) -> Replica:
         env = fleet.replica_env(
-            self.redis.url,
+            "",
             **{
+                **self._redis_env(),
                 "JOB_QUEUE_NAME": self.namespace,
                 "METRICS_PORT": str(port),
                 # Jobs cut short are redelivered; a twin that stops in seconds is worth more.
@@ -323,6 +341,7 @@ class LocalStack:
         for process in (*self.alertmanagers, self.receiver, self.redis):
             if process is not None:
                 process.stop()
+        self._sentinel_stack.close()  # the replica and the sentinels
 
     def __enter__(self) -> LocalStack:
         return self.start()

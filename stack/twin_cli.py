@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
         "--run-dir", type=Path, default=REPO / ".run" / "localstack", help="default %(default)s"
     )
     parser.add_argument("--keep-data", action="store_true", help="keep Redis and Prometheus data")
+    parser.add_argument(
+        "--sentinel", action="store_true", help="Redis master, replica and three sentinels"
+    )
     parser.add_argument("--scrape-interval", help="instead of the committed 15s")
     parser.add_argument("--evaluation-interval", help="instead of the committed 15s")
     parser.add_argument("--rules-dir", type=Path, help="rule files instead of prometheus/rules")
@@ -101,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         evaluation_interval=args.evaluation_interval,
         loadgen_rate=None if args.no_loadgen else args.rate,
         keep_data=args.keep_data,
+        sentinel=args.sentinel,
     )
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -144,6 +144,47 @@ def test_the_topology_is_the_one_documented():
     assert "${REDIS_PASSWORD" in COMPOSE_FILE.read_text()
 
 
+def test_the_sentinel_profile_is_one_master_one_replica_three_sentinels():
+    """``--profile sentinel`` adds a replica of ``redis`` and three sentinels (quorum 2)
+    that name it ``worker``; the fleet then reads REDIS_SENTINELS, and every password
+    stays out of an argv the shell keeps (the sentinels read theirs from the environment)."""
+    env = {
+        **DEMO_ENV,
+        "REDIS_URL": "",
+        "REDIS_SENTINELS": "sentinel-1:26379,sentinel-2:26379,sentinel-3:26379",
+        "REDIS_SENTINEL_MASTER": "worker",
+    }
+    result = docker_compose("--profile", "sentinel", "config", "--format", "json", env=env)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    password = DEMO_ENV["REDIS_PASSWORD"]
+    sentinels = [f"sentinel-{n}" for n in (1, 2, 3)]
+    assert set(services) - set(resolved()["services"]) == {"redis-replica", *sentinels}
+    replica = services["redis-replica"]["command"]
+    assert replica[-3:] == ["--replicaof", "redis", "6379"]
+    assert replica[replica.index("--masterauth") + 1] == password
+    master = services["redis"]["command"]
+    assert master[master.index("--masterauth") + 1] == password  # once it is a replica
+    for name in sentinels:
+        sentinel = services[name]
+        assert sentinel["profiles"] == ["sentinel"] and sentinel["tmpfs"] == ["/tmp"]
+        script = sentinel["command"][0]
+        assert "sentinel monitor worker redis 6379 2" in script
+        assert password not in script and "$$REDISCLI_AUTH" in script
+        assert script.endswith("exec redis-server /tmp/sentinel.conf --sentinel")
+        assert sentinel["healthcheck"]["test"] == ["CMD", "redis-cli", "-p", "26379", "ping"]
+        assert sentinel["security_opt"] == ["no-new-privileges:true"] and sentinel["read_only"]
+    worker = services["worker"]["environment"]
+    assert worker["REDIS_URL"] == "" and worker["REDIS_SENTINEL_MASTER"] == "worker"
+    assert worker["REDIS_SENTINELS"] == env["REDIS_SENTINELS"]
+    assert worker["REDIS_PASSWORD"] == password
+    loadgen = resolved()["services"]["loadgen"]["environment"]
+    assert {"REDIS_SENTINELS", "REDIS_SENTINEL_MASTER", "REDIS_PASSWORD"} <= set(loadgen)
+    given = {k: v for k, v in services["worker"]["environment"].items() if v is not None}
+    settings = Settings(_env_file=None, **given).check()
+    assert settings.redis_sentinels == tuple((s, 26379) for s in sentinels)
+
+
 def test_images_are_pinned_and_dependencies_wait_for_health():
     services = resolved()["services"]
     for name, service in services.items():

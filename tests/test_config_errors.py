@@ -14,15 +14,34 @@ import pytest
 from stack.fleet import ROOT, replica_env
 
 SECRET = "PLANTEDsecret42"
+#: Sentinels instead of REDIS_URL, with a secret password each (never shown).
+NO_URL: dict[str, str | None] = {
+    "REDIS_URL": None,
+    "REDIS_SENTINELS": "127.0.0.1:1",
+    "REDIS_SENTINEL_MASTER": "jobs",
+    "REDIS_SENTINEL_PASSWORD": SECRET,
+    "REDIS_PASSWORD": SECRET + "x",
+}
 
-#: (variable named in the error, extra environment, text the line must contain)
-CASES: list[tuple[str, dict[str, str | bytes], str]] = [
+#: (variable named in the error, extra environment (None: unset), text the line must contain)
+CASES: list[tuple[str, dict[str, str | bytes | None], str]] = [
     # broker and Redis
     ("REDIS_URL", {"REDIS_URL": f"redis://:{SECRET}@localhost:abc/0"}, "port must be a number"),
     ("REDIS_URL", {"REDIS_URL": "redis://h:99999/0"}, "port must be a number"),
     ("REDIS_URL", {"REDIS_URL": f"http://u:{SECRET}@host"}, "must start with redis://"),
     ("REDIS_URL", {"REDIS_URL": "redis://"}, "a host is missing"),
     ("BROKER_URL", {"BROKER_URL": f"amqp://guest:{SECRET}@host:x/"}, "port must be a number"),
+    # Redis Sentinel instead of REDIS_URL
+    ("REDIS_URL", {"REDIS_URL": None}, "required, not set (or REDIS_SENTINELS"),
+    ("REDIS_URL", {"REDIS_URL": ""}, "required, not set (or REDIS_SENTINELS"),
+    ("REDIS_SENTINELS", {"REDIS_SENTINELS": "127.0.0.1:26379"}, "not with REDIS_URL"),
+    ("REDIS_SENTINEL_MASTER", {**NO_URL, "REDIS_SENTINEL_MASTER": " "}, "not empty"),
+    ("REDIS_SENTINEL_MASTER", {**NO_URL, "REDIS_SENTINEL_MASTER": None}, "required with"),
+    ("REDIS_SENTINEL_MASTER", {"REDIS_SENTINEL_MASTER": "jobs"}, "only with REDIS_SENTINELS"),
+    ("REDIS_SENTINELS", {**NO_URL, "REDIS_SENTINELS": "h1:26379,h2"}, "host:port pairs"),
+    ("REDIS_SENTINELS", {**NO_URL, "REDIS_SENTINELS": "h1:abc"}, "host:port pairs"),
+    ("REDIS_SENTINELS", {**NO_URL, "REDIS_SENTINELS": ":26379"}, "host:port pairs"),
+    ("REDIS_SENTINELS", {**NO_URL, "REDIS_SENTINELS": "h1:70000"}, "ports 1 to 65535"),
     ("BROKER_URL", {"BROKER_URL": "kafka://h:9092"}, "must start with redis://"),
     ("JOB_QUEUE_NAME", {"JOB_QUEUE_NAME": "bad name!"}, "must be letters"),
     ("JOB_CONCURRENCY", {"JOB_CONCURRENCY": "100000000"}, "less than or equal to 512"),
@@ -97,7 +116,9 @@ def test_every_bad_value_exits_2_with_one_line_and_no_secret():
     for _, extra, _ in CASES:
         env: dict = replica_env("redis://127.0.0.1:1/0")
         for name, value in extra.items():
-            if isinstance(value, bytes):  # an environment may hold any bytes
+            if value is None:
+                env.pop(name, None)
+            elif isinstance(value, bytes):  # an environment may hold any bytes
                 env.pop(name, None)
                 env[name.encode()] = value
             else:

@@ -105,7 +105,7 @@ def test_the_config_table_shows_a_field_description_and_its_bounds():
         "| `RETRY_JITTER` | `0.2` | 0 to 0.5 | Half-width of the random factor each retry "
         "delay is multiplied by. |" in table
     )
-    assert "| `REDIS_URL` (secret) | (required) |" in table
+    assert "| `REDIS_URL` (secret) | (unset) |" in table  # or REDIS_SENTINELS: one is required
     assert "| `ENVIRONMENT` or `NODE_ENV` | `development` |" in table
 
 

@@ -24,7 +24,8 @@ import redis
 import yaml
 
 from stack import autoscaling, kubernetes
-from worker.config import load_settings, never_echoed
+from worker.config import Settings, load_settings
+from worker.config_errors import never_echoed
 
 REPO = Path(__file__).resolve().parents[1]
 DEPLOY = REPO / "deploy" / "kubernetes"
@@ -40,7 +41,7 @@ CRDS = {
 }
 
 
-SECRETS = {name.upper() for name in never_echoed()}
+SECRETS = {name.upper() for name in never_echoed(Settings)}
 
 
 def build(overlay: str, folder: Path | None = None) -> list[dict]:

@@ -175,7 +175,8 @@ def test_bad_configuration_exits_2_with_one_line_and_no_secret():
     result = run_worker(env)
     assert (result.returncode, result.stderr.strip()) == (
         2,
-        "configuration error: REDIS_URL: required, not set",
+        "configuration error: REDIS_URL: required, not set "
+        "(or REDIS_SENTINELS with REDIS_SENTINEL_MASTER)",
     )
 
 

@@ -33,7 +33,6 @@ from worker.brokers.redis import (
     WORKER_THREAD_LOGGER,
     WorkerRedisBroker,
     is_results_advice,
-    redis_client,
 )
 from worker.config import Settings, load_settings
 from worker.envelope import CheckedJSONEncoder
@@ -49,6 +48,7 @@ from worker.middleware.retries import ClassRetries
 from worker.organizations import RedisOrganizations
 from worker.payloads import PayloadLimits
 from worker.ratelimit import RateLimiter
+from worker.redis_client import redis_client
 from worker.redis_keys import RedisKeys
 from worker.services import Services, install
 
@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 
 
 def build_services(settings: Settings) -> Services:
-    client = redis_client(settings.redis_url)
+    client = redis_client(settings)
     knobs = SimulationKnobs(
         Simulation(
             settings.sim_latency_seconds, settings.sim_failure_ratio, settings.sim_429_ratio
@@ -158,30 +158,31 @@ def middleware_stack(settings: Settings, client: redis.Redis) -> list:
         CurrentMessage(),
         BrokerHeartbeat(interval=settings.job_lock_timeout_seconds / 2),
         RedisHealth(
-            url=broker_redis_url(settings) or settings.redis_url,
+            target=broker_redis(settings) or settings,
             max_backoff=settings.redis_health_interval_seconds,
         ),
     ]
 
 
-def broker_redis_url(settings: Settings) -> str | None:
-    """The broker's Redis URL, or None when the broker is RabbitMQ."""
-    url = settings.broker_url or settings.redis_url
-    return None if url.startswith("amqp") else url
+def broker_redis(settings: Settings) -> Settings | str | None:
+    """The broker's Redis: the worker's own (its settings), another Redis (``BROKER_URL``),
+    or None when the broker is RabbitMQ."""
+    url = settings.broker_url
+    return settings if url is None else None if url.startswith("amqp") else url
 
 
 def build_broker(settings: Settings) -> dramatiq.Broker:
     """The Redis broker from ``REDIS_URL``, or RabbitMQ when ``BROKER_URL`` is amqp://."""
-    client = redis_client(settings.redis_url)
+    client = redis_client(settings)
     middleware = middleware_stack(settings, client)
-    url = settings.broker_url or settings.redis_url
+    url = settings.broker_url or ""
     # Every body is checked as it is decoded (worker.envelope).
     dramatiq.set_encoder(CheckedJSONEncoder(max_bytes=settings.message_max_bytes))
     if url.startswith("amqp"):
         from dramatiq.brokers.rabbitmq import RabbitmqBroker
 
         return RabbitmqBroker(url=url, middleware=middleware, confirm_delivery=True)
-    broker_client = client if url == settings.redis_url else redis_client(url)
+    broker_client = client if not url or url == settings.redis_url else redis_client(url)
     return WorkerRedisBroker(
         client=broker_client,
         namespace=settings.job_queue_name,

@@ -26,9 +26,11 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from worker.api_keys import decode_encryption_key
 from worker.backends import parse_latency
+from worker.config_errors import describe_error
 from worker.logs import check_log_level
 from worker.ratelimit import DEFAULT_RATE_LIMITS, Limits, parse_limits, parse_overrides
 from worker.redact import SecretUrl, secret_settings, secret_urls, secret_values, strip_userinfo
+from worker.redis_client import parse_sentinels, sentinel_problem
 from worker.redis_keys import DEFAULT_NAMESPACE, RedisKeys
 
 
@@ -66,9 +68,27 @@ class Settings(BaseSettings):
     )
 
     # Broker and Redis
-    redis_url: BrokerUrl = Field(
+    redis_url: BrokerUrl | None = Field(
+        None,
         description="`redis://`, `rediss://` (TLS, e.g. Upstash) or `unix://` URL of the Redis "
-        "that holds the queues, the job log and the rate limiter.",
+        "that holds the queues, the job log and the rate limiter; required unless "
+        "`REDIS_SENTINELS` is set.",
+    )
+    redis_sentinels: Annotated[
+        tuple[tuple[str, int], ...] | None, NoDecode, BeforeValidator(parse_sentinels)
+    ] = Field(
+        None,
+        description="Instead of `REDIS_URL`: the Sentinels (`host:port,...`) that name the "
+        "master; every client follows a failover.",
+    )
+    redis_sentinel_master: str | None = Field(
+        None, description="The master's name in the Sentinels (`sentinel monitor <name>`)."
+    )
+    redis_sentinel_password: SecretStr | None = Field(
+        None, description="Password of the Sentinels, if they require one."
+    )
+    redis_password: SecretStr | None = Field(
+        None, description="Password of the master the Sentinels name, if it requires one."
     )
     broker_url: BrokerUrl | None = Field(
         None,
@@ -331,7 +351,9 @@ class Settings(BaseSettings):
 
     @field_validator("redis_url")
     @classmethod
-    def _redis_scheme(cls, value: str) -> str:
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if not value:
+            return None  # empty counts as unset: a compose file may pass REDIS_URL= through
         return check_url(value, {"redis", "rediss", "unix"}, "redis://, rediss:// (TLS) or unix://")
 
     @field_validator("broker_url")
@@ -398,6 +420,8 @@ class Settings(BaseSettings):
         return secret_values(self) + forms
 
     def check(self) -> Settings:
+        if problem := sentinel_problem(self):
+            raise ConfigError(f"configuration error: {problem}")
         if self.supabase_url and self.supabase_service_role_key is None:
             raise ConfigError(
                 "configuration error: SUPABASE_SERVICE_ROLE_KEY: required when SUPABASE_URL is set"
@@ -430,35 +454,6 @@ def load_settings(*, settings_class: type[Settings] = Settings, **overrides: Any
         raise ConfigError(describe_error(error, settings_class)) from None
 
 
-def never_echoed(settings_class: type[Settings] = Settings) -> frozenset[str]:
-    """Settings whose value an error never shows (*secret* in the docs): those typed
-    ``SecretStr``, and broker URLs (``SecretUrl(whole=True)``)."""
-    urls = secret_urls(settings_class)
-    return secret_settings(settings_class) | {name for name in urls if urls[name].whole}
-
-
-def describe_error(error: dict[str, Any], settings_class: type[Settings]) -> str:
-    """One line for a pydantic error naming its variable: what is wrong, and the value
-    given unless it is a secret (a URL is shown without its ``user:password@``)."""
-    field, variable = _variable(error, settings_class)
-    message = str(error["msg"]).removeprefix("Value error, ")
-    if error["type"] == "missing":
-        message = "required, not set"
-    elif field not in never_echoed(settings_class) and isinstance(error.get("input"), str | int):
-        shown = error["input"]
-        if field in secret_urls(settings_class):
-            shown = strip_userinfo(str(shown))
-        message = f"{message} (got {_bounded(repr(shown))})"
-    return f"configuration error: {variable}: {_bounded(message, 300)}"
-
-
-def _bounded(text: str, limit: int = 120) -> str:
-    """``text`` on one line, cut to ``limit`` characters: an error names the problem; a
-    pasted 10 kB value would bury it."""
-    text = text.encode("unicode_escape").decode("ascii") if not text.isprintable() else text
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 def check_url(value: str, schemes: set[str], what: str) -> str:
     """``value`` when its scheme is one of ``schemes`` and its port (if any) a number."""
     parts = urlsplit(value)
@@ -482,14 +477,3 @@ def check_utf8(value: Any) -> Any:
         except UnicodeEncodeError:
             raise ValueError("is not UTF-8 text") from None
     return value
-
-
-def _variable(error: dict[str, Any], settings_class: type[Settings]) -> tuple[str, str]:
-    """The field an error is about, and its variable as the user wrote it."""
-    where = str(error["loc"][0]) if error["loc"] else "configuration"
-    for name, field in settings_class.model_fields.items():
-        alias = field.validation_alias
-        aliases = [str(a) for a in (alias.choices if isinstance(alias, AliasChoices) else [alias])]
-        if where == name or where in aliases:
-            return name, where if where in aliases else aliases[0]
-    return where, where

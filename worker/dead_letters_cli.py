@@ -19,7 +19,6 @@ from typing import NoReturn
 import pika
 import redis
 
-from worker.brokers.redis import redis_client
 from worker.config import load_settings
 from worker.dead_letters import (
     DeadLetter,
@@ -32,6 +31,7 @@ from worker.dead_letters import (
 from worker.jobs import QUEUES
 from worker.logs import cut, escape
 from worker.redact import REDACTOR
+from worker.redis_client import redis_client
 
 
 class UsageError(Exception):
@@ -133,7 +133,7 @@ def main(argv: list[str]) -> int:
     except SelectionError as exc:
         return _fail(f"worker dead-letters: {exc}", 2)
     settings = load_settings()
-    client = redis_client(settings.redis_url)
+    client = redis_client(settings)
     rabbitmq = (settings.broker_url or "").startswith("amqp")
     if rabbitmq:
         if getattr(args, "org", None) is not None:

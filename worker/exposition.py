@@ -288,16 +288,16 @@ def backlog_for(
     RabbitMQ: a queue's head cannot be read there without taking it) and the dead
     letters' reader (from Redis, where ``worker dead-letters`` counts on either broker;
     no oldest age on RabbitMQ)."""
-    url = settings.broker_url or settings.redis_url
+    url = settings.broker_url
     namespace = settings.job_queue_name
-    if url.startswith("amqp"):
-        redis_client = probe_client(settings.redis_url, timeout=1.0)
+    if url and url.startswith("amqp"):
+        redis_client = probe_client(settings, timeout=1.0)
         return (
             rabbitmq_backlog(url, QUEUES),
             None,
             redis_dead_letters(redis_client, namespace, QUEUES, oldest=False),
         )
-    client = probe_client(url, timeout=1.0)
+    client = probe_client(url or settings, timeout=1.0)
     return (
         redis_backlog(client, namespace, QUEUES),
         redis_oldest_ages(client, namespace, QUEUES),
@@ -370,7 +370,7 @@ def serve(settings: Settings | None = None) -> int:
     metrics.concurrency.set(settings.job_concurrency)
     metrics.build_info.labels(__version__).set(1)
     probe = RedisWatch(
-        probe_client(settings.redis_url).ping,
+        probe_client(settings).ping,
         interval=settings.redis_health_interval_seconds,
         on_status=lambda up: metrics.redis_connection_status.set(1 if up else 0),
         name="Redis",

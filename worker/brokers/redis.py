@@ -463,14 +463,3 @@ class WorkerRedisBroker(RedisBroker):
         except redis.ConnectionError as exc:  # the consumer thread restarts and retries
             emit(self, "after_connection_error", queue_name, exc)
             raise ConnectionClosed(exc) from None
-
-
-def redis_client(url: str) -> redis.Redis:
-    """A client for ``redis://`` or ``rediss://`` (TLS, e.g. Upstash) URLs."""
-    return redis.Redis.from_url(
-        url,
-        health_check_interval=15,
-        socket_keepalive=True,
-        socket_connect_timeout=5,
-        socket_timeout=30,
-    )

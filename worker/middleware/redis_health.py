@@ -22,28 +22,17 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-
-import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
+from typing import TYPE_CHECKING
 
 from worker import metrics
 from worker.brokers.redis import is_consumer_restart_line
 from worker.middleware.base import WorkerMiddleware
+from worker.redis_client import probe_client
+
+if TYPE_CHECKING:
+    from worker.config import Settings
 
 log = logging.getLogger(__name__)
-
-
-def probe_client(url: str, timeout: float = 2.0) -> redis.Redis:
-    """A client that tries once per command: each ping is one attempt, never a hidden
-    burst of redis-py retries."""
-    return redis.Redis.from_url(
-        url,
-        socket_connect_timeout=timeout,
-        socket_timeout=timeout,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )
 
 
 class RedisWatch:
@@ -192,19 +181,20 @@ class RedisHealth(WorkerMiddleware):
     and logs each failure.
 
     Parameters:
-      url: the broker's Redis URL.
+      target: the broker's Redis: the worker's settings (``REDIS_URL`` or the Sentinels'
+        master), or the URL of another Redis (``BROKER_URL``).
       max_backoff: the longest pause between reconnect attempts, in seconds (default 5,
         the probe interval ``REDIS_HEALTH_INTERVAL_SECONDS``).
     """
 
-    def __init__(self, *, url: str, max_backoff: float = 5.0) -> None:
-        self.url = url
+    def __init__(self, *, target: Settings | str, max_backoff: float = 5.0) -> None:
+        self.target = target
         self.max_backoff = max_backoff
         self.watch: RedisWatch | None = None
         self._quiet = _QuietDuringOutage(self)
 
     def after_worker_boot(self, broker, worker) -> None:
-        client = probe_client(self.url)
+        client = probe_client(self.target)
         self.watch = RedisWatch(
             client.ping, interval=None, max_backoff=self.max_backoff, name="Redis (broker)"
         ).start()
