@@ -170,9 +170,9 @@ class Completed:
 def completed(
     client: redis.Redis, namespace: str, *, text: str = "", actor: str = "", org: str = ""
 ) -> list[Completed]:
-    """The job log's completions, newest first; ``text`` matches a message id or a job id
-    in the result, ``actor`` and ``org`` exactly (``org`` also in the result, for records
-    written before the job log named organizations)."""
+    """The job log's completions, newest first; ``text`` is a message id or job id (or text
+    of the result), ``actor`` and ``org`` match exactly (``org`` also quoted in the
+    result, for records written before the job log named organizations)."""
     rows = []
     for entry_id, raw in client.xrevrange(RedisKeys(namespace).completed, count=JOB_LOG_READ_MAX):
         f = {k.decode(): v.decode("utf-8", "replace") for k, v in raw.items()}
@@ -185,7 +185,7 @@ def completed(
             org=f.get("org_id", ""),
             result=f.get("result", ""),
         )
-        if text and text not in row.message_id and text not in row.result:
+        if text and text not in (row.message_id, f.get("job_id", "")) and text not in row.result:
             continue
         if actor and row.actor != actor:
             continue
