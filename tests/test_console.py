@@ -246,3 +246,63 @@ def test_the_access_log_has_no_password_payload_or_query(redis_url, tmp_path):
     assert "POST /login 401" in log and f"GET /jobs/{message_id} 200" in log
     for secret in (PASSWORD, "wrong-password-99", "payload-text-42", "query-text-7", "payload=1"):
         assert secret not in log
+
+
+def test_a_huge_form_is_refused_unread(redis_url, tmp_path):
+    with console(tmp_path, redis_url) as server:
+        http = httpx.Client(base_url=server.url, timeout=30)
+        response = http.post(
+            "/login",
+            content=b"password=" + b"x" * 2_000_000,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        assert response.status_code == 413
+        assert response.headers["x-content-type-options"] == "nosniff"
+
+
+def test_redis_down_is_a_503_page_not_a_traceback(redis_srv, tmp_path):
+    with console(tmp_path, redis_srv.url) as server:
+        http = signed_in(server.url)
+        redis_srv.stop()
+        response = http.get("/")
+        assert response.status_code == 503
+        assert "cannot read the broker now" in response.text and "Traceback" not in response.text
+        assert "frame-ancestors 'none'" in response.headers["content-security-policy"]
+
+
+def test_filters_are_the_commands_with_its_own_words_for_a_mistake(redis_url, tmp_path):
+    seed(redis_url, [Seed(org_id="org-a", age=7200), Seed(org_id="org-a", age=60)])
+    with console(tmp_path, redis_url) as server:
+        http = signed_in(server.url)
+        page = http.get("/dead-letters?org=org-a&older_than=1h").text
+        assert re.search(r'id="matching">1<', page)
+        bad = http.get("/dead-letters?older_than=soon")
+        assert bad.status_code == 400
+        assert "bad duration &#39;soon&#39;: use a number and s, m, h or d" in bad.text
+        unknown = http.get("/dead-letters?queue=nope")
+        assert unknown.status_code == 400 and "unknown queue" in unknown.text
+
+
+def test_completed_jobs_are_searched_by_id_actor_and_organization(redis_url, tmp_path):
+    r = redis_client(redis_url)
+    for i in range(6):
+        fields = {
+            "message_id": f"m-{i}",
+            "queue": "fast",
+            "job_type": ("a.x", "b.y")[i % 2],
+            "job_id": f"job-{i}",
+            "org_id": f"org-{i % 3}",
+            "result": "null",
+        }
+        r.xadd(RedisKeys(DEFAULT_NAMESPACE).completed, fields)
+    with console(tmp_path, redis_url) as server:
+        http = signed_in(server.url)
+
+        def found(query: str) -> int:
+            page = http.get(f"/completed?{query}").text
+            return int(re.search(r'id="found">(\d+) found', page)[1])
+
+        assert found("") == 6
+        assert found("org=org-1") == 2 and found("actor=b.y") == 3
+        assert found("text=job-4") == 1 and found("text=m-5") == 1
+        assert found("org=org-1&actor=b.y") == 1

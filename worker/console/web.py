@@ -77,10 +77,18 @@ def client_address(request: Request) -> str:
     return request.client.host if request.client else "-"
 
 
+class TooLarge(Exception):
+    """A form body over ``FORM_MAX_BYTES``: 413, read no further."""
+
+
 async def form_of(request: Request) -> dict[str, list[str]]:
-    body = await request.body()
-    if len(body) > FORM_MAX_BYTES:
-        return {}
+    """The urlencoded form of a POST, read up to ``FORM_MAX_BYTES`` (``TooLarge`` beyond:
+    a client, signed in or not, cannot make the console hold a huge body)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > FORM_MAX_BYTES:
+            raise TooLarge
     return parse_qs(body.decode("utf-8", "replace"), keep_blank_values=True)
 
 
@@ -394,6 +402,10 @@ async def healthz(request: Request) -> Response:
     return PlainTextResponse("ok\n")
 
 
+async def too_large(request: Request, exc: Exception) -> Response:
+    return problem(request, 413, f"form over {FORM_MAX_BYTES:,} bytes")
+
+
 async def redis_down(request: Request, exc: Exception) -> Response:
     return problem(request, 503, f"Redis: {type(exc).__name__}: cannot read the broker now")
 
@@ -420,7 +432,9 @@ def build(settings: ConsoleSettings, client: redis.Redis) -> Hardened:
         Route("/healthz", healthz),
         Mount("/static", StaticFiles(packages=[("worker.console", "static")]), name="static"),
     ]
-    app = Starlette(routes=routes, exception_handlers={redis.RedisError: redis_down})
+    app = Starlette(
+        routes=routes, exception_handlers={redis.RedisError: redis_down, TooLarge: too_large}
+    )
     app.state.console = Console(
         settings=settings,
         client=client,
