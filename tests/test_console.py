@@ -306,3 +306,41 @@ def test_completed_jobs_are_searched_by_id_actor_and_organization(redis_url, tmp
         assert found("org=org-1") == 2 and found("actor=b.y") == 3
         assert found("text=job-4") == 1 and found("text=m-5") == 1
         assert found("org=org-1&actor=b.y") == 1
+
+
+def test_purge_of_selected_rows_removes_exactly_them(redis_url, tmp_path):
+    ids = seed(redis_url, [Seed(queue="critical", actor="crm.sync")] * 6)
+    keys, r = RedisKeys(DEFAULT_NAMESPACE), redis_client(redis_url)
+    with console(tmp_path, redis_url) as server:
+        http = signed_in(server.url)
+        token = csrf_of(http.get("/dead-letters").text)
+        form = {"csrf": token, "do": "purge selected", "id": ids[:2]}
+        confirm = http.post("/dead-letters/confirm", data=form)
+        assert re.search(r'id="confirm-count">2<', confirm.text)
+        assert "confirm-rate" not in confirm.text  # a purge is not paced
+        run = http.post("/dead-letters/run", data=form)
+        assert run.status_code == 303
+        deadline = time.monotonic() + 30
+        while 'id="status">done<' not in (page := http.get(run.headers["location"]).text):
+            assert time.monotonic() < deadline, page
+            time.sleep(0.2)
+        assert re.search(r'data-count="purged">2<', page)
+    left = {b.decode() for b in r.hvals(keys.dead_letter_messages("critical"))}
+    assert not [i for i in ids[:2] if any(i in b for b in left)]
+    assert all(any(i in b for b in left) for i in ids[2:])
+    assert r.hget(keys.dead_letters_counted("purged"), "critical") == b"2"
+
+
+def test_one_action_at_a_time_and_its_progress_while_it_runs(redis_url, tmp_path):
+    seed(redis_url, [Seed()] * 6)
+    with console(tmp_path, redis_url) as server:
+        http = signed_in(server.url)
+        token = csrf_of(http.get("/dead-letters").text)
+        form = {"csrf": token, "do": "requeue all", "rate": "2"}
+        first = http.post("/dead-letters/run", data=form)
+        assert first.status_code == 303
+        progress = http.get(first.headers["location"]).text
+        assert 'id="status">running<' in progress and 'http-equiv="refresh"' in progress
+        second = http.post("/dead-letters/run", data=form)
+        assert second.status_code == 409 and "another requeue or purge is running" in second.text
+        assert "A requeue is running" in http.get("/").text
