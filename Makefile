@@ -1,7 +1,7 @@
 # One target per artifact or job. Every target uses the project's virtual environment.
 PY := .venv/bin/python
 
-.PHONY: help venv test test-quick lint format rules check dashboards dashboards-preview console-screenshots docs up down up-local bench
+.PHONY: help venv test test-quick lint format rules check dashboards kubernetes dashboards-preview console-screenshots docs up down up-local bench
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -46,6 +46,9 @@ console-screenshots: venv  ## run the console's browser tests, saving each page 
 
 docs: venv  ## rewrite the generated reference tables in docs/*.md from the code
 	$(PY) -m stack.reference
+
+kubernetes: venv  ## render deploy/kubernetes/ (kustomize base, overlays) from the same sources
+	$(PY) -m stack.kubernetes
 
 rules: venv  ## render alerts/*.libsonnet into prometheus/rules/*.yml
 	$(PY) -m alerts.render

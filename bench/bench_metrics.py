@@ -370,10 +370,13 @@ def main() -> None:
                     float(
                         subprocess.run(
                             [sys.executable, __file__, "--hooks-child", "20000", variant],
-                            capture_output=True, text=True, check=True, cwd=ROOT,
+                            capture_output=True,
+                            text=True,
+                            check=True,
+                            cwd=ROOT,
                         ).stdout
                     )
-                )  # fmt: skip
+                )
         with_wait, without_wait = min(hooks["with"]), min(hooks["without"])
         print(f"   JobMetrics hooks alone: {with_wait:.1f} us CPU per attempt (best of 5)")
         print(

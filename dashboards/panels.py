@@ -192,8 +192,14 @@ def versions(scope: Scope) -> G.Stat:
 
 
 def throughput(scope: Scope) -> G.TimeSeries:
-    rows = [(scope.attempts(role), legend) for role, legend in
-            (("started", "started"), ("completed", "completed"), ("failed", "failed"))]  # fmt: skip
+    rows = [
+        (scope.attempts(role), legend)
+        for role, legend in (
+            ("started", "started"),
+            ("completed", "completed"),
+            ("failed", "failed"),
+        )
+    ]
     window = scope.window("HighJobFailureRate")
     return timeseries(
         PANEL_IDS["throughput"],

@@ -110,11 +110,33 @@ def dashboard_variables(dashboard: Mapping, selection: Mapping[str, Sequence[str
 
 _KEYWORDS = {
     # aggregation operators, set and arithmetic keywords, modifiers
-    "sum", "min", "max", "avg", "group", "stddev", "stdvar", "count", "count_values",
-    "bottomk", "topk", "quantile", "and", "or", "unless", "by", "without", "on",
-    "ignoring", "group_left", "group_right", "bool", "offset", "atan2",
-    "inf", "nan",
-}  # fmt: skip
+    "sum",
+    "min",
+    "max",
+    "avg",
+    "group",
+    "stddev",
+    "stdvar",
+    "count",
+    "count_values",
+    "bottomk",
+    "topk",
+    "quantile",
+    "and",
+    "or",
+    "unless",
+    "by",
+    "without",
+    "on",
+    "ignoring",
+    "group_left",
+    "group_right",
+    "bool",
+    "offset",
+    "atan2",
+    "inf",
+    "nan",
+}
 
 
 def metric_names(expr: str) -> set[str]:

@@ -170,15 +170,21 @@ def slo_panels(scope: Scope, below_panels: Sequence) -> list:
     grid.row(ROW_ID, f"Service level objectives ({window})")
     grid.add(
         sli_panel(
-            scope, "queueWait", "JobQueueWaitBudgetBurn", "Queue wait SLI vs objective",
+            scope,
+            "queueWait",
+            "JobQueueWaitBudgetBurn",
+            "Queue wait SLI vs objective",
             "Share of attempts that started within their queue's threshold",
         ),
         sli_panel(
-            scope, "success", "JobSuccessBudgetBurn", "Success SLI vs objective",
+            scope,
+            "success",
+            "JobSuccessBudgetBurn",
+            "Success SLI vs objective",
             "Share of the jobs reaching a final outcome that completed (not dead-lettered)",
         ),
         budget_left(scope),
-    )  # fmt: skip
+    )
     grid.add(
         burn_panel(scope, "queueWait", "queue_wait_burn", "Burn rate per window: queue wait"),
         burn_panel(scope, "success", "success_burn", "Burn rate per window: success"),

@@ -43,8 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as error:
         if error.name not in TOOLS:
             raise
-        print(f"stack {command}: needs {error.name}, from the tools extra: "
-              "pip install -e '.[tools]' in a checkout", file=sys.stderr)  # fmt: skip
+        print(
+            f"stack {command}: needs {error.name}, from the tools extra: "
+            "pip install -e '.[tools]' in a checkout",
+            file=sys.stderr,
+        )
         return 2
     try:
         return module.main(rest)

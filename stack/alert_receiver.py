@@ -157,11 +157,14 @@ def _slack_records(receiver: str, notification: dict[str, Any]) -> list[dict[str
             "status": head["status"].lower() if head else "",
             "alertname": head["alertname"] if head else "",
             "severity": (head["severity"] or "") if head else "",
-            "labels": {k: v for k, v in (head.groupdict() if head else {}).items()
-                       if v and k in ("alertname", "queue", "severity")},
+            "labels": {
+                k: v
+                for k, v in (head.groupdict() if head else {}).items()
+                if v and k in ("alertname", "queue", "severity")
+            },
             "title": title,
             "text": text,
-        }  # fmt: skip
+        }
         alerts = list(_SLACK_ALERT.finditer(text))
         if not alerts:
             records.append(dict(common, summary=title))
@@ -230,8 +233,9 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 offset = limit = -1
             if offset < 0 or not 0 < limit <= MAX_PAGE:
-                self._reply(HTTPStatus.BAD_REQUEST,
-                            {"error": f"offset >= 0 and 0 < limit <= {MAX_PAGE}"})  # fmt: skip
+                self._reply(
+                    HTTPStatus.BAD_REQUEST, {"error": f"offset >= 0 and 0 < limit <= {MAX_PAGE}"}
+                )
                 return
             records = self.server.store.read(**filters)
             headers = {"X-Total-Count": str(len(records))}
@@ -338,8 +342,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"alert-receiver: cannot listen on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 2
     signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=server.shutdown).start())
-    log.info("alert receiver on http://%s:%d, keeping alerts in %s", *server.server_address[:2],
-             args.store)  # fmt: skip
+    log.info(
+        "alert receiver on http://%s:%d, keeping alerts in %s",
+        *server.server_address[:2],
+        args.store,
+    )
     stop_watching = threading.Event()
     deadman.watch(stop_watching)
     try:

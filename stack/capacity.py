@@ -147,8 +147,11 @@ def plan(
         jobs_per_day = jobs_per_second * SECONDS_PER_DAY
     _check(jobs_per_day > 0, "jobs per day must be positive", jobs_per_day)
     _check(job_seconds > 0, "job seconds must be positive", job_seconds)
-    _check(concurrency_per_replica >= 1, "concurrency per replica must be >= 1",
-           concurrency_per_replica)  # fmt: skip
+    _check(
+        concurrency_per_replica >= 1,
+        "concurrency per replica must be >= 1",
+        concurrency_per_replica,
+    )
     _check(0 < utilization <= 1, "utilization must be in (0, 1]", utilization)
     _check(peak_factor >= 1, "peak factor must be >= 1", peak_factor)
     _check(retry_fraction >= 0, "retry fraction must be >= 0", retry_fraction)
@@ -371,6 +374,18 @@ def build_parser(prog: str = "stack capacity") -> argparse.ArgumentParser:
         help="also size for a queue-wait SLO, e.g. 0.99:60: at most 1 %% of jobs wait over "
         "60 s at the peak rate (Erlang C, M/M/c)",
     )
+    parser.add_argument(
+        "--kubernetes",
+        action="store_true",
+        help="also print the KEDA trigger's target and the replica bounds (with --json: "
+        "min_replicas, max_replicas, trigger_target); see docs/kubernetes.md",
+    )
+    parser.add_argument(
+        "--simulate-day",
+        action="store_true",
+        help="with --kubernetes: replay a day of the load (sine, --peak-factor) through the "
+        "autoscaler and print replicas and the share of jobs started within the wait SLO",
+    )
     parser.add_argument("--json", action="store_true", help="print the plan as a JSON object")
     return parser
 
@@ -454,7 +469,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
         return 2
     measured_over = args.prometheus_range if args.from_prometheus else None
-    print(json.dumps(asdict(result), indent=2) if args.json else render(result, measured_over))
+    output, text = asdict(result), render(result, measured_over)
+    if args.kubernetes:
+        from stack.autoscaling import bounds, render_bounds  # it imports this module
+
+        scaling = bounds(result)
+        output |= {
+            k: getattr(scaling, k) for k in ("min_replicas", "max_replicas", "trigger_target")
+        }
+        text += "\n" + render_bounds(scaling)
+        if args.simulate_day:
+            from stack.scaledown import simulate_plan
+
+            text += "\n" + simulate_plan(result, scaling)
+    print(json.dumps(output, indent=2) if args.json else text)
     return 0
 
 

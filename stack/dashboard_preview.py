@@ -42,8 +42,20 @@ OUT_DIR = REPO_DIR / "docs" / "img"
 ROW_UNIT = 0.42  # inches per Grafana grid row (30 px)
 WIDTH = 18.0  # inches for Grafana's 24 columns
 BACKGROUND, PANEL, TEXT, GRID = "#111217", "#181b1f", "#ccccdc", "#2c3235"
-PALETTE = ["#73bf69", "#f2cc0c", "#8ab8ff", "#ff780a", "#f2495c", "#5794f2", "#b877d9",
-           "#fade2a", "#37872d", "#c4162a", "#1f60c4", "#8f3bb8"]  # fmt: skip
+PALETTE = [
+    "#73bf69",
+    "#f2cc0c",
+    "#8ab8ff",
+    "#ff780a",
+    "#f2495c",
+    "#5794f2",
+    "#b877d9",
+    "#fade2a",
+    "#37872d",
+    "#c4162a",
+    "#1f60c4",
+    "#8f3bb8",
+]
 COLORS = {"green": "#73bf69", "red": "#f2495c", "orange": "#ff9830", "blue": "#5794f2"}
 
 
@@ -87,8 +99,15 @@ class Canvas:
 
     def row(self, panel: dict) -> None:
         x, y, _, h = self._rect(panel["gridPos"])
-        self.fig.text(x + 0.003, y + h / 2, panel["title"], color=TEXT, fontsize=11,
-                      weight="bold", va="center")  # fmt: skip
+        self.fig.text(
+            x + 0.003,
+            y + h / 2,
+            panel["title"],
+            color=TEXT,
+            fontsize=11,
+            weight="bold",
+            va="center",
+        )
 
     def panel(self, panel: dict, plot: bool = True):
         """A panel card with its title; returns the axes to draw in."""
@@ -98,8 +117,9 @@ class Canvas:
         card.set_yticks([])
         for spine in card.spines.values():
             spine.set_color(GRID)
-        card.text(0.015, 0.97, panel["title"], color=TEXT, fontsize=9, va="top",
-                  transform=card.transAxes)  # fmt: skip
+        card.text(
+            0.015, 0.97, panel["title"], color=TEXT, fontsize=9, va="top", transform=card.transAxes
+        )
         if not plot:
             return card
         ax = self.fig.add_axes(self._rect(panel["gridPos"], 0.75, 0.12, 0.36, 0.32))
@@ -138,9 +158,16 @@ def draw_timeseries(ax, panel: dict, series: list[tuple[str, list]], start: floa
             value = step["value"]
             # Grafana does not stretch the axis for a threshold far above the data either.
             if series and value > 3 * max(peak, 1e-9):
-                ax.text(0.99, 0.97, f"threshold {fmt_value(value, unit)} (above the data)",
-                        color=COLORS["red"], fontsize=6.5, ha="right", va="top",
-                        transform=ax.transAxes)  # fmt: skip
+                ax.text(
+                    0.99,
+                    0.97,
+                    f"threshold {fmt_value(value, unit)} (above the data)",
+                    color=COLORS["red"],
+                    fontsize=6.5,
+                    ha="right",
+                    va="top",
+                    transform=ax.transAxes,
+                )
             else:
                 ax.axhline(value, color=COLORS["red"], linestyle="--", linewidth=1)
     if defaults.get("min") == 0:
@@ -150,8 +177,15 @@ def draw_timeseries(ax, panel: dict, series: list[tuple[str, list]], start: floa
     if not series:
         _no_data(ax)
         return
-    ax.legend(fontsize=6, loc="upper left", facecolor=PANEL, edgecolor=GRID, labelcolor=TEXT,
-              ncol=2 if len(series) > 4 else 1, framealpha=0.8)  # fmt: skip
+    ax.legend(
+        fontsize=6,
+        loc="upper left",
+        facecolor=PANEL,
+        edgecolor=GRID,
+        labelcolor=TEXT,
+        ncol=2 if len(series) > 4 else 1,
+        framealpha=0.8,
+    )
 
 
 def draw_stat(ax, panel: dict, values: list[tuple[str, float]]) -> None:
@@ -168,11 +202,27 @@ def draw_stat(ax, panel: dict, values: list[tuple[str, float]]) -> None:
                 color = step["color"]
         y = 0.85 - (i + 0.5) * 0.8 / len(shown)
         text = fmt_value(value, defaults["unit"], defaults.get("decimals"))
-        ax.text(0.5, y + 0.04, text, color=COLORS.get(color, color),
-                fontsize=20 if len(shown) == 1 else 12, ha="center", va="center",
-                transform=ax.transAxes, weight="bold")  # fmt: skip
-        ax.text(0.5, y - 0.12 / len(shown) - 0.03, name, color=TEXT, fontsize=7,
-                ha="center", va="center", transform=ax.transAxes)  # fmt: skip
+        ax.text(
+            0.5,
+            y + 0.04,
+            text,
+            color=COLORS.get(color, color),
+            fontsize=20 if len(shown) == 1 else 12,
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+            weight="bold",
+        )
+        ax.text(
+            0.5,
+            y - 0.12 / len(shown) - 0.03,
+            name,
+            color=TEXT,
+            fontsize=7,
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
 
 
 def draw_heatmap(ax, result: list[dict], start: float, end: float) -> None:
@@ -182,9 +232,11 @@ def draw_heatmap(ax, result: list[dict], start: float, end: float) -> None:
     buckets = sorted(result, key=lambda s: float(s["metric"]["le"]))
     times = sorted({float(t) for s in buckets for t, _ in s["values"]})
     cumulative = np.array(
-        [[dict((float(t), float(v)) for t, v in s["values"]).get(t, 0.0) for t in times]
-         for s in buckets]
-    )  # fmt: skip
+        [
+            [dict((float(t), float(v)) for t, v in s["values"]).get(t, 0.0) for t in times]
+            for s in buckets
+        ]
+    )
     # As Grafana's "heatmap" format does: cumulative le buckets into counts per bucket.
     counts = np.diff(np.vstack([np.zeros(len(times)), np.nan_to_num(cumulative)]), axis=0)
     counts[counts < 1e-6] = 0
@@ -192,8 +244,14 @@ def draw_heatmap(ax, result: list[dict], start: float, end: float) -> None:
     lo, hi = max(min(used) - 1, 0), min(max(used) + 1, len(buckets) - 1)
     shown = np.ma.masked_equal(counts[lo : hi + 1], 0)
     edges = mdates.date2num([datetime.fromtimestamp(t) for t in times])
-    ax.imshow(shown, aspect="auto", origin="lower", cmap="Oranges", interpolation="nearest",
-              extent=(edges[0], edges[-1], -0.5, hi - lo + 0.5))  # fmt: skip
+    ax.imshow(
+        shown,
+        aspect="auto",
+        origin="lower",
+        cmap="Oranges",
+        interpolation="nearest",
+        extent=(edges[0], edges[-1], -0.5, hi - lo + 0.5),
+    )
     labels = [buckets[i]["metric"]["le"] for i in range(lo, hi + 1)]
     ax.set_yticks(range(len(labels)))
     ax.set_yticklabels([f"≤ {float(le):g} s" if le != "+Inf" else "+Inf" for le in labels])
@@ -217,8 +275,9 @@ def matches(labels: dict, matchers: list[tuple[str, str, str]]) -> bool:
 def draw_alertlist(ax, panel: dict, base: str, variables: dict) -> None:
     """Firing and pending alerts of Prometheus' rules, filtered as the panel filters them."""
     rules = prom.api(base, "rules", {"type": "alert"})["groups"]
-    wanted = label_filter(promql.interpolate(panel["options"]["alertInstanceLabelFilter"],
-                                             variables))  # fmt: skip
+    wanted = label_filter(
+        promql.interpolate(panel["options"]["alertInstanceLabelFilter"], variables)
+    )
     lines = []
     for group in rules:
         for rule in group["rules"]:
@@ -226,14 +285,22 @@ def draw_alertlist(ax, panel: dict, base: str, variables: dict) -> None:
                 if not matches(alert["labels"], wanted):
                     continue
                 where = " ".join(
-                    alert["labels"][k] for k in ("queue", "job_type", "instance")
+                    alert["labels"][k]
+                    for k in ("queue", "job_type", "instance")
                     if k in alert["labels"]
-                )  # fmt: skip
+                )
                 lines.append((alert["state"], rule["name"], where))
     count = sum(len(g["rules"]) for g in rules)
     if not lines:
-        ax.text(0.5, 0.5, f"No alerts firing or pending\n({count} rules evaluated)",
-                color=TEXT, ha="center", va="center", transform=ax.transAxes)  # fmt: skip
+        ax.text(
+            0.5,
+            0.5,
+            f"No alerts firing or pending\n({count} rules evaluated)",
+            color=TEXT,
+            ha="center",
+            va="center",
+            transform=ax.transAxes,
+        )
         return
     for i, (state, name, where) in enumerate(sorted(lines)[:8]):
         color = COLORS["red"] if state == "firing" else COLORS["orange"]
@@ -332,8 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"simulated load for {args.seconds:.0f} s ...", flush=True)
                 time.sleep(args.seconds)
                 instance = args.instance or fleet.instances[0]
-                paths = render_all(fleet.prometheus_url, start, time.time(), instance,
-                                   args.out_dir)  # fmt: skip
+                paths = render_all(fleet.prometheus_url, start, time.time(), instance, args.out_dir)
     for path in paths:
         print(f"wrote {path.relative_to(REPO_DIR) if path.is_relative_to(REPO_DIR) else path}")
     return 0

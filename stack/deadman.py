@@ -84,8 +84,11 @@ class DeadmanSwitch:
                 silence = self._last_wall - silent_since + self.timeout
                 log.warning(
                     "deadman: pipeline delivering again: %s received on /%s after about "
-                    "%.0fs of silence", self.alertname, self.receiver, silence,
-                )  # fmt: skip
+                    "%.0fs of silence",
+                    self.alertname,
+                    self.receiver,
+                    silence,
+                )
                 self._record([self._silence_record("resolved", silence)])
         return [r for r in records if not self.is_heartbeat(r)]
 
@@ -101,8 +104,13 @@ class DeadmanSwitch:
         log.error(
             "deadman: PIPELINE SILENT: no %s on /%s for %.0fs (timeout %.0fs; last %s): "
             "Prometheus, every Alertmanager, or the path to this receiver is down, and no "
-            "alert can arrive", self.alertname, self.receiver, quiet, self.timeout, last,
-        )  # fmt: skip
+            "alert can arrive",
+            self.alertname,
+            self.receiver,
+            quiet,
+            self.timeout,
+            last,
+        )
         self._record([self._silence_record("firing", quiet)])
         return True
 

@@ -60,8 +60,12 @@ def payload(job_type: str, job_id: str, org_id: str, rng: random.Random) -> dict
         return {**base, "record": {"contact": f"contact-{rng.randrange(10_000)}", "stage": "lead"}}
     if job_type == "message.send":
         channel = rng.choice(("email", "sms", "whatsapp"))
-        return {**base, "channel": channel, "recipient": f"user-{rng.randrange(10_000)}",
-                "text": "Your report is ready."}  # fmt: skip
+        return {
+            **base,
+            "channel": channel,
+            "recipient": f"user-{rng.randrange(10_000)}",
+            "text": "Your report is ready.",
+        }
     if job_type == "job.status_update":
         status = rng.choice(("queued", "running", "completed"))
         return {**base, "status": status}

@@ -72,8 +72,15 @@ def backfill_openmetrics(text: str, workdir: Path) -> None:
     source = workdir / "backfill.om"
     source.write_text(text)
     subprocess.run(
-        [require_binary("promtool"), "tsdb", "create-blocks-from", "openmetrics", "--quiet",
-         str(source), str(workdir / "data")],
+        [
+            require_binary("promtool"),
+            "tsdb",
+            "create-blocks-from",
+            "openmetrics",
+            "--quiet",
+            str(source),
+            str(workdir / "data"),
+        ],
         check=True,
         capture_output=True,
-    )  # fmt: skip
+    )

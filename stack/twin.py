@@ -200,11 +200,24 @@ class LocalStack:
             [] if self.deadman_timeout is None else ["--deadman-timeout", str(self.deadman_timeout)]
         )
         self.receiver = HttpServer(
-            [sys.executable, "-m", "stack.alert_receiver", "--host", "127.0.0.1",
-             "--port", str(receiver_port), "--store", str(store), *deadman],
-            receiver_port, self.run_dir / "receiver", name="alert-receiver",
-            env=python_env(), ready_path="/healthz",
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "stack.alert_receiver",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(receiver_port),
+                "--store",
+                str(store),
+                *deadman,
+            ],
+            receiver_port,
+            self.run_dir / "receiver",
+            name="alert-receiver",
+            env=python_env(),
+            ready_path="/healthz",
+        )
         self.receiver.start(timeout)
 
         am_dir = self.run_dir / "alertmanager"
@@ -277,11 +290,19 @@ class LocalStack:
 
         if self.loadgen_rate is not None:
             self.loadgen = Process(
-                [sys.executable, "-m", "stack.loadgen", "--rate", str(self.loadgen_rate),
-                 *self.loadgen_args],
-                None, self.run_dir / "loadgen", name="loadgen",
+                [
+                    sys.executable,
+                    "-m",
+                    "stack.loadgen",
+                    "--rate",
+                    str(self.loadgen_rate),
+                    *self.loadgen_args,
+                ],
+                None,
+                self.run_dir / "loadgen",
+                name="loadgen",
                 env=python_env(REDIS_URL=self.redis.url, JOB_QUEUE_NAME=self.namespace),
-            )  # fmt: skip
+            )
             self.loadgen.start(timeout=0.5)
 
     def _replica(self, index: int, port: int) -> Replica:

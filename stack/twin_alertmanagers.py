@@ -23,10 +23,13 @@ def alertmanager_cluster(
     for i in range(count):
         workdir = am_dir if i == 0 else am_dir / f"alertmanager-{i + 1}"
         member = alertmanager_server(
-            workdir, am_dir / "alertmanager.yml", port(), *extra,
+            workdir,
+            am_dir / "alertmanager.yml",
+            port(),
+            *extra,
             cluster_port=cluster[i] if cluster else None,
             peers=[f"127.0.0.1:{p}" for j, p in enumerate(cluster) if j != i],
-        )  # fmt: skip
+        )
         member.name = "alertmanager" if i == 0 else f"alertmanager-{i + 1}"
         member.log = workdir / "alertmanager.log"
         members.append(member)
@@ -46,6 +49,9 @@ def wait_settled(members: Sequence[AlertmanagerServer], timeout: float = 30.0) -
 
     for member in running if len(members) > 1 else []:
         wait_until(
-            lambda m=member: settled(m), timeout, f"{member.name}: the cluster settled",
-            interval=0.2, ignore=(OSError, ValueError),
-        )  # fmt: skip
+            lambda m=member: settled(m),
+            timeout,
+            f"{member.name}: the cluster settled",
+            interval=0.2,
+            ignore=(OSError, ValueError),
+        )

@@ -28,11 +28,18 @@ LONGEST_FIRST = [
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the quick tier; keep the tests that share a module-scoped fixture in one
-    pytest-xdist group (one process starts the fixture once); longest modules first."""
+    pytest-xdist group (one process starts the fixture once), and the end-to-end modules
+    in one group of their own; longest modules first."""
     for item in items:
         if not {mark.name for mark in item.iter_markers()} & NOT_QUICK:
             item.add_marker(pytest.mark.quick)
-        if _shares_a_module_fixture(item) and not item.get_closest_marker("xdist_group"):
+        if item.get_closest_marker("xdist_group"):
+            continue
+        if item.get_closest_marker("e2e"):
+            # One twin at a time: under four twins at once, a 2-core machine slowed the
+            # simulated jobs past HighJobProcessingTime's 1 s test threshold.
+            item.add_marker(pytest.mark.xdist_group("e2e"))
+        elif _shares_a_module_fixture(item):
             item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
     first = {path: rank for rank, path in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: first.get(item.nodeid.split("::")[0], len(first)))

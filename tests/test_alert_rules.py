@@ -271,8 +271,12 @@ def test_slo_alerts_have_designs_severities_labels_and_annotations():
         assert set(rule["labels"]) == {"severity"}, rule["alert"]  # + queue, from the expr
         assert "by (queue)" not in rule["expr"] and "queue" in rule["annotations"]["summary"]
         assert set(rule["annotations"]) == {
-            "summary", "description", "value", "runbook_url", "dashboard_url",
-        }  # fmt: skip
+            "summary",
+            "description",
+            "value",
+            "runbook_url",
+            "dashboard_url",
+        }
         assert "$value" in rule["annotations"]["description"], rule["alert"]
     assert got == SLO_ALERTS
 

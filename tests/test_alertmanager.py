@@ -339,16 +339,21 @@ def test_worker_down_inhibits_low_throughput(alertmanager, webhook):
 
 def watchdog() -> dict:
     return alert(
-        "Watchdog", "none", "The alerting pipeline delivers: this alert always fires",
+        "Watchdog",
+        "none",
+        "The alerting pipeline delivers: this alert always fires",
         "always firing",
-    )  # fmt: skip
+    )
 
 
 def replicas_missing() -> dict:
     return alert(
-        "WorkerReplicasMissing", "warning", "Fewer than 2 worker replicas up for more than 5m",
-        "1 of 2 up", job="worker",
-    )  # fmt: skip
+        "WorkerReplicasMissing",
+        "warning",
+        "Fewer than 2 worker replicas up for more than 5m",
+        "1 of 2 up",
+        job="worker",
+    )
 
 
 def test_watchdog_reaches_only_the_dead_mans_switch(alertmanager, webhook):
@@ -378,9 +383,12 @@ def test_worker_down_inhibits_replicas_missing_of_its_job(alertmanager, webhook)
 def budget_burn(queue: str, severity: str) -> dict:
     pairs = "1h and 5m, or 6h and 30m" if severity == "critical" else "1d and 2h, or 3d and 6h"
     return alert(
-        "JobQueueWaitBudgetBurn", severity, f"Queue-wait error budget of {queue} burning ({pairs})",
-        "burn 20x over 1h", queue=queue,
-    )  # fmt: skip
+        "JobQueueWaitBudgetBurn",
+        severity,
+        f"Queue-wait error budget of {queue} burning ({pairs})",
+        "burn 20x over 1h",
+        queue=queue,
+    )
 
 
 def test_a_budget_burn_page_inhibits_the_ticket_of_its_queue_only(alertmanager, webhook):

@@ -163,8 +163,9 @@ CORPUS = {
         "PAYLOAD_MAX_PROMPT_CHARS)",
     ),
     "record over the limit": (
-        lambda c: push(c, envelope("crm.sync", {"job_id": "j", "org_id": "o",
-                                                 "record": {"a": "x" * 70_000}})),
+        lambda c: push(
+            c, envelope("crm.sync", {"job_id": "j", "org_id": "o", "record": {"a": "x" * 70_000}})
+        ),
         "record (70008 > 65536 PAYLOAD_MAX_RECORD_BYTES)",
     ),
     "5 MB body": (
@@ -185,7 +186,7 @@ CORPUS = {
         lambda c: push(c, envelope(options={"eta": 2**53})),
         "options.eta is more than 8 days ahead",
     ),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", list(CORPUS))
@@ -222,8 +223,10 @@ def test_invalid_jobs_spend_no_slot_and_create_no_key(worker):
     are dead-lettered before the rate limiter: no key, no slot spent."""
     client, _, _ = worker
     big = "o" * (1 << 20)
-    pushed = [push(client, envelope("agent.run", {"job_id": "j", "org_id": big, "prompt": "p"}))
-              for _ in range(3)]  # fmt: skip
+    pushed = [
+        push(client, envelope("agent.run", {"job_id": "j", "org_id": big, "prompt": "p"}))
+        for _ in range(3)
+    ]
     pushed.append(push(client, envelope("agent.run", {"job_id": "j", "org_id": "acme"})))
     assert [place for place, _ in settle(client, pushed)] == ["dead"] * 4
     limiter = RateLimiter(client, key_prefix=KEYS.rate_limit_prefix)
@@ -235,10 +238,11 @@ def test_invalid_jobs_spend_no_slot_and_create_no_key(worker):
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
     max_leaves=8,
-)  # fmt: skip
+)
 wrong = st.one_of(json_values, st.text(max_size=300), st.integers(-(2**70), 2**70))
 actor_names = st.sampled_from([*ACTORS, "unknown.actor"]) | st.text(max_size=300)
 
@@ -264,11 +268,24 @@ def bodies(draw):
     actor = draw(st.sampled_from(list(ACTORS))) if kind == "valid" else draw(actor_names)
     body = envelope(actor, draw(kwargs_for(actor)) if kind != "valid" else None)
     if kind == "envelope":
-        options = draw(st.dictionaries(
-            st.sampled_from(["retries", "eta", "max_age", "time_limit", "redis_message_id",
-                             "rate_limit_deferrals", "dead_letter_reason", "other"]),
-            wrong, max_size=3,
-        ))  # fmt: skip
+        options = draw(
+            st.dictionaries(
+                st.sampled_from(
+                    [
+                        "retries",
+                        "eta",
+                        "max_age",
+                        "time_limit",
+                        "redis_message_id",
+                        "rate_limit_deferrals",
+                        "dead_letter_reason",
+                        "other",
+                    ]
+                ),
+                wrong,
+                max_size=3,
+            )
+        )
         body["options"] = options
         for name in draw(st.lists(st.sampled_from(sorted(body)), max_size=2, unique=True)):
             if draw(st.booleans()):
@@ -289,12 +306,21 @@ TALLY: Counter = Counter()
     max_examples=80,
     deadline=None,
     database=None,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                           HealthCheck.function_scoped_fixture],
-)  # fmt: skip
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
+)
 @given(batch=st.lists(bodies(), min_size=1, max_size=4))
-@example(batch=[envelope(options={"retries": "abc"}), envelope(kwargs=["a"]),
-                envelope("nobody.home", queue="fast"), b"\x00\xff"])  # fmt: skip
+@example(
+    batch=[
+        envelope(options={"retries": "abc"}),
+        envelope(kwargs=["a"]),
+        envelope("nobody.home", queue="fast"),
+        b"\x00\xff",
+    ]
+)
 # Due at once, so Dramatiq re-enqueues it under a new Redis id; then its payload fails.
 @example(batch=[envelope(options={"eta": 0}, kwargs={"job_id": "j"}), envelope(options={"eta": 1})])
 def test_every_generated_message_ends_in_exactly_one_place(worker, batch):
@@ -324,10 +350,12 @@ def test_the_worker_is_healthy_after_every_bad_message_and_says_how_many(worker)
 
     message = actors.job_status_update.send(job_id="after", org_id="o", status="completed")
     wait_until(
-        lambda: any(f[b"message_id"].decode() == message.message_id
-                    for _, f in client.xrange(KEYS.completed)),
+        lambda: any(
+            f[b"message_id"].decode() == message.message_id
+            for _, f in client.xrange(KEYS.completed)
+        ),
         timeout=20,
-    )  # fmt: skip
+    )
     assert all(t.is_alive() for t in w.workers) and all(t.is_alive() for t in w.consumers.values())
     assert drained(client)
     print(

@@ -192,8 +192,9 @@ def test_cli_wait_slo_beside_littles_law(capsys):
     assert (data["recommended_concurrency"], data["slots_for_wait_slo"]) == (114, 93)
     # At a peak of twice the average rate the SLO must hold at the peak.
     code, out, _ = run(capsys, *argv, "--peak-factor", "2", "--json")
-    assert json.loads(out)["slots_for_wait_slo"] == slots_for_wait(2 * 450_000 / 86_400, 17.5,
-                                                                   0.99, 60)  # fmt: skip
+    assert json.loads(out)["slots_for_wait_slo"] == slots_for_wait(
+        2 * 450_000 / 86_400, 17.5, 0.99, 60
+    )
     code, out, _ = run(capsys, "--jobs-per-day", "450000", "--job-seconds", "17.5", "--json")
     assert json.loads(out)["slots_for_wait_slo"] is None
 
@@ -252,10 +253,21 @@ def test_module_runs_as_a_script():
     import sys
 
     done = subprocess.run(
-        [sys.executable, "-m", "stack.capacity", "--jobs-per-day", "135000", "--job-seconds",
-         "17.5", "--json"],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "stack.capacity",
+            "--jobs-per-day",
+            "135000",
+            "--job-seconds",
+            "17.5",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["required_concurrency"] == pytest.approx(27.34, abs=0.01)
 
@@ -267,9 +279,10 @@ def test_capacity_page_table_matches_the_planner():
     assert len(rows) == 6
     for jobs, seconds, rest in rows:
         p = plan(
-            jobs_per_day=float(jobs.replace(",", "")), job_seconds=float(seconds),
+            jobs_per_day=float(jobs.replace(",", "")),
+            job_seconds=float(seconds),
             wait_slo=(0.99, 60),
-        )  # fmt: skip
+        )
         expected = [
             f"{p.arrival_rate_per_s:.2f}",
             f"{p.required_concurrency:.1f}",
@@ -286,8 +299,10 @@ def test_capacity_page_table_matches_the_planner():
 # Two queues over the last two hours (and ten minutes ahead, so that "now" is covered
 # whatever the clock reads when the query runs): 2 attempts/s of 20 s and 0.5 attempts/s of
 # 5 s, so 2.5 attempts/s with a mean of (2 x 20 + 0.5 x 5) / 2.5 = 17 s.
-SERIES = [('queue="default",job_type="agent.run"', 2.0, 20.0),
-          ('queue="critical",job_type="crm.sync"', 0.5, 5.0)]  # fmt: skip
+SERIES = [
+    ('queue="default",job_type="agent.run"', 2.0, 20.0),
+    ('queue="critical",job_type="crm.sync"', 0.5, 5.0),
+]
 
 
 def _openmetrics(now: int, step: int = 15) -> str:

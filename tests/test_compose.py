@@ -119,14 +119,23 @@ def test_prometheus_cannot_be_shut_down_over_http():
 def test_the_topology_is_the_one_documented():
     services = resolved()["services"]
     assert set(services) == {
-        "redis", "worker", "prometheus", "alertmanager", "alertmanager-2", "grafana",
-        "alert-receiver", "loadgen", "console",
-    }  # fmt: skip
+        "redis",
+        "worker",
+        "prometheus",
+        "alertmanager",
+        "alertmanager-2",
+        "grafana",
+        "alert-receiver",
+        "loadgen",
+        "console",
+    }
     worker = services["worker"]
     assert worker["deploy"]["replicas"] == 2
     assert worker["deploy"]["restart_policy"] == {
-        "condition": "on-failure", "delay": "5s", "max_attempts": 10,
-    }  # fmt: skip
+        "condition": "on-failure",
+        "delay": "5s",
+        "max_attempts": 10,
+    }
     assert services["loadgen"]["profiles"] == ["demo"]
     assert "profiles" not in services["worker"]
     # Same image for the worker, the alert receiver, the load generator and the console.
@@ -376,8 +385,11 @@ def ensure_env_passwords(directory: Path) -> str:
     (directory / ".env.example").write_text((ROOT / ".env.example").read_text())
     done = subprocess.run(
         ["bash", "-c", f"source {ROOT / 'scripts' / 'lib.sh'} && ensure_env_passwords"],
-        cwd=directory, capture_output=True, text=True, check=True,
-    )  # fmt: skip
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return done.stdout
 
 

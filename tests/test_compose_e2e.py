@@ -97,9 +97,12 @@ def image(engine, report):
     repository's Dockerfile: what every container of the fleet runs."""
     start = time.monotonic()
     subprocess.run(
-        [str(ROOT / "scripts" / "standin-images")], env={**engine.env, "ENGINE": "podman"},
-        check=True, capture_output=True, timeout=900,
-    )  # fmt: skip
+        [str(ROOT / "scripts" / "standin-images")],
+        env={**engine.env, "ENGINE": "podman"},
+        check=True,
+        capture_output=True,
+        timeout=900,
+    )
     report.took(COMPOSE, "stand-in base images (scripts/standin-images)", start)
     previous = engine.podman("image", "inspect", "-f", "{{.Id}}", IMAGE, check=False).strip()
     start = time.monotonic()
@@ -377,39 +380,31 @@ def test_worker_down_pages_for_a_hung_replica_and_resolves(stack, report):
     before = len(alerts(stack, "WorkerDown"))
     stack.engine.podman("pause", victim["Id"])
     fault = time.monotonic()
+
+    def notified(status: str) -> list[dict]:
+        return [
+            a
+            for a in alerts(stack, "WorkerDown")[before:]
+            if a["status"] == status and instance in a["summary"]
+        ]
+
+    def got() -> str:
+        return f"WorkerDown for {instance}; the receiver has {alerts(stack, 'WorkerDown')[before:]}"
+
     try:
-        fired = wait_for(
-            lambda: [
-                a
-                for a in alerts(stack, "WorkerDown")[before:]
-                if a["status"] == "firing" and instance in a["summary"]
-            ],  # fmt: skip
-            90,
-            lambda: f"WorkerDown for {instance}: {alerts(stack, 'WorkerDown')[before:]}",
-            interval=0.25,
-        )
+        fired = wait_for(lambda: notified("firing"), 90, lambda: f"firing: {got()}", interval=0.25)
         measured = time.monotonic() - fault
     finally:
         stack.engine.podman("unpause", victim["Id"])
     assert fired[0]["receiver"] == "pager"
     bound = stack.bound["WorkerDown"]
     parts = f"{bound.scrape:g} + {bound.evaluation:g} + {bound.for_:g} + {bound.group_wait:g}"
-    what, worst = "WorkerDown, replica hung: measured fault to notification", bound.total
-    parts = (
-        f"computed worst case {worst:g} s = scrape+timeout, evaluation, for, group_wait: {parts}"
-    )
-    report.value(COMPOSE, what, f"{measured:.1f} s ({parts})")
+    what = "WorkerDown, replica hung: measured fault to notification"
+    worst = f"computed worst case {bound.total:g} s = scrape+timeout, evaluation, for, group_wait"
+    report.value(COMPOSE, what, f"{measured:.1f} s ({worst}: {parts})")
     # The computed worst case, plus the time Alertmanager and the receiver take to deliver.
     assert measured <= bound.total + 5, (measured, bound)
-    wait_for(
-        lambda: [
-            a
-            for a in alerts(stack, "WorkerDown")[before:]
-            if a["status"] == "resolved" and instance in a["summary"]
-        ],  # fmt: skip
-        90,
-        lambda: f"WorkerDown resolved for {instance}: {alerts(stack, 'WorkerDown')[before:]}",
-    )
+    wait_for(lambda: notified("resolved"), 90, lambda: f"resolved: {got()}")
 
 
 def test_stop_with_jobs_in_flight_loses_nothing(stack, report):
@@ -453,8 +448,11 @@ def test_restart_redis_keeps_every_queued_job(stack, report):
     assert queued <= set(held(r))
     time.sleep(1.5)  # appendfsync everysec: on disk within a second
     stack.compose("restart", "redis", timeout=120)
-    wait_for(lambda: stack.containers("redis")[0]["State"]["Health"]["Status"] == "healthy",
-             60, "redis healthy again")  # fmt: skip
+    wait_for(
+        lambda: stack.containers("redis")[0]["State"]["Health"]["Status"] == "healthy",
+        60,
+        "redis healthy again",
+    )
     r = client(stack.redis_url, decode_responses=True)
     kept = set(held(r))
     assert queued <= kept, f"lost in the restart: {sorted(queued - kept)}"
@@ -490,8 +488,9 @@ def test_down_keeps_the_volumes_down_v_removes_everything(stack, report):
     # Redis' AOF, Prometheus' TSDB and the receiver's store are the ones from before.
     assert client(stack.redis_url, decode_responses=True).get("compose-test:kept") == "1"
     assert alerts(stack, "WorkerDown")
-    before = prom(stack, "query_range", query='up{job="prometheus"}', start=mark - 60,
-                  end=mark - 1, step=5)["result"]  # fmt: skip
+    before = prom(
+        stack, "query_range", query='up{job="prometheus"}', start=mark - 60, end=mark - 1, step=5
+    )["result"]
     assert before and before[0]["values"], "Prometheus lost its data across down/up"
 
     stack.compose("down", "-v", "-t", "30", timeout=200)

@@ -114,8 +114,10 @@ def test_every_bad_value_exits_2_with_one_line_and_no_secret():
         assert lines[0].startswith(f"configuration error: {variable}: "), where
         assert expected in lines[0], where
         assert "Traceback" not in err and SECRET not in err, where
-    print(f"\nconfiguration table: {len(CASES)} bad values tried, each exit 2 with one line, "
-          "0 tracebacks, 0 secrets shown")  # fmt: skip
+    print(
+        f"\nconfiguration table: {len(CASES)} bad values tried, each exit 2 with one line, "
+        "0 tracebacks, 0 secrets shown"
+    )
     assert len(CASES) >= 30 and len({v for v, _, _ in CASES}) >= 25
 
 

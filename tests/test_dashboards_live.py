@@ -118,8 +118,9 @@ def test_dead_letter_row_shows_the_depth_its_oldest_age_and_the_replays_per_queu
     for t in promql.targets(d):
         if t.panel_id in DEAD_LETTER_PANELS:
             result = query(fleet.prometheus_url, promql.interpolate(t.expr, variables))
-            shown[t.panel_id, t.legend] = {s["metric"]["queue"]: float(s["value"][1])
-                                           for s in result}  # fmt: skip
+            shown[t.panel_id, t.legend] = {
+                s["metric"]["queue"]: float(s["value"][1]) for s in result
+            }
     ids = DEAD_LETTER_PANEL_IDS
     depth, ages = shown[ids["depth"], "{{queue}}"], shown[ids["oldest"], "{{queue}}"]
     assert set(ages) == set(depth) == {"critical", "default", "fast"}

@@ -79,8 +79,9 @@ def test_a_counter_hash_of_the_wrong_type_does_not_stop_the_backlog(
         setup(settings_for(redis_url))
         from worker import actors
 
-        actors.crm_sync.send_with_options(kwargs={"job_id": "c", "org_id": "o", "record": {}},
-                                          delay=600_000)  # fmt: skip
+        actors.crm_sync.send_with_options(
+            kwargs={"job_id": "c", "org_id": "o", "record": {}}, delay=600_000
+        )
         delayed = lambda: scraped(port).value(  # noqa: E731
             "worker_queue_messages", queue="critical", state="delayed"
         )

@@ -172,8 +172,15 @@ def everything(shared):
     failed = [r["failed_at"] for r in rows]
     assert failed == sorted(failed, reverse=True)  # newest first
     assert set(rows[0]) == {
-        "message_id", "queue", "actor", "org_id", "reason", "attempts", "failed_at", "age_seconds"
-    }  # fmt: skip
+        "message_id",
+        "queue",
+        "actor",
+        "org_id",
+        "reason",
+        "attempts",
+        "failed_at",
+        "age_seconds",
+    }
     return rows, now
 
 
@@ -294,14 +301,20 @@ def test_requeue_and_purge_are_audited(client, redis_url):
     assert purge.returncode == 0
     entries = [json.loads(x) for x in run(redis_url, "audit", "--json").stdout.splitlines()]
     assert [(e["action"], e["status"]) for e in entries] == [
-        ("purge", "done"), ("purge", "started"), ("requeue", "done"), ("requeue", "started")
-    ]  # fmt: skip
+        ("purge", "done"),
+        ("purge", "started"),
+        ("requeue", "done"),
+        ("requeue", "started"),
+    ]
     purged, _, requeued, _ = entries
     assert requeued["by"] == "alice" and purged["by"]  # the OS user without --by
     assert json.loads(requeued["selection"]) == {"ids": asked}
     assert json.loads(requeued["counts"]) == {
-        "matched": 4, "requeued": 3, "already_gone": 1, "failed": 0
-    }  # fmt: skip
+        "matched": 4,
+        "requeued": 3,
+        "already_gone": 1,
+        "failed": 0,
+    }
     assert sorted(json.loads(requeued["ids"])) == sorted(ids[:3])
     assert json.loads(purged["selection"]) == {"error": "bad gateway"}
     assert json.loads(purged["counts"])["purged"] == 2

@@ -103,8 +103,11 @@ def test_a_timeout_must_be_positive():
         DeadmanSwitch(timeout=0)
     result = subprocess.run(
         [sys.executable, "-m", "stack", "alert-receiver", "--deadman-timeout", "0"],
-        capture_output=True, text=True, env=python_env(), timeout=30,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        env=python_env(),
+        timeout=30,
+    )
     assert result.returncode == 2 and "--deadman-timeout must be positive" in result.stderr
 
 
@@ -125,17 +128,33 @@ def post(url: str, body: dict) -> None:
 def wait_status(server: HttpServer, state: str, timeout: float = 15.0) -> dict:
     return wait_until(
         lambda: (status := get(f"{server.url}/status"))["pipeline"] == state and status,
-        timeout, f"the pipeline {state}", interval=0.1,
-    )  # fmt: skip
+        timeout,
+        f"the pipeline {state}",
+        interval=0.1,
+    )
 
 
 def test_the_receiver_reports_the_pipeline_silent_and_clears(tmp_path):
     port = free_port()
     server = HttpServer(
-        [sys.executable, "-m", "stack", "alert-receiver", "--port", str(port),
-         "--store", str(tmp_path / "alerts.jsonl"), "--deadman-timeout", "1.5"],
-        port, tmp_path, name="receiver", env=python_env(), ready_path="/healthz",
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "stack",
+            "alert-receiver",
+            "--port",
+            str(port),
+            "--store",
+            str(tmp_path / "alerts.jsonl"),
+            "--deadman-timeout",
+            "1.5",
+        ],
+        port,
+        tmp_path,
+        name="receiver",
+        env=python_env(),
+        ready_path="/healthz",
+    )
     server.start()
     try:
         post(f"{server.url}/deadman", WATCHDOG)

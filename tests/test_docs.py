@@ -50,8 +50,12 @@ def _copy_docs(tmp_path: Path) -> Path:
 def _check(root: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "stack.reference", "--check", "--root", str(root)],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def test_check_names_the_page_that_drifted_and_a_rewrite_fixes_it(tmp_path):
@@ -65,8 +69,12 @@ def test_check_names_the_page_that_drifted_and_a_rewrite_fixes_it(tmp_path):
     assert "docs/alerts.md" not in done.stderr
     rewrite = subprocess.run(
         [sys.executable, "-m", "stack.reference", "--root", str(root)],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert rewrite.stdout.strip() == "rewrote docs/metrics.md"
     assert _check(root).returncode == 0
     assert page.read_text() == (REPO / "docs" / "metrics.md").read_text()
@@ -256,8 +264,11 @@ def _repository_texts() -> dict[str, str]:
     """Every text file of the checkout (tracked or new, not ignored), by path."""
     files = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard"],
-        cwd=REPO, capture_output=True, text=True, check=True,
-    ).stdout.split()  # fmt: skip
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
     texts = {}
     for name in files:
         path = REPO / name
@@ -285,6 +296,8 @@ def test_every_docs_page_a_file_cites_exists():
     found = [
         f"{name}: {page}"
         for name, text in _repository_texts().items()
+        # Vendored upstream files cite their own projects' docs/ pages.
+        if not name.startswith("deploy/kubernetes/schema/")
         for page in re.findall(r"\bdocs/[\w/.-]+\.md", text)
         if not (REPO / page).is_file()
     ]

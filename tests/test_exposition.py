@@ -128,12 +128,12 @@ def workload(tmp_path_factory, metrics_env) -> Workload:
 
             sent = []
             for i in range(20):
-                sent.append(actors.job_status_update.send(job_id=f"job-{i}", org_id=f"org-{i % 3}",
-                                                          status="running"))  # fmt: skip
+                job = {"job_id": f"job-{i}", "org_id": f"org-{i % 3}", "status": "running"}
+                sent.append(actors.job_status_update.send(**job))
             # An invalid payload: dead-lettered by ValidatePayload before it is an attempt.
             for i in range(2):
-                sent.append(actors.job_status_update.send(job_id=f"bad-{i}", org_id="org-9",
-                                                          status="bogus"))  # fmt: skip
+                job = {"job_id": f"bad-{i}", "org_id": "org-9", "status": "bogus"}
+                sent.append(actors.job_status_update.send(**job))
             for i in range(4):  # 5 attempts each (standard class), then dead-lettered
                 sent.append(
                     actors.agent_run.send(job_id=f"llm-{i}", org_id=f"org-{i}", prompt="hi")
@@ -143,9 +143,9 @@ def workload(tmp_path_factory, metrics_env) -> Workload:
                     kwargs={"job_id": "later", "org_id": "org-1", "prompt": "hi"}, delay=600_000
                 )
             )
-            broker.enqueue(dramatiq.Message(queue_name="critical", actor_name="no.such.actor",
-                                            args=(), kwargs={"job_id": "x", "org_id": "y"},
-                                            options={}))  # fmt: skip
+            kwargs = {"job_id": "x", "org_id": "y"}
+            unknown = dramatiq.Message("critical", "no.such.actor", (), kwargs, options={})
+            broker.enqueue(unknown)
             client.hset(KEYS.messages("fast"), "garbage-1", b"\xff{not json")
             client.rpush(KEYS.queue("fast"), "garbage-1")
 
@@ -164,8 +164,9 @@ def workload(tmp_path_factory, metrics_env) -> Workload:
             client.hincrby(RedisKeys(KEYS.namespace).dead_letters_counted("requeued"), "default", 3)
             client.hincrby(RedisKeys(KEYS.namespace).dead_letters_counted("requeued"), "fast", 1)
             client.hincrby(RedisKeys(KEYS.namespace).dead_letters_counted("purged"), "fast", 2)
-            firsts = {q: client.zrange(KEYS.dead_letters(q), 0, 0, withscores=True)
-                      for q in QUEUE_NAMES}  # fmt: skip
+            firsts = {
+                q: client.zrange(KEYS.dead_letters(q), 0, 0, withscores=True) for q in QUEUE_NAMES
+            }
             dead_since = {q: first[0][1] / 1000 for q, first in firsts.items()}
             began = time.time()
             after, scraping = scraped(port), (began, time.time())
@@ -226,8 +227,10 @@ def test_dead_letters_requeued_purged_and_their_oldest_age_are_exported_per_queu
         assert per_queue(workload.before, f"worker_dead_letters_{name}") == dict.fromkeys(
             QUEUE_NAMES, 0.0
         ), name
-    after = {n: per_queue(workload.after, f"worker_dead_letters_{n}") for n in ("requeued_total",
-             "purged_total", "oldest_age_seconds")}  # fmt: skip
+    after = {
+        n: per_queue(workload.after, f"worker_dead_letters_{n}")
+        for n in ("requeued_total", "purged_total", "oldest_age_seconds")
+    }
     assert after["requeued_total"] == {"default": 3, "fast": 1, "critical": 0}
     assert after["purged_total"] == {"default": 0, "fast": 2, "critical": 0}
     (began, ended), ages = workload.scraping, after["oldest_age_seconds"]
@@ -315,8 +318,9 @@ def test_stale_metrics_directory_does_not_leak_old_counts(
     # What a replica killed with SIGKILL leaves behind: its processes' files, full counts.
     stale = MmapedDict(str(metrics_dir / "counter_4242.db"))
     labels = ["fast", "job.status_update"]
-    stale.write_value(mmap_key("worker_jobs", "worker_jobs_total", ["queue", "job_type"], labels,
-                               "Job attempts started."), 1000.0, 0.0)  # fmt: skip
+    help_text, names = "Job attempts started.", ["queue", "job_type"]
+    key = mmap_key("worker_jobs", "worker_jobs_total", names, labels, help_text)
+    stale.write_value(key, 1000.0, 0.0)
     stale.close()
     (metrics_dir / "gauge_livesum_4243.db").write_bytes(b"\0" * 8)
     (metrics_dir / "notes.txt").write_text("not ours: kept")
@@ -345,11 +349,7 @@ def test_stale_metrics_directory_does_not_leak_old_counts(
         wait_until(lambda: total() == 2, timeout=20)
 
         # a second replica given the same directory would add its counts to this one's
-        second = subprocess.run(
-            [sys.executable, "-m", "worker"],
-            env=metrics_env(redis_url, free_port(), METRICS_DIR=metrics_dir),
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+        second = run_worker(metrics_env(redis_url, free_port(), METRICS_DIR=metrics_dir))
         assert second.returncode == 2
         assert second.stderr.strip() == (
             f"configuration error: METRICS_DIR: {metrics_dir} is in use by another running "
@@ -363,6 +363,13 @@ def test_stale_metrics_directory_does_not_leak_old_counts(
         assert replica.stop() == 0, replica.output[-3000:]
 
 
+def run_worker(env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``python -m worker`` to its end: what a replica refused at start says."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker"], env=env, capture_output=True, text=True, timeout=30
+    )
+
+
 def test_metrics_port_in_use_stops_the_replica_at_start(tmp_path):
     import socket
 
@@ -370,11 +377,7 @@ def test_metrics_port_in_use_stops_the_replica_at_start(tmp_path):
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        done = subprocess.run(
-            [sys.executable, "-m", "worker"],
-            env=replica_env("redis://127.0.0.1:1/0", METRICS_PORT=port),
-            capture_output=True, text=True, timeout=30,
-        )  # fmt: skip
+        done = run_worker(replica_env("redis://127.0.0.1:1/0", METRICS_PORT=port))
     assert done.returncode == 2
     assert done.stderr.strip() == (
         f"configuration error: METRICS_PORT: cannot listen on 127.0.0.1:{port} "
@@ -440,8 +443,9 @@ def test_backlog_reads_ready_delayed_and_dead_from_the_broker(redis_url):
     for i in range(5):
         actors.agent_run.send(job_id=f"j{i}", org_id="o", prompt="p")
     for i in range(2):
-        actors.crm_sync.send_with_options(kwargs={"job_id": f"c{i}", "org_id": "o",
-                                                  "record": {}}, delay=60_000)  # fmt: skip
+        actors.crm_sync.send_with_options(
+            kwargs={"job_id": f"c{i}", "org_id": "o", "record": {}}, delay=60_000
+        )
     client.zadd(KEYS.dead_letters("fast"), {"dead-1": time.time() * 1000})
     read = redis_backlog(client, KEYS.namespace, ["default", "critical", "fast"])
     assert read() == {"default": (5, 0, 0), "critical": (0, 2, 0), "fast": (0, 0, 1)}

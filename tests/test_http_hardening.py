@@ -66,10 +66,26 @@ def receiver(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("receiver")
     port = free_port()
     server = HttpServer(
-        [sys.executable, "-m", "stack", "alert-receiver", "--port", str(port),
-         "--store", str(tmp / "alerts.jsonl"), "--max-records", "20", "--read-timeout", "1"],
-        port, tmp, name="receiver", env=dict(os.environ), ready_path="/healthz",
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "stack",
+            "alert-receiver",
+            "--port",
+            str(port),
+            "--store",
+            str(tmp / "alerts.jsonl"),
+            "--max-records",
+            "20",
+            "--read-timeout",
+            "1",
+        ],
+        port,
+        tmp,
+        name="receiver",
+        env=dict(os.environ),
+        ready_path="/healthz",
+    )
     server.start()
     yield server
     server.stop()
@@ -85,7 +101,7 @@ def alert(summary: str) -> bytes:
                     "annotations": {"summary": summary},
                 }
             ],
-        }  # fmt: skip
+        }
     ).encode()
 
 

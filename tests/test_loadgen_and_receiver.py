@@ -69,8 +69,14 @@ def test_every_payload_is_valid_for_its_actor():
 
 def test_schedule_keeps_the_rate_and_spreads_organizations():
     sent: list[tuple[str, dict]] = []
-    totals = run(lambda t, kw: sent.append((t, kw)), rate=200, duration=1.0,
-                 mix=parse_mix("agent.run=1,job.status_update=1"), orgs=10, seed=5)  # fmt: skip
+    totals = run(
+        lambda t, kw: sent.append((t, kw)),
+        rate=200,
+        duration=1.0,
+        mix=parse_mix("agent.run=1,job.status_update=1"),
+        orgs=10,
+        seed=5,
+    )
     assert totals.count == len(sent) == 200
     assert {t for t, _ in sent} == {"agent.run", "job.status_update"}
     orgs = Counter(kw["org_id"] for _, kw in sent)
@@ -146,10 +152,22 @@ SLACK = {
 def receiver(tmp_path):
     port = free_port()
     server = HttpServer(
-        [sys.executable, "-m", "stack", "alert-receiver", "--port", str(port),
-         "--store", str(tmp_path / "alerts.jsonl")],
-        port, tmp_path, name="receiver", env=python_env(), ready_path="/healthz",
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "stack",
+            "alert-receiver",
+            "--port",
+            str(port),
+            "--store",
+            str(tmp_path / "alerts.jsonl"),
+        ],
+        port,
+        tmp_path,
+        name="receiver",
+        env=python_env(),
+        ready_path="/healthz",
+    )
     server.start()
     yield server
     server.stop()
@@ -171,8 +189,9 @@ def get_alerts(server: HttpServer, query: str = "") -> list[dict]:
 
 def test_receiver_logs_and_keeps_each_alert_of_both_formats(receiver):
     assert post(f"{receiver.url}/pager", json.dumps(WEBHOOK).encode()) == (
-        200, {"ok": True, "received": 1},
-    )  # fmt: skip
+        200,
+        {"ok": True, "received": 1},
+    )
     assert post(f"{receiver.url}/chat", json.dumps(SLACK).encode())[1]["received"] == 2
     alerts = get_alerts(receiver)
     assert [(a["receiver"], a["alertname"], a["status"]) for a in alerts] == [
@@ -213,5 +232,7 @@ def test_receiver_keeps_a_slack_attachment_with_a_title_and_no_alert_text(receiv
     assert (status, body["received"]) == (200, 1)
     [alert] = get_alerts(receiver)
     assert (alert["alertname"], alert["status"], alert["summary"]) == (
-        "Watchdog", "firing", "[FIRING:1] Watchdog (none)",
-    )  # fmt: skip
+        "Watchdog",
+        "firing",
+        "[FIRING:1] Watchdog (none)",
+    )

@@ -76,8 +76,9 @@ def test_twin_scrapes_both_replicas_runs_load_and_stops_cleanly(tmp_path):
             assert cluster["status"] == "ready" and len(cluster["peers"]) == 2, cluster
         # It scrapes itself and every Alertmanager (jobs prometheus and alertmanager).
         pipeline = 'up{job=~"prometheus|alertmanager"}'
-        wait_until(lambda: len([r for r in stack.query(pipeline) if r["value"][1] == "1"]) == 3,
-                   timeout=30)  # fmt: skip
+        wait_until(
+            lambda: len([r for r in stack.query(pipeline) if r["value"][1] == "1"]) == 3, timeout=30
+        )
         # The load generator's jobs are processed by both replicas, in every queue.
         completed = 'sum by (instance, queue) (worker_jobs_completed_total{job="worker"})'
 
@@ -113,10 +114,14 @@ def test_faults_the_end_to_end_tests_inject(tmp_path):
         wait_until(lambda: worker_up(stack) == {first: "0", second: "1"}, timeout=15)
         # The alert reaches the pager receiver through the committed routing.
         fired = wait_until(
-            lambda: [a for a in stack.alerts(receiver="pager", alertname="WorkerDown")
-                     if first in a["summary"] and a["status"] == "firing"],
-            timeout=30, interval=0.5,
-        )  # fmt: skip
+            lambda: [
+                a
+                for a in stack.alerts(receiver="pager", alertname="WorkerDown")
+                if first in a["summary"] and a["status"] == "firing"
+            ],
+            timeout=30,
+            interval=0.5,
+        )
         assert fired[0]["severity"] == "critical"
         assert second not in " ".join(a["summary"] for a in stack.alerts(status="firing"))
         stack.start_replica(0)
@@ -145,11 +150,24 @@ def test_up_local_prints_urls_and_ctrl_c_stops_everything(tmp_path):
     run_dir = tmp_path / "run"
     # What `make up-local` runs: installs what is missing, then the twin in the foreground.
     proc = subprocess.Popen(
-        [str(ROOT / "scripts" / "up"), "--local", "--run-dir", str(run_dir),
-         "--rate", "5", "--scrape-interval", "1s", "--env", "SIM_LATENCY_SECONDS=0.1"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            str(ROOT / "scripts" / "up"),
+            "--local",
+            "--run-dir",
+            str(run_dir),
+            "--rate",
+            "5",
+            "--scrape-interval",
+            "1s",
+            "--env",
+            "SIM_LATENCY_SECONDS=0.1",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
         start_new_session=True,
-    )  # fmt: skip
+    )
     lines: list[str] = []
     try:
         for line in proc.stdout:
@@ -206,14 +224,16 @@ def test_derived_prometheus_config_keeps_everything_but_the_addresses(tmp_path):
     assert jobs["worker"]["static_configs"] == [{"targets": ["127.0.0.1:1001", "127.0.0.1:1002"]}]
     assert "dns_sd_configs" not in jobs["worker"]
     assert derived["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"] == [
-        "127.0.0.1:2000", "127.0.0.1:2001",
-    ]  # fmt: skip
+        "127.0.0.1:2000",
+        "127.0.0.1:2001",
+    ]
     assert jobs["alertmanager"]["static_configs"] == [
         {"targets": ["127.0.0.1:2000", "127.0.0.1:2001"]}
     ]
     # Faster intervals for tests shorten a timeout that would exceed them.
-    fast = twin_prometheus_config(committed, {}, config_dir=Path("."), scrape_interval="1s",
-                                  warn=warnings.append)  # fmt: skip
+    fast = twin_prometheus_config(
+        committed, {}, config_dir=Path("."), scrape_interval="1s", warn=warnings.append
+    )
     assert fast["global"]["scrape_interval"] == "1s" and fast["global"]["scrape_timeout"] == "1s"
     assert any("worker:9191" in w for w in warnings)  # an address the twin lacks is reported
 

@@ -75,9 +75,15 @@ def test_success_failure_retry_and_dead_letter(broker):
         time.sleep(0.2)
     # hold, ok, flaky x2 (fails, then succeeds), broken x3 (fast class: 3 attempts)
     assert counts("fast", "test.metrics.mixed") == {
-        "total": 7, "completed_total": 3, "failed_total": 4, "retried_total": 3,
-        "dead_lettered_total": 1, "processing": 0, "observed": 7, "waited": 7,
-    }  # fmt: skip
+        "total": 7,
+        "completed_total": 3,
+        "failed_total": 4,
+        "retried_total": 3,
+        "dead_lettered_total": 1,
+        "processing": 0,
+        "observed": 7,
+        "waited": 7,
+    }
 
 
 def test_a_job_that_kills_its_thread_is_counted_and_leaves_no_slot_busy(broker):
@@ -108,9 +114,15 @@ def test_a_job_that_kills_its_thread_is_counted_and_leaves_no_slot_busy(broker):
         )
     for name in ("test.metrics.exits", "test.metrics.too_slow"):
         assert counts("fast", name) == {
-            "total": 2, "completed_total": 1, "failed_total": 1, "retried_total": 1,
-            "dead_lettered_total": 0, "processing": 0, "observed": 2, "waited": 2,
-        }, name  # fmt: skip
+            "total": 2,
+            "completed_total": 1,
+            "failed_total": 1,
+            "retried_total": 1,
+            "dead_lettered_total": 0,
+            "processing": 0,
+            "observed": 2,
+            "waited": 2,
+        }, name
 
 
 class Defer(Middleware):

@@ -45,8 +45,12 @@ def test_the_pipeline_alerts_have_designs_names_and_severities():
     for rule in rules:
         name = rule["alert"]
         assert set(rule["annotations"]) == {
-            "summary", "description", "value", "runbook_url", "dashboard_url",
-        }  # fmt: skip
+            "summary",
+            "description",
+            "value",
+            "runbook_url",
+            "dashboard_url",
+        }
         assert rule["annotations"]["runbook_url"].endswith(f"/docs/runbooks/{name}.md")
         assert rule.get("for", "0s") == config[name].get("for", "0s")
         if name != "Watchdog":

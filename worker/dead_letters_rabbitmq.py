@@ -153,9 +153,14 @@ class RabbitmqDeadLetters(DeadLetters):
                 if publish:
                     pacer.wait()
                     letter = DeadLetter(
-                        redis_id="", queue=queue, failed_at=letter.failed_at, body=body,
-                        fields=fields, reason=letter.reason, attempts=letter.attempts,
-                    )  # fmt: skip
+                        redis_id="",
+                        queue=queue,
+                        failed_at=letter.failed_at,
+                        body=body,
+                        fields=fields,
+                        reason=letter.reason,
+                        attempts=letter.attempts,
+                    )
                     new = json.loads(requeued_body(letter, self.clock()))
                     new["options"].pop("redis_message_id", None)
                     channel.basic_publish(

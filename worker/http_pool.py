@@ -53,8 +53,11 @@ class PooledMixIn:
             self._refused += 1
             now = time.monotonic()
             if now - self._last_refusal_log >= self.refusal_log_interval:
-                log.warning("%d connections open or waiting: closed %d new one(s)",
-                            self.max_threads + self.max_pending, self._refused)  # fmt: skip
+                log.warning(
+                    "%d connections open or waiting: closed %d new one(s)",
+                    self.max_threads + self.max_pending,
+                    self._refused,
+                )
                 self._last_refusal_log, self._refused = now, 0
             self.shutdown_request(request)  # type: ignore[attr-defined]
             return

@@ -301,9 +301,9 @@ def test_redis_down_pages_and_nothing_it_explains_reaches_the_chat_during_or_aft
     time.sleep(8 + 3)
     for name in ("HighRedisReconnectAttempts", "LowWorkerThroughput"):
         assert not firing_in_prometheus(stack, name), describe_active(stack)
-        assert all(a["status"]["state"] == "suppressed" for a in stack.alertmanager_alerts(
-            alertname=name
-        )), describe_active(stack)  # fmt: skip
+        assert all(
+            a["status"]["state"] == "suppressed" for a in stack.alertmanager_alerts(alertname=name)
+        ), describe_active(stack)
     assert inbox.names() == {"RedisDisconnected"}, inbox.brief()
 
     stack.start_redis()

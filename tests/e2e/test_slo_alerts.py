@@ -123,11 +123,13 @@ def test_stalled_workers_raise_high_job_queue_latency_then_the_queue_wait_page(s
     # Stall an idle fleet: an attempt frozen mid-run would last the whole stall and raise
     # HighJobProcessingTime too.
     wait_for(
-        lambda: value(stack, "sum(worker_jobs_processing) + sum(worker_queue_messages"
-                      '{state="ready"})') == 0,
+        lambda: (
+            value(stack, 'sum(worker_jobs_processing) + sum(worker_queue_messages{state="ready"})')
+            == 0
+        ),
         20,
         "the demo load's last jobs done",
-    )  # fmt: skip
+    )
     stack.stall_workers()
     inbox = Inbox(stack)
     send_jobs(

@@ -96,9 +96,12 @@ class Engine:
 
     def podman(self, *args: str, timeout: float = 120, check: bool = True) -> str:
         done = subprocess.run(
-            [self.podman_path, *args], env=self.env, capture_output=True, text=True,
+            [self.podman_path, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
             timeout=timeout,
-        )  # fmt: skip
+        )
         if check and done.returncode != 0:
             raise RuntimeError(f"podman {' '.join(args)}: {done.stderr.strip()[-2000:]}")
         return done.stdout
@@ -107,8 +110,11 @@ class Engine:
         log = open(self.workdir / "podman-service.log", "w")  # noqa: SIM115 - the service's
         self.service = subprocess.Popen(
             [self.podman_path, "system", "service", "--time=0", self.docker_host],
-            env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 30
         while not self._answers():
             if self.service.poll() is not None or time.monotonic() > deadline:
@@ -132,9 +138,12 @@ class Engine:
         def loop() -> None:
             while not self._stop_checks.wait(interval):
                 for container in self.podman(
-                    "ps", "-q", "--filter", f"label=com.docker.compose.project={project}",
+                    "ps",
+                    "-q",
+                    "--filter",
+                    f"label=com.docker.compose.project={project}",
                     check=False,
-                ).split():  # fmt: skip
+                ).split():
                     if self._has_check.get(container) is None:
                         test = self.podman(
                             "inspect", "-f", "{{.Config.Healthcheck}}", container, check=False
@@ -176,10 +185,21 @@ class Project:
         env = {k: os.environ[k] for k in ("PATH", "HOME") if k in os.environ}
         env["DOCKER_HOST"] = self.engine.docker_host
         argv = [
-            str(COMPOSE_BINARY), "-p", self.name, "--project-directory", str(ROOT),
-            "-f", str(ROOT / "docker-compose.yml"), "-f", str(self.override),
-            "--env-file", str(self.env_file), "--profile", "demo", *args,
-        ]  # fmt: skip
+            str(COMPOSE_BINARY),
+            "-p",
+            self.name,
+            "--project-directory",
+            str(ROOT),
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "-f",
+            str(self.override),
+            "--env-file",
+            str(self.env_file),
+            "--profile",
+            "demo",
+            *args,
+        ]
         done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=timeout)
         if check and done.returncode != 0:
             raise RuntimeError(f"compose {' '.join(args)}: {done.stderr.strip()[-3000:]}")

@@ -46,8 +46,12 @@ def send_jobs(
     args = json.dumps([redis_url, namespace, actor, count, orgs, PAYLOADS[actor]])
     done = subprocess.run(
         [sys.executable, "-c", _SEND, args],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, env=python_env(),
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=python_env(),
+    )
     if done.returncode != 0:
         raise RuntimeError(f"sending {count} {actor} jobs failed: {done.stderr[-2000:]}")
     return json.loads(done.stdout)

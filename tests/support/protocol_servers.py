@@ -286,9 +286,12 @@ class PostgrestServer(ProtocolServer):
                 elif "resolution=ignore-duplicates" not in prefer:
                     return Reply(
                         409,
-                        {"code": "23505", "message": "duplicate key value violates unique "
-                         f"constraint \"{table}_pkey\""},
-                    )  # fmt: skip
+                        {
+                            "code": "23505",
+                            "message": "duplicate key value violates unique "
+                            f'constraint "{table}_pkey"',
+                        },
+                    )
                 written.append(existing)
             else:
                 new = {c: _default(d) for c, d in self.columns[table].items()}

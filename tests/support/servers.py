@@ -29,8 +29,11 @@ class RabbitmqServer(Process):
         super().stop(sig, timeout)
         node = ["pgrep", "-f", f"test{self.port}@localhost"]
         with contextlib.suppress(AssertionError):  # the node outlives the launcher briefly
-            wait_until(lambda: subprocess.run(node, capture_output=True).returncode != 0,
-                       timeout, interval=0.2)  # fmt: skip
+            wait_until(
+                lambda: subprocess.run(node, capture_output=True).returncode != 0,
+                timeout,
+                interval=0.2,
+            )
         # epmd daemonizes out of our process group; it serves only this node's port.
         subprocess.run(
             ["epmd", "-kill"],

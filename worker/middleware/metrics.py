@@ -170,8 +170,16 @@ class JobMetrics(WorkerMiddleware):
 class _Children:
     """The metric children of one (queue, job_type): looked up once, not per job."""
 
-    __slots__ = ("started", "completed", "failed", "retried", "dead_lettered", "processing",
-                 "duration", "queue_wait")  # fmt: skip
+    __slots__ = (
+        "started",
+        "completed",
+        "failed",
+        "retried",
+        "dead_lettered",
+        "processing",
+        "duration",
+        "queue_wait",
+    )
 
     def __init__(self, labels: tuple[str, str]) -> None:
         self.started = metrics.jobs_started.labels(*labels)
