@@ -4,6 +4,7 @@ GET changing nothing, the access log, and the configuration error at start."""
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -344,3 +345,20 @@ def test_one_action_at_a_time_and_its_progress_while_it_runs(redis_url, tmp_path
         second = http.post("/dead-letters/run", data=form)
         assert second.status_code == 409 and "another requeue or purge is running" in second.text
         assert "A requeue is running" in http.get("/").text
+
+
+def test_stopping_the_console_interrupts_a_replay_and_audits_how_far_it_got(redis_url, tmp_path):
+    seed(redis_url, [Seed()] * 20)
+    keys, r = RedisKeys(DEFAULT_NAMESPACE), redis_client(redis_url)
+    with console(tmp_path, redis_url) as server:
+        http = signed_in(server.url)
+        token = csrf_of(http.get("/dead-letters").text)
+        run = http.post("/dead-letters/run", data={"csrf": token, "do": "requeue all", "rate": "4"})
+        assert run.status_code == 303
+        time.sleep(1.0)
+    audit = [fields for _, fields in r.xrange(keys.audit)]
+    assert [a[b"status"] for a in audit] == [b"started", b"interrupted"]
+    counts = json.loads(audit[-1][b"counts"])
+    moved = r.llen(keys.queue("default"))
+    assert 0 < moved < 20 and counts["requeued"] == moved
+    assert r.zcard(keys.dead_letters("default")) == 20 - moved

@@ -32,7 +32,7 @@ class Replay:
     outcome: Outcome
     started: float = field(default_factory=time.time)
     finished: float | None = None
-    status: str = "running"  # running, done, failed
+    status: str = "running"  # running, done, failed, interrupted
     error: str = ""
 
     @property
@@ -53,11 +53,24 @@ class Busy(Exception):
     """Another action is running."""
 
 
+class _Stopping(Exception):
+    """The console is stopping: the action ends after the message in hand."""
+
+
 class Replays:
     def __init__(self, store: DeadLetters) -> None:
         self.store = store
         self._replays: dict[str, Replay] = {}
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Interrupt a running action after its current message (what moved stays moved,
+        the rest stays dead) and wait for its audit entry, as Ctrl-C does to the command."""
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout)
 
     def get(self, replay_id: str) -> Replay | None:
         with self._lock:
@@ -97,16 +110,26 @@ class Replays:
         thread = threading.Thread(
             target=self._run, args=(replay, letters), name=f"console-{action}", daemon=True
         )
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
         return replay
 
     def _run(self, replay: Replay, letters: list[DeadLetter]) -> None:
         status = "done"
+
+        def on_each(_letter: DeadLetter, _result: str) -> None:
+            if self._stopping.is_set():
+                raise _Stopping
+
         try:
             if replay.action == "requeue":
-                self.store.requeue(letters, rate=replay.rate or 5.0, outcome=replay.outcome)
+                self.store.requeue(
+                    letters, rate=replay.rate or 5.0, outcome=replay.outcome, on_each=on_each
+                )
             else:
-                self.store.purge(letters, outcome=replay.outcome)
+                self.store.purge(letters, outcome=replay.outcome, on_each=on_each)
+        except _Stopping:
+            status = "interrupted"
         except redis.RedisError as exc:
             status = "failed"
             replay.error = f"Redis: {type(exc).__name__}"

@@ -7,6 +7,7 @@ means in the form exactly what it means on the command line."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass
@@ -410,6 +411,14 @@ async def redis_down(request: Request, exc: Exception) -> Response:
     return problem(request, 503, f"Redis: {type(exc).__name__}: cannot read the broker now")
 
 
+@contextlib.asynccontextmanager
+async def lifespan(app: Starlette):
+    yield
+    # Stopping (SIGTERM, Ctrl-C): a running requeue or purge ends after its current
+    # message and writes its "interrupted" audit entry before the process exits.
+    await run_in_threadpool(app.state.console.replays.stop)
+
+
 def build(settings: ConsoleSettings, client: redis.Redis) -> Hardened:
     """The ASGI application of ``settings`` on ``client`` (the broker's Redis)."""
     store = DeadLetters(client, namespace=settings.job_queue_name)
@@ -433,7 +442,9 @@ def build(settings: ConsoleSettings, client: redis.Redis) -> Hardened:
         Mount("/static", StaticFiles(packages=[("worker.console", "static")]), name="static"),
     ]
     app = Starlette(
-        routes=routes, exception_handlers={redis.RedisError: redis_down, TooLarge: too_large}
+        routes=routes,
+        exception_handlers={redis.RedisError: redis_down, TooLarge: too_large},
+        lifespan=lifespan,
     )
     app.state.console = Console(
         settings=settings,
