@@ -362,3 +362,25 @@ def test_stopping_the_console_interrupts_a_replay_and_audits_how_far_it_got(redi
     moved = r.llen(keys.queue("default"))
     assert 0 < moved < 20 and counts["requeued"] == moved
     assert r.zcard(keys.dead_letters("default")) == 20 - moved
+
+
+def test_the_operator_stops_a_replay_from_its_page(redis_url, tmp_path):
+    seed(redis_url, [Seed()] * 20)
+    keys, r = RedisKeys(DEFAULT_NAMESPACE), redis_client(redis_url)
+    with console(tmp_path, redis_url) as server:
+        http = signed_in(server.url)
+        token = csrf_of(http.get("/dead-letters").text)
+        run = http.post("/dead-letters/run", data={"csrf": token, "do": "requeue all", "rate": "4"})
+        page = http.get(run.headers["location"]).text
+        assert 'id="stop"' in page
+        assert http.post(run.headers["location"] + "/stop", data={}).status_code == 403
+        stop = http.post(run.headers["location"] + "/stop", data={"csrf": csrf_of(page)})
+        assert stop.status_code == 303
+        deadline = time.monotonic() + 10
+        while 'id="status">interrupted<' not in (page := http.get(run.headers["location"]).text):
+            assert time.monotonic() < deadline, page
+            time.sleep(0.2)
+        assert 'id="stop"' not in page
+    moved = r.llen(keys.queue("default"))
+    assert 0 < moved < 20 and r.zcard(keys.dead_letters("default")) == 20 - moved
+    assert [f[b"status"] for _, f in r.xrange(keys.audit)] == [b"started", b"interrupted"]

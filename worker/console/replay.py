@@ -34,6 +34,8 @@ class Replay:
     finished: float | None = None
     status: str = "running"  # running, done, failed, interrupted
     error: str = ""
+    #: Set by the operator's "Stop" (or the console stopping): ends after the message in hand.
+    cancel: threading.Event = field(default_factory=threading.Event)
 
     @property
     def processed(self) -> int:
@@ -118,7 +120,7 @@ class Replays:
         status = "done"
 
         def on_each(_letter: DeadLetter, _result: str) -> None:
-            if self._stopping.is_set():
+            if self._stopping.is_set() or replay.cancel.is_set():
                 raise _Stopping
 
         try:

@@ -363,6 +363,15 @@ async def replay_page(request: Request, console: Console) -> Response:
     return render(request, "replay.html", replay=replay, counts=replay.outcome.counts())
 
 
+@action
+async def cancel(request: Request, console: Console, form) -> Response:
+    replay = console.replays.get(request.path_params["replay_id"])
+    if replay is None:
+        return problem(request, 404, "no such requeue or purge (the console forgets old ones)")
+    replay.cancel.set()
+    return RedirectResponse(f"/replays/{replay.id}", status_code=303)
+
+
 @page
 async def job(request: Request, console: Console) -> Response:
     message_id = request.path_params["message_id"]
@@ -435,6 +444,7 @@ def build(settings: ConsoleSettings, client: redis.Redis) -> Hardened:
         Route("/dead-letters/confirm", confirm, methods=["POST"]),
         Route("/dead-letters/run", run, methods=["POST"]),
         Route("/replays/{replay_id}", replay_page),
+        Route("/replays/{replay_id}/stop", cancel, methods=["POST"]),
         Route("/jobs/{message_id:path}", job),
         Route("/completed", completed),
         Route("/audit", audit),
