@@ -66,7 +66,7 @@ ensure_env_passwords() {
     cp .env.example .env
     chmod 600 .env
   fi
-  for name in GRAFANA_ADMIN_PASSWORD REDIS_PASSWORD; do
+  for name in GRAFANA_ADMIN_PASSWORD REDIS_PASSWORD CONSOLE_PASSWORD; do
     if ! grep -q "^$name=." .env; then
       value=$(python3 -c 'import secrets; print(secrets.token_hex(16))')
       if grep -q "^$name=" .env; then

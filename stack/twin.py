@@ -125,6 +125,7 @@ class LocalStack:
         prometheus_args: Sequence[str] = (),
         deadman_timeout: float | None = None,
         sentinel: bool = False,
+        console_password: str | None = None,
     ) -> None:
         if replicas < 1:
             raise ValueError("at least one replica")
@@ -150,6 +151,9 @@ class LocalStack:
             list(prometheus_args),
         )
         self.deadman_timeout = deadman_timeout
+        #: Set: the operations console (``worker console``) runs too, with this password.
+        self.console_password = console_password
+        self.console: HttpServer | None = None
         self.redis: RedisServer | None = None
         self.sentinel = sentinel
         self.sentinels: SentinelSet | None = None
@@ -285,6 +289,18 @@ class LocalStack:
         self.prometheus.log = self.prometheus.workdir / "prometheus.log"
         self.prometheus.start(timeout)
 
+        if self.console_password is not None:
+            from stack.console_server import console_server
+
+            self.console = console_server(
+                self.run_dir / "console",
+                self.redis.url,
+                self.console_password,
+                port=port(),
+                JOB_QUEUE_NAME=self.namespace,
+            )
+            self.console.start(timeout)
+
         if self.loadgen_rate is not None:
             self.loadgen = Process(
                 [
@@ -324,7 +340,7 @@ class LocalStack:
     def stop(self) -> None:
         """Stop everything this stack started, newest first. Safe to call more than once."""
         grace = float(self.replica_env.get("SHUTDOWN_GRACE_SECONDS", 5)) + 10
-        for process in (self.loadgen, self.prometheus):
+        for process in (self.loadgen, self.console, self.prometheus):
             if process is not None:
                 process.stop()
         # All replicas at once, each finishing its running jobs within its grace period.
@@ -353,6 +369,7 @@ class LocalStack:
     def processes(self) -> list[Process]:
         """Every process this stack owns (running or not)."""
         named = [self.redis, self.receiver, *self.alertmanagers, self.prometheus, self.loadgen]
+        named.append(self.console)
         return [p for p in (*named, *self.replicas) if p is not None]
 
     @property
@@ -443,6 +460,7 @@ class LocalStack:
             "alertmanagers": [url(member) for member in self.alertmanagers],
             "alert_receiver": url(self.receiver),
             "redis": self.redis.url if self.redis else None,
+            "console": url(self.console),
             "replicas": [f"{r.url}/metrics" for r in self.replicas],
         }
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import secrets
 import signal
 import sys
 import time
@@ -44,6 +45,8 @@ def describe(stack: LocalStack) -> str:
         f"{urls['alert_receiver']}/status)",
         f"Redis          {urls['redis']}",
     ]
+    if urls.get("console"):
+        lines.append(f"Console        {urls['console']}   (password: {stack.console_password})")
     for i, replica in enumerate(stack.replicas):
         lines.append(
             f"Worker {i + 1:<7} {replica.url}/metrics   pid {replica.proc.pid}   log {replica.log}"
@@ -105,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         loadgen_rate=None if args.no_loadgen else args.rate,
         keep_data=args.keep_data,
         sentinel=args.sentinel,
+        console_password=secrets.token_hex(16),
     )
 
     def on_signal(signum: int, _frame: object) -> None:

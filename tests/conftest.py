@@ -11,7 +11,7 @@ from stack.servers import redis_server, running
 pytest_plugins = ["tests.support.report"]
 
 #: Markers of the tests outside the quick tier (docs/testing.md, "Tiers").
-NOT_QUICK = {"e2e", "compose", "rabbitmq", "cluster", "sentinel", "mutation", "slow"}
+NOT_QUICK = {"e2e", "compose", "rabbitmq", "cluster", "sentinel", "mutation", "slow", "browser"}
 
 #: Run first, being the longest (docs/testing.md, "Where the time goes"): under
 #: pytest-xdist the run lasts at least as long as its longest module, so these start at

@@ -27,8 +27,12 @@ from worker.config import Settings
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE_BINARY = Path(compose.__file__).parent / "docker-compose"
-DEMO_ENV = {"GRAFANA_ADMIN_PASSWORD": "test-only-password", "REDIS_PASSWORD": "test0only0redis"}
-PUBLISHED = {"grafana", "prometheus", "alertmanager"}
+DEMO_ENV = {
+    "GRAFANA_ADMIN_PASSWORD": "test-only-password",
+    "REDIS_PASSWORD": "test0only0redis",
+    "CONSOLE_PASSWORD": "test-only-console",
+}
+PUBLISHED = {"grafana", "prometheus", "alertmanager", "console"}
 
 
 def docker_compose(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -90,7 +94,7 @@ def test_every_redis_client_uses_the_password_and_none_passes_it_on_a_command_li
     assert redis["command"][redis["command"].index("--requirepass") + 1] == password
     assert redis["environment"]["REDISCLI_AUTH"] == password
     assert redis["healthcheck"]["test"] == ["CMD", "redis-cli", "ping"]
-    for name in ("worker", "loadgen"):
+    for name in ("worker", "loadgen", "console"):
         assert services[name]["environment"]["REDIS_URL"] == f"redis://:{password}@redis:6379/0"
 
 
@@ -123,6 +127,7 @@ def test_the_topology_is_the_one_documented():
         "grafana",
         "alert-receiver",
         "loadgen",
+        "console",
     }
     worker = services["worker"]
     assert worker["deploy"]["replicas"] == 2
@@ -133,8 +138,8 @@ def test_the_topology_is_the_one_documented():
     }
     assert services["loadgen"]["profiles"] == ["demo"]
     assert "profiles" not in services["worker"]
-    # Same image for the worker, the alert receiver and the load generator.
-    images = {services[s]["image"] for s in ("worker", "alert-receiver", "loadgen")}
+    # Same image for the worker, the alert receiver, the load generator and the console.
+    images = {services[s]["image"] for s in ("worker", "alert-receiver", "loadgen", "console")}
     assert len(images) == 1
     redis = " ".join(services["redis"]["command"])
     assert "--appendonly yes" in redis and "--requirepass" in redis
@@ -358,7 +363,8 @@ def test_worker_image_is_slim_pinned_and_runs_as_non_root():
 
 
 @pytest.mark.parametrize(
-    "command", [("worker", "run"), ("stack", "alert-receiver"), ("stack", "loadgen")]
+    "command",
+    [("worker", "run"), ("stack", "alert-receiver"), ("stack", "loadgen"), ("worker", "console")],
 )
 def test_compose_commands_exist_in_the_image_cli(command):
     """Each command the compose stack runs from the image is a console script the image
@@ -436,10 +442,13 @@ def test_scripts_up_generates_every_required_password_into_env(tmp_path):
     out = ensure_env_passwords(tmp_path)
     env = tmp_path / ".env"
     values = env_values(env)
-    for name in ("GRAFANA_ADMIN_PASSWORD", "REDIS_PASSWORD"):
+    for name in ("GRAFANA_ADMIN_PASSWORD", "REDIS_PASSWORD", "CONSOLE_PASSWORD"):
         assert re.fullmatch(r"[0-9a-f]{32}", values[name]), name
         assert values[name] not in out  # named, never printed
-    assert values["GRAFANA_ADMIN_PASSWORD"] != values["REDIS_PASSWORD"]
+    assert (
+        len({values[n] for n in ("GRAFANA_ADMIN_PASSWORD", "REDIS_PASSWORD", "CONSOLE_PASSWORD")})
+        == 3
+    )
     assert env.stat().st_mode & 0o077 == 0
     # The stack starts from that .env alone.
     result = docker_compose("--env-file", str(env), "config", "--quiet", env={})
@@ -455,3 +464,15 @@ def test_scripts_up_adds_redis_password_to_an_older_env(tmp_path):
     values = env_values(tmp_path / ".env")
     assert values["GRAFANA_ADMIN_PASSWORD"] == "kept" and values["PROMETHEUS_PORT"] == "9999"
     assert re.fullmatch(r"[0-9a-f]{32}", values["REDIS_PASSWORD"])
+
+
+def test_the_console_is_on_loopback_with_a_health_check_and_no_default_password():
+    console = resolved()["services"]["console"]
+    assert console["command"] == ["worker", "console"]
+    assert [(p["host_ip"], p["published"], p["target"]) for p in console["ports"]] == [
+        ("127.0.0.1", "9292", 9292)
+    ]
+    assert console["environment"]["CONSOLE_PASSWORD"] == DEMO_ENV["CONSOLE_PASSWORD"]
+    assert console["environment"]["CONSOLE_HOST"] == "0.0.0.0"  # inside its container
+    assert console["healthcheck"]["test"] == ["CMD", "worker", "healthcheck", "--port", "9292"]
+    assert console["read_only"] is True

@@ -122,7 +122,7 @@ def stack(engine, image, workdir, report):
     taken down with its volumes at the end, whatever happened."""
     work = workdir / "compose"
     work.mkdir()
-    ports = {name: free_port() for name in ("prometheus", "alertmanager", *TEST_PORTS)}
+    ports = {name: free_port() for name in ("prometheus", "alertmanager", "console", *TEST_PORTS)}
     env_file = work / "env"
     env_file.write_text(
         "\n".join(
@@ -131,6 +131,8 @@ def stack(engine, image, workdir, report):
                 f"REDIS_PASSWORD={secrets.token_hex(16)}",
                 f"PROMETHEUS_PORT={ports['prometheus']}",
                 f"ALERTMANAGER_PORT={ports['alertmanager']}",
+                f"CONSOLE_PASSWORD={secrets.token_hex(16)}",
+                f"CONSOLE_PORT={ports['console']}",
                 "SIM_LATENCY_SECONDS=2-4",
                 "METRICS_QUEUE_SAMPLE_SECONDS=2",
                 "LOADGEN_JOBS_PER_DAY=259200",  # 3 jobs/s
@@ -234,7 +236,7 @@ def test_load_generator_jobs_complete_on_both_replicas(stack):
 
 
 def test_each_container_runs_as_its_user_hardened(stack):
-    expected_uid = {"worker": "10001", "alert-receiver": "10001", "loadgen": "10001"}
+    expected_uid = {s: "10001" for s in ("worker", "alert-receiver", "loadgen", "console")}
     seen = set()
     for container in stack.containers():
         service = container["Config"]["Labels"]["com.docker.compose.service"]

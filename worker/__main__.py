@@ -5,6 +5,7 @@ Subcommands:
   encrypt-key    encrypt an organization's LLM API key (read from stdin) for storage
   healthcheck    exit 0 when this container's /healthz answers 200 (the image's health check)
   dead-letters   list, show, requeue, purge, export dead letters; their audit trail
+  console        the operations console: web pages on the queues and dead letters
 
 The tooling around the worker (local twin, load generator, alert receiver, capacity
 planner) is the ``stack`` command.
@@ -107,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "encrypt-key": _lazy("worker.api_keys"),
         "healthcheck": healthcheck,
         "dead-letters": _lazy("worker.dead_letters_cli"),
+        "console": _lazy("worker.console.server"),
     }
     if argv and argv[0] in ("-h", "--help"):
         print(__doc__.strip())

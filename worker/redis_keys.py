@@ -129,3 +129,23 @@ def rate_limit_window(prefix: str, org_tag: str, window: str, seconds: float) ->
     worker (a limiter used on its own may have another); the ``{org_tag}`` hash tag keeps
     an organization's windows in one Redis Cluster slot."""
     return f"{prefix}:{{{org_tag}}}:{window}:{seconds:g}"
+
+
+def rate_limit_pattern(prefix: str) -> str:
+    """A ``SCAN`` pattern for every window of every organization under ``prefix``."""
+    return f"{prefix}:{{*}}:*"
+
+
+def parse_rate_limit_window(prefix: str, key: str | bytes) -> tuple[str, str, float] | None:
+    """(organization tag, window name, window seconds) of a key ``rate_limit_window`` built
+    under ``prefix``; None for another key."""
+    text = key.decode() if isinstance(key, bytes) else key
+    head = f"{prefix}:{{"
+    if not text.startswith(head) or "}:" not in text:
+        return None
+    tag, _, rest = text[len(head) :].partition("}:")
+    window, _, seconds = rest.rpartition(":")
+    try:
+        return tag, window, float(seconds)
+    except ValueError:
+        return None

@@ -128,10 +128,14 @@ class JobLog(WorkerMiddleware):
 
     @staticmethod
     def _fields(message, **fields: str) -> dict[str, str]:
+        # The job and organization ids too, when the job has them: the console searches by them.
+        kwargs = message.kwargs if isinstance(message.kwargs, dict) else {}
+        ids = {k: kwargs[k] for k in ("job_id", "org_id") if isinstance(kwargs.get(k), str)}
         return {
             "message_id": message.message_id,
             "queue": message.queue_name,
             "job_type": message.actor_name,
+            **ids,
             **fields,
         }
 
