@@ -162,3 +162,25 @@ def test_a_failed_heartbeat_is_tried_again_within_a_second_not_an_interval_later
     finally:
         beating.before_worker_shutdown(broker, None)
         broker.close()
+
+
+def test_a_fetch_whose_reply_was_lost_is_requeued_when_the_consumer_restarts(redis_srv):
+    """Redis ran a fetch and claimed its messages for this broker, and the reply never
+    came back (Redis stopped mid-fetch): nothing in the process knows of them, and the
+    broker keeps beating. The consumer's restart requeues them; what a worker thread
+    holds stays claimed."""
+    broker = setup(settings_for(redis_srv.url))
+    from worker import actors
+
+    client = redis.Redis.from_url(redis_srv.url)
+    for i in range(6):
+        actors.crm_sync.send(job_id=f"c{i}", org_id="o", record={})
+    running = next(iter(broker.consume("critical", prefetch=1)))  # a thread holds it
+    lost = broker.do_fetch("critical", 3)  # the reply that never arrived
+    claimed = KEYS.claimed(broker.broker_id, "critical")
+    assert client.scard(claimed) == 4
+    broker.consume("critical")  # the consumer thread restarts after the lost connection
+    held = running.options["redis_message_id"]
+    assert {m.decode() for m in client.smembers(claimed)} == {held}
+    queued = {m.decode() for m in client.lrange(KEYS.queue("critical"), 0, -1)}
+    assert set(lost.ids) <= queued and held not in queued and len(queued) == 5

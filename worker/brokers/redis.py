@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from collections.abc import Callable, Iterable
 
 import dramatiq
@@ -302,6 +303,7 @@ class _SafeConsumer(_RedisConsumer):
         if message is None:
             return None
         message.options["redis_message_id"] = self._fetched().popped
+        self.broker.hold(self.queue_name, message)
         if message.queue_name != self.queue_name:
             # Dramatiq would settle it through the consumer of the queue its body names,
             # which may not exist: it would stay claimed forever.
@@ -328,24 +330,30 @@ class _SafeConsumer(_RedisConsumer):
         writes = _writes_with_ack(message)
         with self._reporting_lost_connection():
             if not writes:
-                return super().ack(message)
+                super().ack(message)
+                return self.broker.release(self.queue_name, message)
             try:
                 self.broker.ack_with(self.queue_name, message, writes)
             except redis.ConnectionError as exc:
                 raise ConnectionClosed(exc) from None
             finally:
                 self.queued_message_ids.discard(message.message_id)
+            self.broker.release(self.queue_name, message)
 
     def nack(self, message):
         with self._reporting_lost_connection():
-            return super().nack(message)
+            super().nack(message)
+            self.broker.release(self.queue_name, message)
 
     def requeue(self, messages):
         # Dramatiq's consumer thread requeues its delayed messages when it closes after an
         # unexpected error, and survives only a ConnectionClosed from it: a redis-py
         # ConnectionError there ends the thread, and the queue is never consumed again.
+        messages = list(messages)
         try:
-            return super().requeue(messages)
+            super().requeue(messages)
+            for message in messages:
+                self.broker.release(self.queue_name, message)
         except redis.ConnectionError as exc:
             emit(self.broker, "after_connection_error", self.queue_name, exc)
             raise ConnectionClosed(exc) from None
@@ -368,7 +376,30 @@ class WorkerRedisBroker(RedisBroker):
     back: they would wait until this process dies. When a delay queue's consumer
     (re)starts, nothing of that queue is in this process's memory, so everything Redis
     lists as claimed by this broker on that queue is requeued first.
+
+    A fetch can be lost so on any queue: Redis claims its messages for this broker and
+    the connection drops before the reply arrives. So the broker remembers what its
+    consumers handed out and not yet settled (``hold``, ``release``); when a consumer
+    (re)starts, what Redis lists as claimed by this broker and no thread holds is requeued.
     """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._held: dict[str, set[str]] = {}
+        self._held_lock = threading.Lock()
+
+    def hold(self, queue_name: str, message) -> None:
+        """``message`` was handed to this process's worker threads: it is ours to settle (a
+        delay queue's are not remembered: its restart requeues all it claimed)."""
+        if is_delay_queue(queue_name):
+            return
+        with self._held_lock:
+            self._held.setdefault(queue_name, set()).add(message.options["redis_message_id"])
+
+    def release(self, queue_name: str, message) -> None:
+        """``message`` was acked, nacked or requeued: Redis no longer counts it as ours."""
+        with self._held_lock:
+            self._held.get(queue_name, set()).discard(message.options.get("redis_message_id"))
 
     def do_fetch(self, queue_name: str, prefetch: int) -> _Fetched:
         """Dramatiq's fetch, and in the same transaction (one round trip) the ids it pops:
@@ -444,19 +475,23 @@ class WorkerRedisBroker(RedisBroker):
 
     def consume(self, queue_name, prefetch=1, timeout=5000):
         emit(self, "before_consume", queue_name)
-        if is_delay_queue(queue_name):
-            self._requeue_claimed(queue_name)
+        self._requeue_claimed(queue_name)
         return _SafeConsumer(self, queue_name, prefetch, timeout)
 
     def _requeue_claimed(self, queue_name: str) -> None:
+        """Requeue what Redis lists as claimed by this broker on ``queue_name`` and no
+        thread of this process holds (on a delay queue: everything)."""
         acks = claimed_key(self.namespace, self.broker_id, queue_name)
         try:
             claimed = [m.decode() for m in self.client.smembers(acks)]
+            with self._held_lock:
+                held = set(self._held.get(queue_name, ()))
+            claimed = [m for m in claimed if m not in held]
             if claimed:
                 # Atomic per message: only ids still claimed by this broker move back.
                 self.do_requeue(queue_name, *claimed)
                 log.warning(
-                    "requeued %d delayed message(s) of %s left claimed by a lost connection",
+                    "requeued %d message(s) of %s left claimed by a lost connection",
                     len(claimed),
                     queue_name,
                 )
