@@ -28,8 +28,8 @@ def main(argv: list[str]) -> int:
     settings = load_settings(settings_class=ConsoleSettings)
     import uvicorn
 
-    from worker.redis_client import redis_client
     from worker.console.web import build
+    from worker.redis_client import redis_client
 
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     install(settings.log_level, secrets=settings.secret_values())
