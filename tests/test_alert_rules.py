@@ -18,12 +18,13 @@ from alerts.render import ALERTS_FILE, RECORDS_FILE, RULES_DIR, load_config, ren
 from tests.support.rules import (
     PROMETHEUS_DIR,
     REPO,
-    UNIT_TESTS,
     assert_runbook,
     assert_unit_tests_catch,
     expectations,
     mutation_ids,
     promtool,
+    promtool_groups,
+    run_group,
     unit_test_file,
 )
 
@@ -157,10 +158,14 @@ def test_prometheus_scrapes_every_replica_every_15s_and_alerts_alertmanager():
     ]
 
 
-@pytest.mark.parametrize("test_file", UNIT_TESTS, ids=lambda p: p.stem)
-def test_promtool_unit_tests(test_file):
-    result = promtool("test", "rules", str(test_file))
+@pytest.mark.parametrize(
+    ("test_file", "group"), promtool_groups(), ids=[f"{f.stem}-{i}" for f, i in promtool_groups()]
+)
+def test_promtool_unit_tests(tmp_path, test_file, group):
+    (tmp_path / "rules").symlink_to(RULES_DIR)
+    result = run_group(test_file, group, tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
 
 
 def test_every_alert_has_unit_tests_that_expect_it_to_fire_and_not_fire():

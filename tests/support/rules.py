@@ -53,22 +53,35 @@ def mutation_ids(mutations: list[tuple[str, dict]]) -> list[str]:
     return [f"{alert}-{next(iter(change.items()))}" for alert, change in mutations]
 
 
+def promtool_groups(files: Iterable[Path] = UNIT_TESTS) -> list[tuple[Path, int]]:
+    """Every test group of the promtool test ``files``, as (file, index)."""
+    return [
+        (f, index) for f in files for index in range(len(yaml.safe_load(f.read_text())["tests"]))
+    ]
+
+
+def run_group(test_file: Path, index: int, workdir: Path) -> subprocess.CompletedProcess:
+    """promtool on group ``index`` of ``test_file`` alone, as a file of its own in
+    ``workdir/tests`` with the file's settings, against the rules in ``workdir/rules``.
+
+    promtool evaluates every rule at every step of a group, and the burn-rate files hold
+    days of history: a group a test spreads the cost over the workers (a file fails
+    exactly when one of its groups does)."""
+    spec = yaml.safe_load(test_file.read_text())
+    one = workdir / "tests" / f"{test_file.stem}-{index}.yml"
+    one.parent.mkdir(exist_ok=True)
+    one.write_text(yaml.safe_dump({**spec, "tests": [spec["tests"][index]]}, sort_keys=False))
+    return promtool("test", "rules", f"tests/{one.name}", cwd=workdir)
+
+
 def assert_unit_tests_catch(tmp_path: Path, overrides: dict, test_file: Path) -> None:
     """Render the rules with ``overrides`` and check that the promtool tests of
-    ``test_file``, run against them, fail.
-
-    The file's test groups run one at a time, each as a file of its own, until one fails:
-    the file fails exactly when one of its groups does, and promtool evaluates every rule
-    at every step of a group, so the burn-rate files' days of history cost seconds each."""
+    ``test_file``, run against them, fail: its groups one at a time until one fails, on
+    an expectation the mutated rules miss, not on a file promtool could not read."""
     render_rules(overrides, tmp_path / "rules")
-    (tmp_path / "tests").mkdir()
-    spec = yaml.safe_load(test_file.read_text())
-    for index, group in enumerate(spec["tests"]):
-        one = tmp_path / "tests" / f"{test_file.stem}-{index}.yml"
-        one.write_text(yaml.safe_dump({**spec, "tests": [group]}, sort_keys=False))
-        result = promtool("test", "rules", f"tests/{one.name}", cwd=tmp_path)
+    for _, index in promtool_groups([test_file]):
+        result = run_group(test_file, index, tmp_path)
         if result.returncode != 0:
-            # An expectation the mutated rules miss, not a file promtool could not read.
             output = result.stdout + result.stderr
             assert "FAILED" in output and "exp:" in output and "got:" in output, output
             return
