@@ -159,7 +159,12 @@ def test_prometheus_scrapes_every_replica_every_15s_and_alerts_alertmanager():
 
 
 @pytest.mark.parametrize(
-    ("test_file", "group"), promtool_groups(), ids=[f"{f.stem}-{i}" for f, i in promtool_groups()]
+    ("test_file", "group"),
+    [
+        # the burn-rate files' days of history cost seconds a group: outside the quick tier
+        pytest.param(f, i, id=f"{f.stem}-{i}", marks=[pytest.mark.slow] * ("burn" in f.stem))
+        for f, i in promtool_groups()
+    ],
 )
 def test_promtool_unit_tests(tmp_path, test_file, group):
     (tmp_path / "rules").symlink_to(RULES_DIR)

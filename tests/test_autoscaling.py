@@ -126,6 +126,7 @@ def test_rate_at_averages_the_daily_mean_with_the_peak_factor():
     assert max(samples) == pytest.approx(2 * mean, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_cli_simulate_day_prints_24_hours_and_the_targets_compared(capsys):
     code, out, _ = run(capsys, *PLANNED, "--peak-factor", "2", "--kubernetes", "--simulate-day")
     assert code == 0
@@ -144,6 +145,7 @@ def _doc_table(header: str) -> list[list[str]]:
     ]
 
 
+@pytest.mark.slow
 def test_the_pages_tables_are_the_simulations():
     for target, share, p99, longest, hours in _doc_table("| target | started within 60 s |"):
         day = diurnal(float(target))

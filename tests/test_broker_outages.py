@@ -28,7 +28,7 @@ from worker.redis_keys import RedisKeys
 
 KEYS = RedisKeys()
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(60)]
 
 
 def outage_while(redis_srv, attempts: list, seconds: float = 1.0) -> None:

@@ -111,6 +111,7 @@ def run_worker(env: dict) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow
 def test_every_bad_value_exits_2_with_one_line_and_no_secret():
     envs = []
     for _, extra, _ in CASES:

@@ -23,6 +23,8 @@ from stack.fleet import simulated_fleet
 from stack.prom import query
 from worker.redis_keys import RedisKeys
 
+pytestmark = pytest.mark.slow  # replicas and servers per test: outside the quick tier
+
 RATE_LIMITER_PANEL = 13
 RATE_LIMITER_EVENT = 'sum(rate(worker_rate_limit_decisions_total{decision="throttled"}[1m])) > 0'
 DEAD_LETTER_PANELS = set(DEAD_LETTER_PANEL_IDS.values())

@@ -210,6 +210,7 @@ JOBS = 200
 RATE = 20.0
 
 
+@pytest.mark.slow
 def test_replay_of_200_dead_agent_runs_completes_each_once_at_the_rate(
     client, redis_url, start_replica, metrics_env, tmp_path
 ):

@@ -370,6 +370,7 @@ def _pod_labels() -> dict:
 # --- the container's process, short of a container -------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_containers_command_and_configmap_run_a_replica_that_stops_losing_nothing(
     redis_url, tmp_path
 ):

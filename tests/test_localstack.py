@@ -31,7 +31,7 @@ from worker.redis_keys import RedisKeys
 
 KEYS = RedisKeys()
 
-pytestmark = pytest.mark.timeout(240)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
 FAST = {"scrape_interval": "1s", "evaluation_interval": "1s"}
 QUICK_JOBS = {"SIM_LATENCY_SECONDS": "0.05-0.2", "REDIS_HEALTH_INTERVAL_SECONDS": "0.5"}

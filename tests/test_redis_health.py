@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 
+import pytest
 import redis
 
 from stack.fleet import scraped
@@ -15,6 +16,8 @@ from tests.support.fleet import settings_for
 from worker.app import setup
 from worker.middleware.redis_health import RedisWatch, probe_client
 from worker.redis_keys import RedisKeys
+
+pytestmark = pytest.mark.slow  # replicas and servers per test: outside the quick tier
 
 KEYS = RedisKeys()
 

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import redis
 
 from stack.fleet import ROOT, Replica, replica_env
@@ -15,6 +16,8 @@ from tests.support.fleet import completed_ids, dead_letters
 from worker.app import setup
 from worker.config import Settings
 from worker.redis_keys import RedisKeys
+
+pytestmark = pytest.mark.slow  # replicas and servers per test: outside the quick tier
 
 KEYS = RedisKeys()
 
