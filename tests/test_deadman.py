@@ -15,7 +15,8 @@ from stack.alert_receiver import records_of
 from stack.deadman import DeadmanSwitch
 from stack.fleet import python_env
 from stack.poll import wait_until
-from stack.servers import HttpServer, free_port
+from stack.servers import HttpServer
+from tests.support.servers import alert_receiver
 
 # The Watchdog as alertmanager/alertmanager.yml's deadman receiver sends it (Slack format,
 # alertmanager/templates/worker.tmpl).
@@ -135,26 +136,7 @@ def wait_status(server: HttpServer, state: str, timeout: float = 15.0) -> dict:
 
 
 def test_the_receiver_reports_the_pipeline_silent_and_clears(tmp_path):
-    port = free_port()
-    server = HttpServer(
-        [
-            sys.executable,
-            "-m",
-            "stack",
-            "alert-receiver",
-            "--port",
-            str(port),
-            "--store",
-            str(tmp_path / "alerts.jsonl"),
-            "--deadman-timeout",
-            "1.5",
-        ],
-        port,
-        tmp_path,
-        name="receiver",
-        env=python_env(),
-        ready_path="/healthz",
-    )
+    server = alert_receiver(tmp_path, "--deadman-timeout", "1.5")
     server.start()
     try:
         post(f"{server.url}/deadman", WATCHDOG)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import socket
-import sys
 import time
 import urllib.request
 from collections import Counter
@@ -17,7 +16,8 @@ import pytest
 
 from stack.fleet import Replica, replica_env
 from stack.poll import wait_until
-from stack.servers import HttpServer, free_port, group_pids
+from stack.servers import free_port, group_pids
+from tests.support.servers import alert_receiver
 from worker.http_pool import PooledMixIn
 
 TALLY: Counter = Counter()
@@ -64,28 +64,7 @@ def post(path: str, body: bytes, *headers: str) -> bytes:
 @pytest.fixture(scope="module")
 def receiver(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("receiver")
-    port = free_port()
-    server = HttpServer(
-        [
-            sys.executable,
-            "-m",
-            "stack",
-            "alert-receiver",
-            "--port",
-            str(port),
-            "--store",
-            str(tmp / "alerts.jsonl"),
-            "--max-records",
-            "20",
-            "--read-timeout",
-            "1",
-        ],
-        port,
-        tmp,
-        name="receiver",
-        env=dict(os.environ),
-        ready_path="/healthz",
-    )
+    server = alert_receiver(tmp, "--max-records", "20", "--read-timeout", "1")
     server.start()
     yield server
     server.stop()

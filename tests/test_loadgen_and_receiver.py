@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -13,10 +12,10 @@ from collections import Counter
 import pytest
 import redis
 
-from stack.fleet import python_env
 from stack.loadgen import DEFAULT_MIX, main, parse_mix, payload, run
-from stack.servers import HttpServer, free_port
+from stack.servers import HttpServer
 from tests.support.fleet import settings_for
+from tests.support.servers import alert_receiver
 from worker.app import setup
 from worker.backends import Simulation, SimulationKnobs
 from worker.redis_keys import RedisKeys
@@ -150,24 +149,7 @@ SLACK = {
 
 @pytest.fixture
 def receiver(tmp_path):
-    port = free_port()
-    server = HttpServer(
-        [
-            sys.executable,
-            "-m",
-            "stack",
-            "alert-receiver",
-            "--port",
-            str(port),
-            "--store",
-            str(tmp_path / "alerts.jsonl"),
-        ],
-        port,
-        tmp_path,
-        name="receiver",
-        env=python_env(),
-        ready_path="/healthz",
-    )
+    server = alert_receiver(tmp_path)
     server.start()
     yield server
     server.stop()
