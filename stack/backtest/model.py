@@ -6,6 +6,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 
+class BacktestError(Exception):
+    """Bad input the user can fix (an unreachable Prometheus, a range with no data, a rule
+    that does not parse, an override naming an unknown alert): ``stack backtest`` prints
+    its one-line message and exits 2, without a traceback."""
+
+
 @dataclass(frozen=True)
 class AlertInterval:
     """One firing interval of one alert instance, as Prometheus would have sent it.
@@ -25,6 +31,18 @@ class AlertInterval:
     @property
     def alertname(self) -> str:
         return self.labels["alertname"]
+
+
+@dataclass(frozen=True)
+class RuleRun:
+    """What the rules did over ``[start, end]``: ``stack.backtest.rules.evaluate``'s result."""
+
+    start: float
+    end: float
+    #: Every alerting rule's name in the rule files, in file order, each once: the report
+    #: lists them all, fired or not.
+    alertnames: tuple[str, ...]
+    intervals: tuple[AlertInterval, ...]
 
 
 @dataclass(frozen=True)
