@@ -21,7 +21,7 @@ from alerts.routes import ALERTMANAGER_CONFIG, amtool_route_test
 from stack.alert_receiver import AlertStore, ReceiverServer
 from stack.backtest.alertmanager import prometheus_posts, simulate
 from stack.backtest.model import AlertInterval, BacktestError, Notification
-from stack.backtest.routing import build_route, parse_matchers
+from stack.backtest.routing import build_route
 from stack.poll import wait_until
 from stack.servers import free_port, require_binary, running
 from stack.twin_alertmanagers import alertmanager_cluster, wait_settled
@@ -69,57 +69,64 @@ def test_committed_routes_send_each_severity_to_its_receiver():
     assert pager.group_by == ("alertname", "queue")  # inherited from the root
 
 
-def _config_label_sets():
-    """Label sets made of the values the committed config's matchers name, and others."""
-    values = {"alertname": set(), "severity": set()}
-    for rule in COMMITTED["inhibit_rules"]:
-        for m in parse_matchers([*rule["source_matchers"], *rule["target_matchers"]]):
-            values.setdefault(m.name, set()).add(m.value)
-    for child in COMMITTED["route"]["routes"]:
-        for m in parse_matchers(child["matchers"]):
-            values.setdefault(m.name, set()).add(m.value)
+#: A tree that uses what the committed one does not: match, match_re, continue, nesting.
+BRANCHY = {
+    "route": {
+        "receiver": "chat",
+        "group_by": ["..."],
+        "group_wait": "2s",
+        "routes": [
+            {"receiver": "deadman", "match": {"alertname": "Watchdog"}, "continue": True},
+            {
+                "receiver": "pager",
+                "match_re": {"severity": "crit.*|page"},
+                "group_by": ["alertname"],
+                "routes": [{"receiver": "chat", "matchers": ['queue=~"default|fast"']}],
+            },
+            {"receiver": "deadman", "matchers": ['severity!="warning"', 'queue!~"crit.*"']},
+        ],
+    },
+    "receivers": [{"name": n} for n in ("chat", "pager", "deadman")],
+}
+
+
+def _label_sets():
+    """Label sets made of the values the configs' matchers name, and others."""
+    values = {
+        "alertname": ["Watchdog", "WorkerDown", "RedisDisconnected", "LowWorkerThroughput"],
+        "severity": ["critical", "warning", "none", "page"],
+        "queue": ["default", "fast", "critical"],
+    }
     return st.fixed_dictionaries(
-        {},
-        optional={
-            name: st.sampled_from(sorted(found | {"", "other"})) for name, found in values.items()
-        },
-    ).map(lambda labels: {k: v for k, v in labels.items() if v})
+        {}, optional={name: st.sampled_from([*found, "other"]) for name, found in values.items()}
+    )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(labels=_config_label_sets())
-def test_routing_equals_amtools_answer(labels):
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(labels=_label_sets(), branchy=st.booleans())
+def test_routing_equals_amtools_answer(labels, branchy, tmp_path_factory):
     require_binary("amtool")
-    ours = ",".join(r.receiver for r in build_route(COMMITTED).match(labels))
-    result = amtool_route_test(labels, ours)
+    config_file = ALERTMANAGER_CONFIG
+    if branchy:
+        config_file = tmp_path_factory.mktemp("routes") / "alertmanager.yml"
+        config_file.write_text(yaml.safe_dump(BRANCHY))
+    config = BRANCHY if branchy else COMMITTED
+    ours = ",".join(r.receiver for r in build_route(config).match(labels))
+    result = amtool_route_test(labels, ours, config_file)
     assert result.returncode == 0, f"{labels}: we say {ours}, amtool {result.stdout}"
 
 
 def test_match_continue_nested_routes_and_group_by_everything():
-    config = {
-        "route": {
-            "receiver": "default",
-            "group_by": ["..."],
-            "group_wait": "2s",
-            "routes": [
-                {"receiver": "a", "match": {"team": "x"}, "continue": True},
-                {
-                    "receiver": "b",
-                    "match_re": {"team": "x|y"},
-                    "group_by": ["team"],
-                    "routes": [{"receiver": "c", "matchers": ['sev=~"crit.*"']}],
-                },
-            ],
-        },
-        "receivers": [{"name": n} for n in ("default", "a", "b", "c")],
-    }
-    route = build_route(config)
-    hits = route.match({"team": "x", "sev": "critical", "z": "1"})
-    assert [r.receiver for r in hits] == ["a", "c"]
-    assert hits[0].group_labels({"team": "x", "z": "1"}) == {"team": "x", "z": "1"}
-    assert hits[1].group_by == ("team",) and hits[1].group_wait == 2
-    assert [r.receiver for r in route.match({"team": "y"})] == ["b"]
-    assert [r.receiver for r in route.match({"team": "z"})] == ["default"]
+    route = build_route(BRANCHY)
+    labels = {"alertname": "Watchdog", "severity": "critical", "queue": "default", "z": "1"}
+    hits = route.match(labels)
+    assert [r.receiver for r in hits] == ["deadman", "chat"]
+    assert hits[0].group_by is None and hits[0].group_labels(labels) == labels
+    assert hits[1].group_by == ("alertname",) and hits[1].group_wait == 2
+    assert hits[1].group_labels(labels) == {"alertname": "Watchdog"}
+    assert [r.receiver for r in route.match({"severity": "page"})] == ["pager"]
+    assert [r.receiver for r in route.match({"severity": "warning"})] == ["chat"]
+    assert [r.receiver for r in route.match({})] == ["deadman"]
 
 
 @pytest.mark.parametrize(
