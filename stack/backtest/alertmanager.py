@@ -219,7 +219,9 @@ class Dispatcher:
         self, group_key: Any, group: _Group, alerts: Mapping[LabelKey, _Alert], now: float
     ) -> None:
         receiver = group.route.receiver
-        send_resolved = self.send_resolved.get(receiver, True)
+        send_resolved = self.send_resolved.get(receiver)
+        if send_resolved is None:
+            return  # a receiver without integrations: nothing sent, nothing logged
         firing = frozenset(k for k, a in alerts.items() if not a.resolved(now))
         resolved = frozenset(alerts) - firing
         entry = self.log.get(group_key)
@@ -271,25 +273,26 @@ class _SortKey:
 
     def __lt__(self, other: _SortKey) -> bool:
         a, b = self.labels, other.labels
-        for name in ("job", "instance"):
-            if name not in a and name not in b:
-                continue
-            if name not in b:
-                return True
-            if name not in a:
-                return False
-            if a[name] != b[name]:
-                return a[name] < b[name]
+        first = _before(a, b, ("job", "instance"), missing_first=False)
+        if first is not None:
+            return first
         if len(a) != len(b):
             return len(a) < len(b)
-        for name in sorted([*a, *b]):
-            if name not in a:
-                return True
-            if name not in b:
-                return False
+        return bool(_before(a, b, sorted({*a, *b}), missing_first=True))
+
+
+def _before(
+    a: Mapping[str, str], b: Mapping[str, str], names: Sequence[str], *, missing_first: bool
+) -> bool | None:
+    """Whether ``a`` sorts before ``b`` by the first of ``names`` they differ in (an absent
+    label first or last); None when they do not differ in any."""
+    for name in names:
+        if name in a and name in b:
             if a[name] != b[name]:
                 return a[name] < b[name]
-        return False
+        elif name in a or name in b:
+            return (name not in a) == missing_first
+    return None
 
 
 def simulate(

@@ -235,13 +235,16 @@ def _side(rule: Mapping[str, Any], side: str) -> tuple[Matcher, ...]:
 
 
 def sends_resolved(config: Mapping[str, Any]) -> dict[str, bool]:
-    """Per receiver: whether it is told about resolved alerts (any of its integrations)."""
+    """Per receiver that has an integration: whether it is told about resolved alerts (any
+    of its integrations is). A receiver without one (a "null" receiver) sends nothing."""
     found = {}
     for receiver in config.get("receivers") or ():
-        found[receiver["name"]] = any(
+        flags = [
             bool(integration.get("send_resolved", SEND_RESOLVED_DEFAULT.get(key, True)))
             for key, integrations in receiver.items()
             if key.endswith("_configs")
             for integration in integrations or ()
-        )
+        ]
+        if flags:
+            found[receiver["name"]] = any(flags)
     return found
