@@ -144,6 +144,7 @@ def test_match_continue_nested_routes_and_group_by_everything():
         ({"route": {"receiver": "chat", "matchers": ['severity=~"("']}}, "matcher"),
         ({"route": {"receiver": "chat", "group_wait": "soon"}}, "group_wait"),
         ({"route": {}}, "no route"),
+        ({"route": {"receiver": "nobody"}}, "receiver 'nobody' is not defined"),
     ],
 )
 def test_a_config_it_cannot_simulate_is_one_clear_error(change, message):

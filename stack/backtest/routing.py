@@ -161,7 +161,16 @@ def build_route(config: Mapping[str, Any]) -> Route:
     if not isinstance(root, Mapping) or not root.get("receiver"):
         raise BacktestError("alertmanager: the config has no route with a receiver")
     defaults = {"receiver": root["receiver"], "group_by": (), **DEFAULT_TIMING}
-    return _route(root, (0,), defaults)
+    route = _route(root, (0,), defaults)
+    known = {receiver.get("name") for receiver in config.get("receivers") or ()}
+    for node in _walk(route):
+        if node.receiver not in known:
+            raise BacktestError(f"alertmanager: receiver {node.receiver!r} is not defined")
+    return route
+
+
+def _walk(route: Route) -> list[Route]:
+    return [route, *(node for child in route.routes for node in _walk(child))]
 
 
 def _route(node: Mapping[str, Any], key: tuple[int, ...], parent: Mapping[str, Any]) -> Route:
