@@ -26,9 +26,9 @@ is notified at its next tick, not ``group_wait`` after it arrived: within one
 
 from __future__ import annotations
 
-import dataclasses
 import heapq
 import itertools
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,6 +75,8 @@ def prometheus_posts(
 ) -> list[Post]:
     """Every post Prometheus makes for ``intervals`` up to ``end``, in time order."""
     valid_for = 4 * max(resend_delay, evaluation_interval)
+    # Re-sent at the first evaluation more than resend_delay after the last post.
+    period = (math.floor(resend_delay / evaluation_interval + EPSILON) + 1) * evaluation_interval
     by_labels: dict[LabelKey, list[AlertInterval]] = {}
     for interval in intervals:
         by_labels.setdefault(_key(interval.labels), []).append(interval)
@@ -84,37 +86,26 @@ def prometheus_posts(
         for interval, following in itertools.zip_longest(runs, runs[1:]):
             # A resolved alert is dropped when its label set is active (pending) again.
             stop = end if following is None else min(end, following.active_at - EPSILON)
+            labels, fired, resolved = interval.labels, interval.fired_at, interval.resolved_at
+            firing_until = min(stop + EPSILON, resolved) if resolved is not None else stop + EPSILON
             posts.extend(
-                _posts_of(interval, stop, resend_delay, evaluation_interval, resolved_retention)
+                Post(at, labels, fired, None, valid_for)
+                for at in _every(fired, period, firing_until - EPSILON)
             )
+            if resolved is not None and resolved <= stop:
+                last = min(stop, resolved + resolved_retention) + EPSILON
+                posts.extend(
+                    Post(at, labels, fired, resolved, valid_for)
+                    for at in _every(resolved, period, last)
+                )
     posts.sort(key=lambda p: p.at)
-    return [dataclasses.replace(p, valid_for=valid_for) for p in posts]
+    return posts
 
 
-def _posts_of(
-    interval: AlertInterval, stop: float, resend: float, step: float, retention: float
-) -> Iterator[Post]:
-    labels, fired, resolved = interval.labels, interval.fired_at, interval.resolved_at
-    firing_until = min(stop, resolved) if resolved is not None else stop
-    last = fired
-    if fired <= stop:
-        yield Post(fired, labels, fired, None, 0.0)
-    t = fired + step
-    while t < firing_until - EPSILON:
-        if t - last > resend + EPSILON:
-            last = t
-            yield Post(t, labels, fired, None, 0.0)
-        t += step
-    if resolved is None or resolved > stop:
-        return
-    last = resolved
-    yield Post(resolved, labels, fired, resolved, 0.0)
-    t = resolved + step
-    while t <= min(stop, resolved + retention) + EPSILON:
-        if t - last > resend + EPSILON:
-            last = t
-            yield Post(t, labels, fired, resolved, 0.0)
-        t += step
+def _every(first: float, period: float, before: float) -> Iterator[float]:
+    """``first``, ``first + period``, ... while below ``before``."""
+    count = max(0, math.ceil((before - first) / period))
+    return (first + k * period for k in range(count))
 
 
 def _key(labels: Mapping[str, str]) -> LabelKey:
