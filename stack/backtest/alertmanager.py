@@ -18,10 +18,12 @@ Two halves, each modelled on the real programs:
   shares it, so each notification is sent once). Resolved alerts leave the group once
   notified, and an empty group is removed.
 
-One difference is known and bounded: the real dispatcher removes empty groups in a
-maintenance pass every 30 s, so an alert arriving within that time joins the old group and
-is notified at its next tick, not ``group_wait`` after it arrived: within one
-``group_interval``.
+Known differences, each bounded by one ``group_interval`` in time and none in count or
+order: the real dispatcher removes empty groups in a maintenance pass every 30 s, so an
+alert arriving within that time joins the old group and is notified at its next tick, not
+``group_wait`` after it arrived; in a pair, the second member sends what the first has not
+yet sent after its peer timeout. A post arriving at the very instant of a flush is taken
+into it (in Alertmanager, whichever comes first by milliseconds).
 """
 
 from __future__ import annotations
