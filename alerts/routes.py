@@ -20,9 +20,10 @@ def route_cases(path: Path = ROUTE_CASES) -> list[dict]:
     return yaml.safe_load(path.read_text())
 
 
-def _amtool_routes(
-    labels: dict[str, str], config: Path, *options: str
+def amtool_route_test(
+    labels: dict[str, str], receiver: str, config: Path = ALERTMANAGER_CONFIG
 ) -> subprocess.CompletedProcess:
+    """amtool's verdict on whether an alert with `labels` reaches exactly `receiver`."""
     return subprocess.run(
         [
             "amtool",
@@ -30,31 +31,13 @@ def _amtool_routes(
             "routes",
             "test",
             f"--config.file={config}",
-            *options,
+            f"--verify.receivers={receiver}",
             *(f"{name}={value}" for name, value in sorted(labels.items())),
         ],
         capture_output=True,
         text=True,
         timeout=30,
     )
-
-
-def amtool_route_test(
-    labels: dict[str, str], receiver: str, config: Path = ALERTMANAGER_CONFIG
-) -> subprocess.CompletedProcess:
-    """amtool's verdict on whether an alert with `labels` reaches exactly `receiver`."""
-    return _amtool_routes(labels, config, f"--verify.receivers={receiver}")
-
-
-def receivers_of(labels: dict[str, str], config: Path = ALERTMANAGER_CONFIG) -> list[str]:
-    """The receivers an alert with ``labels`` reaches, by amtool; ValueError (with amtool's
-    message) when the config does not load."""
-    result = _amtool_routes(labels, config)
-    lines = result.stdout.strip().splitlines()
-    if result.returncode != 0 or not lines:
-        message = (result.stderr or result.stdout).strip().splitlines()
-        raise ValueError(f"amtool cannot route with {config}: {message[-1] if message else '?'}")
-    return lines[0].split(",")
 
 
 def main() -> int:

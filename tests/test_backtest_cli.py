@@ -72,7 +72,7 @@ def test_a_time_that_is_neither_is_refused(text):
         ([*RANGE, "--set", "{not json"], "--set"),
         ([*RANGE, "--set", '{"alerts": {"WorkerDwn": {"for": "5m"}}}'], "unknown alerts: "),
         ([*RANGE, "--compare", "--set", '{"pipelineAlerts": {"Watchdg": {}}}'], "Watchdg"),
-        ([*RANGE, "--compare", "--json"], "unrecognized arguments: --json"),
+        ([*RANGE, "--compare", "--bogus"], "unrecognized arguments: --bogus"),
         ([*RANGE, "--set", "[1]"], "--set [1]: not a JSON object"),
         ([*RANGE, "--config", "/nonexistent/mine.libsonnet"], "not a file"),
         ([*RANGE, "--alertmanager-config", "/nonexistent/am.yml"], "--alertmanager-config"),

@@ -36,9 +36,11 @@ import yaml
 
 from alerts.duration import parse_duration
 from alerts.render import RULES_DIR, add_config_options, render_rules, unknown_alerts
-from alerts.routes import ALERTMANAGER_CONFIG, receivers_of
+from alerts.routes import ALERTMANAGER_CONFIG
 from stack.backtest import fail_on, report
+from stack.backtest.alertmanager import simulate
 from stack.backtest.model import BacktestError
+from stack.backtest.routing import build_route
 
 PROG = "stack backtest"
 #: What a critical alert reaches is the pager (DESIGN: critical alerts page).
@@ -163,15 +165,16 @@ class Variant:
         try:
             config = yaml.safe_load(path.read_text())
             receivers = [r["name"] for r in config["receivers"]]
-            pager = receivers_of(PAGED_LABELS, path)[0]
-        except (OSError, yaml.YAMLError, ValueError, KeyError, TypeError) as error:
+            pager = build_route(config).match(PAGED_LABELS)[0].receiver
+        except (OSError, yaml.YAMLError, KeyError, TypeError, BacktestError) as error:
             raise BacktestError(f"--alertmanager-config {path}: {error}") from None
+        if pager not in receivers:
+            raise BacktestError(f"--alertmanager-config {path}: no receiver {pager!r}")
         return config, receivers, pager
 
 
 def run(prepared: Prepared, prometheus: str, *, start: float, end: float) -> report.Summary:
     """Rules over history, then Alertmanager, summed up."""
-    from stack.backtest.alertmanager import simulate
     from stack.backtest.rules import evaluate
 
     rules = evaluate(prometheus, prepared.rule_files, start=start, end=end)
@@ -182,15 +185,17 @@ def run(prepared: Prepared, prometheus: str, *, start: float, end: float) -> rep
 
 
 def _variants(argv: Sequence[str]) -> tuple[argparse.Namespace, Variant, Variant | None]:
+    """Today's variant from the options before ``--compare``, the proposed one from the
+    variant options after it; the other options (--json, --plot, ...) may stand anywhere."""
     argv = list(argv)
     split = argv.index("--compare") if "--compare" in argv else len(argv)
-    args = build_parser().parse_args(argv[:split])
+    other, rest = compare_parser().parse_known_args(argv[split + 1 :])
+    args = build_parser().parse_args(argv[:split] + rest)
     today = Variant(
         tuple(args.config), args.overrides, args.alertmanager_config or ALERTMANAGER_CONFIG
     )
     if split == len(argv):
         return args, today, None
-    other = compare_parser().parse_args(argv[split + 1 :])
     proposed = Variant(
         tuple(other.config),
         other.overrides,
