@@ -35,20 +35,19 @@ def summary_of(intervals, notifications=(), *, end: float = T0 + 7 * DAY, names=
 
 #: A week: WorkerDown twice on one instance (a flap: 30 min apart), once on another, and
 #: still firing at the end; two pages, one resolved notification, one chat message.
-WEEK = summary_of(
-    [
-        firing("WorkerDown", T0 + 100, T0 + 400, instance="a"),
-        firing("WorkerDown", T0 + 400 + 1800, T0 + 400 + 1800 + 50, instance="a"),
-        firing("WorkerDown", T0 + 7 * DAY - 10, None, instance="b"),
-        firing("HighJobFailureRate", T0 + DAY, T0 + DAY + 600, queue="default"),
-    ],
-    [
-        sent(T0 + 115, "pager", "WorkerDown"),
-        sent(T0 + 460, "pager", "WorkerDown", "resolved"),
-        sent(T0 + 2300, "pager", "WorkerDown"),
-        sent(T0 + DAY + 120, "chat", "HighJobFailureRate"),
-    ],
-)
+WEEK_INTERVALS = [
+    firing("WorkerDown", T0 + 100, T0 + 400, instance="a"),
+    firing("WorkerDown", T0 + 400 + 1800, T0 + 400 + 1800 + 50, instance="a"),
+    firing("WorkerDown", T0 + 7 * DAY - 10, None, instance="b"),
+    firing("HighJobFailureRate", T0 + DAY, T0 + DAY + 600, queue="default"),
+]
+WEEK_NOTIFICATIONS = [
+    sent(T0 + 115, "pager", "WorkerDown"),
+    sent(T0 + 460, "pager", "WorkerDown", "resolved"),
+    sent(T0 + 2300, "pager", "WorkerDown"),
+    sent(T0 + DAY + 120, "chat", "HighJobFailureRate"),
+]
+WEEK = summary_of(WEEK_INTERVALS, WEEK_NOTIFICATIONS)
 
 
 def test_counts_by_hand():
@@ -230,3 +229,10 @@ def test_fail_on_unknown_alert_or_receiver(condition, says):
     (parsed,) = fail_on.parse_conditions([condition])
     with pytest.raises(BacktestError, match=says):
         parsed.holds(WEEK)
+
+
+def test_compare_text_lists_the_changed_alerts_first():
+    fewer_chat = summary_of(WEEK_INTERVALS[:3], WEEK_NOTIFICATIONS[:3])
+    rows = report.compare_text(WEEK, fewer_chat).splitlines()[2:5]
+    assert [row.split()[0] for row in rows] == ["HighJobFailureRate", "WorkerDown", "Watchdog"]
+    assert rows[1].endswith("same") and rows[2].endswith("same")

@@ -227,20 +227,25 @@ def to_text(summary: Summary) -> str:
     return "\n".join(lines)
 
 
+def _nonzero(value: Any) -> bool:
+    return any(map(_nonzero, value.values())) if isinstance(value, Mapping) else bool(value)
+
+
 def _signed(value: float, digits: int = 0) -> str:
     return f"{value:+.{digits}f}" if value else "0"
 
 
 def compare_text(before: Summary, after: Summary) -> str:
-    """Today's and the proposed configuration, per alert: fired, firing time, and the
-    notifications per receiver, with the difference."""
+    """Today's and the proposed configuration, per alert (those that changed first): fired,
+    firing time, and the notifications per receiver, with the difference."""
     diff = compare_json(before, after)["difference"]
     lines = [
         f"Backtest {rfc3339(after.start)} .. {rfc3339(after.end)}: today's -> proposed",
         f"{'alert':<46} {'fired':>13} {'firing':>25} notifications",
     ]
     names = dict.fromkeys([*before.alerts, *after.alerts])
-    for name in names:
+    changed = {n for n in names if any(_nonzero(diff["alerts"][n][k]) for k in COMPARED)}
+    for name in sorted(names, key=lambda n: n not in changed):  # changed first, stable
         old, new = before.alerts.get(name), after.alerts.get(name)
         d = diff["alerts"][name]
         fired = f"{old.fired if old else 0}->{new.fired if new else 0} ({_signed(d['fired'])})"
