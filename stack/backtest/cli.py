@@ -41,6 +41,7 @@ from stack.backtest import fail_on, report
 from stack.backtest.alertmanager import simulate
 from stack.backtest.model import BacktestError
 from stack.backtest.routing import build_route
+from stack.backtest.rules import evaluate
 
 PROG = "stack backtest"
 #: What a critical alert reaches is the pager (DESIGN: critical alerts page).
@@ -175,8 +176,6 @@ class Variant:
 
 def run(prepared: Prepared, prometheus: str, *, start: float, end: float) -> report.Summary:
     """Rules over history, then Alertmanager, summed up."""
-    from stack.backtest.rules import evaluate
-
     rules = evaluate(prometheus, prepared.rule_files, start=start, end=end)
     notifications = simulate(prepared.alertmanager, rules.intervals, start=start, end=end)
     return report.summarize(
