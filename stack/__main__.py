@@ -14,7 +14,7 @@ import importlib
 import sys
 
 #: Modules of pyproject's `tools` extra, which the worker image does not install.
-TOOLS = {"yaml", "_jsonnet", "grafanalib", "matplotlib"}
+TOOLS = {"yaml", "rjsonnet", "grafanalib", "matplotlib"}
 
 COMMANDS = {
     "up-local": "stack.twin_cli",
