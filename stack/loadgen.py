@@ -342,6 +342,8 @@ def main(argv: list[str] | None = None) -> int:
             final,
         )
 
+    if args.scenario is not None:
+        return replay(args, rate * 86_400, client, namespace, by_name, redis_client(settings))
     print(
         f"loadgen: {rate:.2f} jobs/s ({rate * 86_400:,.0f}/day) for "
         f"{f'{args.duration:g} s' if args.duration else 'ever (Ctrl-C stops)'}, "
@@ -349,8 +351,6 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
         flush=True,
     )
-    if args.scenario is not None:
-        return replay(args, rate * 86_400, client, namespace, by_name)
     totals = Totals()
     try:
         run(
@@ -376,6 +376,7 @@ def replay(
     client: redis.Redis,
     namespace: str,
     by_name: dict[str, Any],
+    outage_client: redis.Redis,
 ) -> int:
     """``--scenario``: the phases one after the other, each reported as it ends."""
     scenario = scenarios.SCENARIOS[args.scenario]
@@ -394,6 +395,7 @@ def replay(
         seed=args.seed,
         stop=lambda: bool(stopping),
         report=lambda result: print(result.line(), file=sys.stderr, flush=True),
+        outage_client=outage_client,
     )
     try:
         player.run()

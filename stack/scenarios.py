@@ -45,7 +45,7 @@ NORMAL_LLM: Mapping[str, Any] = {"latency": (15.0, 20.0), "failure_ratio": 0.0, 
 
 @dataclass(frozen=True)
 class Flap:
-    """Redis stops answering for ``down`` s, then answers for ``up`` s (real seconds)."""
+    """Redis refuses clients for ``down`` s, then takes them for ``up`` s (real seconds)."""
 
     down: float
     up: float
@@ -134,19 +134,19 @@ SCENARIOS: dict[str, Scenario] = {
         ),
         Scenario(
             "redis-flapping",
-            "Redis stops answering for 3 s every 9 s for half an hour",
+            "Redis refuses the fleet for 3 s every 6 s for half an hour",
             (
                 Phase("before", 10),
-                Phase("flapping", 30, redis=Flap(down=3, up=6)),
+                Phase("flapping", 30, redis=Flap(down=3, up=3)),
                 Phase("after", 10),
             ),
         ),
         Scenario(
             "org-over-limit",
-            f"{FLOOD_ORG} sends 5 agent runs/s (3x its 100/minute limit) for 20 minutes",
+            f"{FLOOD_ORG} sends 10 agent runs/s more (6x its 100/minute limit) for 20 minutes",
             (
                 Phase("before", 10),
-                Phase("flood", 20, flood=5.0),
+                Phase("flood", 20, flood=10.0),
                 Phase("after", 10),
             ),
         ),
@@ -196,23 +196,37 @@ def simulation(phase: Phase, speed: float) -> dict[str, float]:
     }
 
 
-def flap(client: redis.Redis, down: float) -> None:
-    """One flap: drop every client's connection, then let Redis answer nothing for ``down``
-    s (CLIENT KILL TYPE normal, then CLIENT PAUSE ALL, which ends by itself).
+class RedisOutage:
+    """Redis refusing the fleet, from a client: ``begin`` lowers ``maxclients`` to 1 (this
+    client's connection) and drops every other client (CLIENT KILL TYPE normal); ``end``
+    puts ``maxclients`` back.
 
-    A pause rather than only the kill: killed connections reconnect at once, so the
-    replicas would see a blip no probe catches; paused, Redis accepts connections and
-    answers nothing, as a partitioned or stuck server does, so probes time out
-    (``worker_redis_connection_status`` 0), reconnects are attempted and counted
-    (``worker_redis_reconnect_attempts_total``), and queued jobs wait. The kill first,
-    as a restart would, so the broker's blocking fetches fail instead of quietly waiting.
+    Why this, of what a client can do: a flapping Redis refuses connections and drops
+    those it had, so every user fails at once and reconnects, probe and broker alike. A
+    full Redis answers a new connection "max number of clients reached" and closes it,
+    which redis-py raises as a ConnectionError as fast as a refused connection: the
+    replicas' probes report ``worker_redis_connection_status`` 0, each attempt counts in
+    ``worker_redis_reconnect_attempts_total``, and the metrics endpoint keeps answering.
+    CLIENT PAUSE instead leaves every command hanging until a timeout, so each process
+    counts about one attempt per outage and scrapes that sample the backlog time out,
+    which a refused connection never does. Needs CONFIG SET (some managed Redis deny it).
+    Keep the client's connection: the one slot left is its.
     """
-    client.client_kill_filter(_type="normal", skipme=True)
-    client.client_pause(int(down * 1000), all=True)
 
+    def __init__(self, client: redis.Redis) -> None:
+        self.client = client
+        self._maxclients: str | None = None
 
-def unpause(client: redis.Redis) -> None:
-    client.execute_command("CLIENT UNPAUSE")
+    def begin(self) -> None:
+        if self._maxclients is None:
+            self._maxclients = self.client.config_get("maxclients")["maxclients"]
+        self.client.config_set("maxclients", 1)
+        self.client.client_kill_filter(_type="normal", skipme=True)
+
+    def end(self) -> None:
+        if self._maxclients is not None:
+            self.client.config_set("maxclients", self._maxclients)
+            self._maxclients = None
 
 
 @dataclass
@@ -244,14 +258,15 @@ class Replay:
 
     Options (keyword-only):
       send        ``send(job_type, kwargs)``: enqueue one job (an actor's ``send``)
-      client      a Redis client of the fleet's broker, for the simulation hash and flaps
+      client      a Redis client of the fleet's broker, for the simulation hash
+      outage_client   a client of its own for Redis flaps (RedisOutage; default: client)
       namespace   the fleet's JOB_QUEUE_NAME
       speed       day-time seconds per replayed second (default DEFAULT_SPEED, 60)
       per_day     mean jobs per day of the load (default DEFAULT_PER_DAY, 450,000)
       orgs, seed  the load generator's organizations and random seed
       stop        returns True to end the replay early (SIGTERM)
       report      called with each phase's result as it ends
-    The simulation is reset and Redis unpaused when the replay ends, however it ends.
+    The simulation is reset and Redis takes clients again when the replay ends, however it ends.
     """
 
     def __init__(
@@ -267,10 +282,12 @@ class Replay:
         seed: int | None = None,
         stop: Callable[[], bool] = lambda: False,
         report: Callable[[PhaseResult], None] = lambda result: None,
+        outage_client: redis.Redis | None = None,
     ) -> None:
         self.scenario, self.send, self.client, self.namespace = scenario, send, client, namespace
         self.speed, self.mean_rate, self.orgs, self.seed = speed, per_day / 86_400, orgs, seed
         self.stop, self.report = stop, report
+        self.outage = RedisOutage(outage_client or client)
         self._halt = threading.Event()
 
     def run(self) -> list[PhaseResult]:
@@ -288,7 +305,7 @@ class Replay:
 
     def reset(self) -> None:
         """Redis answering again and the simulation back to each replica's own settings."""
-        unpause(self.client)
+        self.outage.end()
         loadgen.set_simulation(self.client, self.namespace, {}, reset=True)
 
     def _stopping(self) -> bool:
@@ -319,6 +336,9 @@ class Replay:
                 seed=self.seed,
                 stop=self._stopping,
             )
+        except BaseException:
+            self._halt.set()  # Ctrl-C: the helpers stop too, and Redis is given back
+            raise
         finally:
             if self.stop():
                 self._halt.set()
@@ -329,12 +349,19 @@ class Replay:
         return result
 
     def _flapping(self, every: Flap, end: float, result: PhaseResult) -> None:
-        while not self._stopping() and time.monotonic() + every.down < end:
-            flap(self.client, every.down)
-            result.flaps += 1
-            deadline = min(end, time.monotonic() + every.down + every.up)
-            while not self._stopping() and time.monotonic() < deadline:
-                time.sleep(0.1)
+        try:
+            while not self._stopping() and time.monotonic() + every.down < end:
+                self.outage.begin()
+                result.flaps += 1
+                self._wait(time.monotonic() + every.down)
+                self.outage.end()
+                self._wait(min(end, time.monotonic() + every.up))
+        finally:
+            self.outage.end()
+
+    def _wait(self, until: float) -> None:
+        while not self._stopping() and (left := until - time.monotonic()) > 0:
+            self._halt.wait(min(left, 0.1))
 
     def _flooding(self, rate: float, seconds: float, totals: loadgen.Totals) -> None:
         loadgen.run(
