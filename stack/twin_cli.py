@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from stack.poll import wait_until
 from stack.twin import REPO, LocalStack
 from stack.twin import __doc__ as TWIN_DOC
 
@@ -107,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sentinel", action="store_true", help="Redis master, replica and three sentinels"
     )
-    parser.add_argument("--scrape-interval", help="instead of the committed 15s")
-    parser.add_argument("--evaluation-interval", help="instead of the committed 15s")
+    parser.add_argument(
+        "--scrape-interval", help="instead of the committed 15s (1s with --scenario)"
+    )
+    parser.add_argument(
+        "--evaluation-interval", help="instead of the committed 15s (1s with --scenario)"
+    )
     parser.add_argument("--rules-dir", type=Path, help="rule files instead of prometheus/rules")
     parser.add_argument(
         "--env",
@@ -124,13 +129,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if args.no_loadgen:
             parser.error("--scenario needs the load generator")
-    if args.replicas < 1 or args.rate <= 0:
-        parser.error("--replicas and --rate must be positive")
     if args.rate is None:
         args.rate = scenarios.DEFAULT_PER_DAY / 86_400 if args.scenario else DEFAULT_RATE
+    if args.replicas < 1 or args.rate <= 0:
+        parser.error("--replicas and --rate must be positive")
     scenario_args = []
     if args.scenario:
         scenario_args = ["--scenario", args.scenario, "--speed", str(args.speed or 60)]
+        # A replayed hour is a minute: the committed 15 s would see it four times.
+        args.scrape_interval = args.scrape_interval or "1s"
+        args.evaluation_interval = args.evaluation_interval or "1s"
     replica_env = {}
     for item in args.env:
         name, sep, value = item.partition("=")
@@ -181,6 +189,9 @@ def main(argv: list[str] | None = None) -> int:
                 for line in tail.lines():
                     print(f"[{prefix}] {line}", flush=True)
             if replayed:
+                # The end of the last phase in the recording: one scrape after it.
+                after = f'min(timestamp(up{{job="worker"}})) > {time.time()}'
+                wait_until(lambda: stack.query(after), 30)  # noqa: B023 (used at once)
                 print(recorded(stack, args.scenario, started), flush=True)
                 break
             for i in stack.supervise():
