@@ -182,6 +182,7 @@ def run(
     stop: Callable[[], bool] = lambda: False,
     totals: Totals | None = None,
     retry_after: float = 1.0,
+    offset: float = 0.0,
 ) -> Totals:
     """Send jobs on a fixed schedule: job i is due ``i / rate`` s after the start.
 
@@ -190,7 +191,9 @@ def run(
     ``duration`` 0 runs until ``stop()`` is true. A send that fails because the broker is
     unreachable is counted in ``totals.failed`` and not retried (an application would
     report the error); sending resumes ``retry_after`` s later, and the jobs due meanwhile
-    count as failed too.
+    count as failed too. ``offset`` shifts the schedule by a share of a job's interval:
+    job i is due ``(i + offset) / rate`` s after the start (0.5 sends, over a short run,
+    ``rate * duration`` jobs on average instead of one more).
     """
     rng = random.Random(seed)
     names, weights = list(mix), list(mix.values())
@@ -202,7 +205,7 @@ def run(
     end = totals.started + duration if duration > 0 else float("inf")
     i = 0
     while True:
-        due = totals.started + i / rate
+        due = totals.started + (i + offset) / rate
         if due >= end or stop():
             return totals
         while (wait := due - time.monotonic()) > 0:

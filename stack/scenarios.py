@@ -335,7 +335,9 @@ class Replay:
                 orgs=self.orgs,
                 seed=self.seed,
                 stop=self._stopping,
+                offset=0.5,  # phases of a few jobs each: no extra job at each start
             )
+            self._wait(end)  # run() returns at its last job; the phase lasts its length
         except BaseException:
             self._halt.set()  # Ctrl-C: the helpers stop too, and Redis is given back
             raise
@@ -345,7 +347,7 @@ class Replay:
             for helper in helpers:
                 helper.join()
         result.sent, result.failed, result.flood_sent = totals.count, totals.failed, flood.count
-        result.seconds = time.monotonic() - totals.started
+        result.seconds = time.monotonic() - totals.started  # its length, unless stopped
         return result
 
     def _flapping(self, every: Flap, end: float, result: PhaseResult) -> None:
