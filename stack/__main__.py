@@ -2,7 +2,8 @@
 
 Subcommands:
   up-local       run the whole stack as local processes (no Docker); Ctrl-C stops it
-  loadgen        enqueue a realistic job mix at a steady rate; set the simulated backend
+  loadgen        enqueue a realistic job mix at a steady rate, or replay a named day;
+                 set the simulated backend
   alert-receiver receive and keep Alertmanager's notifications (the stack's demo receiver)
   capacity       plan concurrency and replicas with Little's law
   backtest       what the alert rules (or a proposed change) would have done on history

@@ -3,6 +3,7 @@
     stack loadgen                                   # 135,000 jobs/day (1.56/s) until Ctrl-C
     stack loadgen --rate 5 --duration 600           # 5 jobs/s for 10 minutes
     stack loadgen --failure-ratio 0.3 --set-only    # make 30 % of backend calls fail, fleet-wide
+    stack loadgen --scenario llm-brownout           # replay a named day (--scenario list)
 
 Jobs go through the same actors an application uses, to the broker of ``REDIS_URL`` in
 namespace ``JOB_QUEUE_NAME``. The simulation knobs (``--failure-ratio``, ``--ratio-429``,
@@ -10,6 +11,10 @@ namespace ``JOB_QUEUE_NAME``. The simulation knobs (``--failure-ratio``, ``--rat
 replica reads within a second: they change the simulated backend of the running fleet, so
 each alert can be provoked on purpose. They stay in force after the load generator exits;
 ``--reset-simulation`` clears them (back to each replica's SIM_* environment).
+
+``--scenario NAME`` replays a named day (``stack.scenarios``) at ``--speed`` (default 60:
+an hour in a minute): its phases change the load, the simulation knobs and Redis, and the
+simulation is reset when it ends or is interrupted.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from typing import Any, TextIO
 import dramatiq.errors
 import redis
 
+from stack import scenarios
 from worker.backends import parse_latency
 from worker.jobs import QUEUES
 from worker.redis_keys import RedisKeys
@@ -176,6 +182,7 @@ def run(
     stop: Callable[[], bool] = lambda: False,
     totals: Totals | None = None,
     retry_after: float = 1.0,
+    offset: float = 0.0,
 ) -> Totals:
     """Send jobs on a fixed schedule: job i is due ``i / rate`` s after the start.
 
@@ -184,7 +191,9 @@ def run(
     ``duration`` 0 runs until ``stop()`` is true. A send that fails because the broker is
     unreachable is counted in ``totals.failed`` and not retried (an application would
     report the error); sending resumes ``retry_after`` s later, and the jobs due meanwhile
-    count as failed too.
+    count as failed too. ``offset`` shifts the schedule by a share of a job's interval:
+    job i is due ``(i + offset) / rate`` s after the start (0.5 sends, over a short run,
+    ``rate * duration`` jobs on average instead of one more).
     """
     rng = random.Random(seed)
     names, weights = list(mix), list(mix.values())
@@ -196,7 +205,7 @@ def run(
     end = totals.started + duration if duration > 0 else float("inf")
     i = 0
     while True:
-        due = totals.started + i / rate
+        due = totals.started + (i + offset) / rate
         if due >= end or stop():
             return totals
         while (wait := due - time.monotonic()) > 0:
@@ -259,10 +268,28 @@ def main(argv: list[str] | None = None) -> int:
     knobs.add_argument("--latency", type=latency, help="seconds per call, e.g. 15-20")
     knobs.add_argument("--reset-simulation", action="store_true", help="clear the knobs first")
     knobs.add_argument("--set-only", action="store_true", help="apply the knobs and exit")
+    days = parser.add_argument_group("scenarios: named days, replayed faster")
+    days.add_argument("--scenario", metavar="NAME", help="replay NAME; 'list' lists them")
+    days.add_argument("--list-scenarios", action="store_true", help="list them with their phases")
+    days.add_argument(
+        "--speed",
+        type=float,
+        default=None,
+        help="day-time seconds per replayed second (default 60: an hour in a minute); "
+        "the mean rate is --per-day/86400 (default 450,000 a day), not scaled",
+    )
     try:
         args = parser.parse_args(argv)
     except ValueError as exc:  # parse_mix
         parser.error(str(exc))
+    if args.list_scenarios or args.scenario == "list":
+        print(scenarios.listing(speed=args.speed or scenarios.DEFAULT_SPEED))
+        return 0
+    if args.scenario is not None or args.speed is not None:
+        if problem := scenarios.problem(args.scenario, args.speed, args.duration):
+            print(f"stack loadgen: {problem}", file=sys.stderr)
+            return 2
+        args.per_day = args.per_day or (None if args.rate else scenarios.DEFAULT_PER_DAY)
     if args.rate is not None and args.per_day is not None:
         parser.error("give --rate or --per-day, not both")
     rate = args.per_day / 86_400 if args.per_day is not None else args.rate
@@ -318,6 +345,8 @@ def main(argv: list[str] | None = None) -> int:
             final,
         )
 
+    if args.scenario is not None:
+        return replay(args, rate * 86_400, client, namespace, by_name, redis_client(settings))
     print(
         f"loadgen: {rate:.2f} jobs/s ({rate * 86_400:,.0f}/day) for "
         f"{f'{args.duration:g} s' if args.duration else 'ever (Ctrl-C stops)'}, "
@@ -341,6 +370,41 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         pass
     status(totals, True)
+    return 0
+
+
+def replay(
+    args: argparse.Namespace,
+    per_day: float,
+    client: redis.Redis,
+    namespace: str,
+    by_name: dict[str, Any],
+    outage_client: redis.Redis,
+) -> int:
+    """``--scenario``: the phases one after the other, each reported as it ends."""
+    scenario = scenarios.SCENARIOS[args.scenario]
+    speed = args.speed or scenarios.DEFAULT_SPEED
+    print(scenarios.describe(scenario, speed=speed, per_day=per_day), file=sys.stderr, flush=True)
+    stopping: list[int] = []
+    signal.signal(signal.SIGTERM, lambda signum, _: stopping.append(signum))
+    player = scenarios.Replay(
+        scenario,
+        send=lambda job_type, kwargs: by_name[job_type].send(**kwargs),
+        client=client,
+        namespace=namespace,
+        speed=speed,
+        per_day=per_day,
+        orgs=args.orgs,
+        seed=args.seed,
+        stop=lambda: bool(stopping),
+        report=lambda result: print(result.line(), file=sys.stderr, flush=True),
+        outage_client=outage_client,
+    )
+    try:
+        player.run()
+    except KeyboardInterrupt:
+        print("interrupted: simulation reset", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -464,6 +464,6 @@ class LocalStack:
         ) as r:
             return json.load(r)
 
-    def query(self, promql: str) -> list[dict[str, Any]]:
-        """Result of an instant query against the twin's Prometheus."""
-        return prom.query(self.prometheus.url, promql, timeout=10)
+    def query(self, promql: str, at: float | None = None) -> list[dict[str, Any]]:
+        """Result of an instant query against the twin's Prometheus (at ``at``, or now)."""
+        return prom.query(self.prometheus.url, promql, at=at, timeout=10)

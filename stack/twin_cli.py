@@ -7,8 +7,10 @@ import secrets
 import signal
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
+from stack.poll import wait_until
 from stack.twin import REPO, LocalStack
 from stack.twin import __doc__ as TWIN_DOC
 
@@ -58,7 +60,23 @@ def describe(stack: LocalStack) -> str:
     return "\n".join(lines)
 
 
+def recorded(stack: LocalStack, scenario: str, started: datetime) -> str:
+    """Where the recording of ``scenario`` is, and how to read it once the twin stops."""
+    data = stack.prometheus.workdir / "data"
+
+    def stamp(t: datetime) -> str:
+        return t.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    return (
+        f"\nRecorded {scenario} from {stamp(started)} to {stamp(datetime.now(UTC))} in {data}"
+        "\nRead it later (move it first: the next up-local empties the run directory):"
+        f"\n  prometheus --storage.tsdb.path={data} --storage.tsdb.retention.time=10y "
+        "--config.file=/dev/null --web.listen-address=127.0.0.1:9090"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
+    from stack import scenarios
     from stack.loadgen import DEFAULT_RATE
 
     parser = argparse.ArgumentParser(
@@ -68,9 +86,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--replicas", type=int, default=2, help="worker replicas (default 2)")
     parser.add_argument(
-        "--rate", type=float, default=DEFAULT_RATE, help="load generator jobs/s (default 1.56)"
+        "--rate",
+        type=float,
+        default=None,
+        help="load generator jobs/s (default 1.56; a scenario's mean: 5.21, 450,000/day)",
     )
     parser.add_argument("--no-loadgen", action="store_true", help="start no load generator")
+    parser.add_argument(
+        "--scenario",
+        metavar="NAME",
+        help="record a named day (stack loadgen --scenario list), then stop and say where "
+        "Prometheus's data is",
+    )
+    parser.add_argument(
+        "--speed", type=float, help="of the scenario (default 60: an hour in a minute)"
+    )
     parser.add_argument(
         "--run-dir", type=Path, default=REPO / ".run" / "localstack", help="default %(default)s"
     )
@@ -78,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sentinel", action="store_true", help="Redis master, replica and three sentinels"
     )
-    parser.add_argument("--scrape-interval", help="instead of the committed 15s")
-    parser.add_argument("--evaluation-interval", help="instead of the committed 15s")
+    parser.add_argument(
+        "--scrape-interval", help="instead of the committed 15s (1s with --scenario)"
+    )
+    parser.add_argument(
+        "--evaluation-interval", help="instead of the committed 15s (1s with --scenario)"
+    )
     parser.add_argument("--rules-dir", type=Path, help="rule files instead of prometheus/rules")
     parser.add_argument(
         "--env",
@@ -89,8 +123,22 @@ def main(argv: list[str] | None = None) -> int:
         help="environment for every replica, e.g. --env SIM_LATENCY_SECONDS=2-4",
     )
     args = parser.parse_args(argv)
+    if args.scenario is not None or args.speed is not None:
+        if problem := scenarios.problem(args.scenario, args.speed, 0):
+            print(f"stack up-local: {problem}", file=sys.stderr)
+            return 2
+        if args.no_loadgen:
+            parser.error("--scenario needs the load generator")
+    if args.rate is None:
+        args.rate = scenarios.DEFAULT_PER_DAY / 86_400 if args.scenario else DEFAULT_RATE
     if args.replicas < 1 or args.rate <= 0:
         parser.error("--replicas and --rate must be positive")
+    scenario_args = []
+    if args.scenario:
+        scenario_args = ["--scenario", args.scenario, "--speed", str(args.speed or 60)]
+        # A replayed hour is a minute: the committed 15 s would see it four times.
+        args.scrape_interval = args.scrape_interval or "1s"
+        args.evaluation_interval = args.evaluation_interval or "1s"
     replica_env = {}
     for item in args.env:
         name, sep, value = item.partition("=")
@@ -106,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         scrape_interval=args.scrape_interval,
         evaluation_interval=args.evaluation_interval,
         loadgen_rate=None if args.no_loadgen else args.rate,
+        loadgen_args=scenario_args,
         keep_data=args.keep_data,
         sentinel=args.sentinel,
         console_password=secrets.token_hex(16),
@@ -122,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         print("Starting the local stack...", flush=True)
         stack.start()
+        started = datetime.now(UTC)
         print(describe(stack), flush=True)
         print(
             "\nProvoke an alert: kill one worker (kill -9 <pid>) for WorkerDown, or make calls"
@@ -134,9 +184,16 @@ def main(argv: list[str] | None = None) -> int:
         if stack.loadgen is not None:
             tails["loadgen"] = _Tail(stack.loadgen.log)
         while True:
+            replayed = bool(args.scenario) and not stack.loadgen.running
             for prefix, tail in tails.items():
                 for line in tail.lines():
                     print(f"[{prefix}] {line}", flush=True)
+            if replayed:
+                # The end of the last phase in the recording: one scrape after it.
+                after = f'min(timestamp(up{{job="worker"}})) > {time.time()}'
+                wait_until(lambda: stack.query(after), 30)  # noqa: B023 (used at once)
+                print(recorded(stack, args.scenario, started), flush=True)
+                break
             for i in stack.supervise():
                 print(f"[localstack] worker {i + 1} exited with an error: restarted", flush=True)
             for process in (stack.redis, stack.prometheus, *stack.alertmanagers, stack.receiver):
