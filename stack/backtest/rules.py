@@ -35,11 +35,13 @@ from __future__ import annotations
 import bisect
 import contextlib
 import datetime as dt
+import os
 import re
 import subprocess
 import tempfile
 from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +59,10 @@ MAX_STEPS = 10_000
 DEFAULT_INTERVAL = 60.0
 #: Seconds a range query may take (Prometheus' own default query timeout is 2 minutes).
 QUERY_TIMEOUT = 180.0
+#: Range queries run at once (Prometheus runs them in parallel; this machine has 2 cores).
+QUERY_WORKERS = max(2, os.cpu_count() or 2)
+#: promtool reads its input once per block: blocks of up to 20 days make that one pass.
+BLOCK_DURATION = "486h"
 #: Names the rule manager writes; never read from the source.
 ALERTS = "ALERTS"
 _RULE_OUTPUTS = {ALERTS, "ALERTS_FOR_STATE"}
@@ -253,6 +259,17 @@ def _parse_time_ms(text: str) -> int:
     return _ms(dt.datetime.fromisoformat(trimmed).timestamp())
 
 
+def _needed(rules: Sequence[_Rule]) -> list[_Rule]:
+    """The alerting rules and the records they read, directly or through other records:
+    a record nothing reads (a dashboard's, an annotation's) cannot change an alert."""
+    wanted = set().union(*(r.reads_records for r in rules if r.alert))
+    while True:
+        more = set().union(*(r.reads_records for r in rules if r.record in wanted)) - wanted
+        if not more:
+            return [r for r in rules if r.alert or r.record in wanted]
+        wanted |= more
+
+
 def _warmup_ms(rules: Sequence[_Rule]) -> int:
     """How long before ``start`` evaluation begins, so state at ``start`` is as it was."""
     hold = max((r.for_ms + r.keep_firing_ms for r in rules if r.alert), default=0)
@@ -299,12 +316,19 @@ class _Evaluation:
 
     def run(self, start_ms: int, end_ms: int) -> list[AlertInterval]:
         intervals: list[AlertInterval] = []
-        if any(r.on_scratch and (r.names() & self.raw) for r in self.rules):
+        needed = _needed(self.rules)
+        if any(r.on_scratch and (r.names() & self.raw) for r in needed):
             self._export_raw(start_ms, end_ms)
-        for stage in sorted({r.stage for r in self.rules}):
-            for rule in [r for r in self.rules if r.stage == stage]:
-                url = self._scratch_url() if rule.on_scratch else self.source
-                result = _query_grid(url, rule, start_ms, end_ms)
+        for stage in sorted({r.stage for r in needed}):
+            rules = [r for r in needed if r.stage == stage]
+            if any(r.on_scratch for r in rules):
+                self._scratch_url()
+            with ThreadPoolExecutor(max_workers=QUERY_WORKERS) as pool:
+                results = pool.map(
+                    lambda r: _query_grid(self._url(r), r, start_ms, end_ms),
+                    rules,
+                )
+            for rule, result in zip(rules, results, strict=True):
                 if rule.record:
                     self._write(rule.record, _relabel(result, rule.labels))
                 else:
@@ -316,9 +340,14 @@ class _Evaluation:
             self._flush()
         return intervals
 
+    def _url(self, rule: _Rule) -> str:
+        return self.scratch.url if rule.on_scratch else self.source
+
     def _scratch_url(self) -> str:
-        if self.scratch is None or not self.scratch.running:
+        if self.scratch is None:
             self._start_scratch()
+        elif not self.scratch.running:
+            self.scratch.start(timeout=60)
         return self.scratch.url
 
     def _start_scratch(self) -> None:
@@ -356,7 +385,9 @@ class _Evaluation:
             return
         if self.scratch is not None:
             self.scratch.stop()
-        prom.backfill_openmetrics(_openmetrics(self.pending), self.workdir)
+        prom.backfill_openmetrics(
+            _openmetrics(self.pending), self.workdir, max_block_duration=BLOCK_DURATION
+        )
         self.pending.clear()
 
     def _export_raw(self, start_ms: int, end_ms: int) -> None:
