@@ -32,7 +32,6 @@ same evaluation, where Prometheus would see the previous one; label templates in
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import datetime as dt
 import os
@@ -49,6 +48,7 @@ import yaml
 
 from alerts.duration import parse_duration
 from stack import prom
+from stack.backtest.alert_state import Returned, Span, alert_spans
 from stack.backtest.model import AlertInterval, BacktestError, RuleRun
 from stack.servers import PrometheusServer, prometheus_server, require_binary
 from worker.redact import strip_userinfo
@@ -300,10 +300,6 @@ def _rfc3339(t: float) -> str:
 # --- the evaluation ----------------------------------------------------------------------
 
 
-#: An alert expression's results: label set -> the evaluations (ms) that returned it.
-Returned = dict[tuple[tuple[str, str], ...], list[int]]
-
-
 class _Evaluation:
     """Runs the stages in order; owns the scratch Prometheus and what is written to it.
 
@@ -333,7 +329,13 @@ class _Evaluation:
             with self._output("ALERTS") as out:
                 for rule, returned in zip(rules, results, strict=True):
                     if rule.alert:
-                        spans = _alert_spans(returned, rule, end_ms)
+                        spans = alert_spans(
+                            returned,
+                            step_ms=rule.interval_ms,
+                            for_ms=rule.for_ms,
+                            keep_firing_ms=rule.keep_firing_ms,
+                            end_ms=end_ms,
+                        )
                         intervals += [s.interval() for s in spans if s.fired_at is not None]
                         if self.alerts_read:
                             _write_alerts(out, spans, rule.interval_ms, end_ms)
@@ -421,7 +423,7 @@ def _write_samples(out: TextIO, name: str, key, values: Iterable) -> None:
     out.writelines(f"{head} {v} {float(t):.3f}\n" for t, v in values)
 
 
-def _write_alerts(out: TextIO, spans: Iterable[_Span], interval_ms: int, end_ms: int) -> None:
+def _write_alerts(out: TextIO, spans: Iterable[Span], interval_ms: int, end_ms: int) -> None:
     """ALERTS as the rule manager writes it: 1 per evaluation, per state."""
     for span in spans:
         for state, times in span.states(interval_ms, end_ms):
@@ -448,68 +450,3 @@ def _query_grid(url: str, rule: _Rule, start_ms: int, end_ms: int) -> Iterator[d
         yield from prom.query_range(
             url, expr, chunk_start / 1000, chunk_end / 1000, step_ms / 1000, QUERY_TIMEOUT
         )
-
-
-@dataclass(frozen=True)
-class _Span:
-    """One alert instance from its first pending evaluation to its resolution (ms)."""
-
-    labels: dict[str, str]
-    active_at: int
-    fired_at: int | None  # None: pending, never fired
-    resolved_at: int | None  # None: still active at the end
-
-    def interval(self) -> AlertInterval:
-        return AlertInterval(
-            labels=self.labels,
-            active_at=self.active_at / 1000,
-            fired_at=self.fired_at / 1000,
-            resolved_at=None if self.resolved_at is None else self.resolved_at / 1000,
-        )
-
-    def states(self, step_ms: int, end_ms: int) -> Iterator[tuple[str, range]]:
-        """The evaluations at which ALERTS has this instance, per ``alertstate``."""
-        stop = (self.resolved_at if self.resolved_at is not None else end_ms + 1) - 1
-        pending_stop = self.fired_at - 1 if self.fired_at is not None else stop
-        yield "pending", range(self.active_at, pending_stop + 1, step_ms)
-        if self.fired_at is not None:
-            yield "firing", range(self.fired_at, stop + 1, step_ms)
-
-
-def _alert_spans(returned: Returned, rule: _Rule, end_ms: int) -> list[_Span]:
-    """The rule manager's state machine per label set (rules/alerting.go): pending at the
-    first evaluation that returns it, firing once ``for`` has passed, kept firing until
-    ``keep_firing_for`` has passed since the expression stopped returning it, then
-    resolved; a pending one that is no longer returned is dropped."""
-    step = rule.interval_ms
-    spans = []
-    for key, times in returned.items():
-        labels = dict(key)
-        present = sorted(set(times))
-        returned = set(present)
-        active_at = fired_at = absent_since = None
-        t = present[0]
-        while t <= end_ms:
-            if t in returned:
-                absent_since = None
-                active_at = t if active_at is None else active_at
-                if fired_at is None and t - active_at >= rule.for_ms:
-                    fired_at = t
-            elif fired_at is None:
-                spans.append(_Span(labels, active_at, None, t))
-                active_at = None
-            else:
-                absent_since = t if absent_since is None else absent_since
-                if t - absent_since >= rule.keep_firing_ms:
-                    spans.append(_Span(labels, active_at, fired_at, t))
-                    active_at = fired_at = absent_since = None
-            if active_at is None:
-                later = bisect.bisect_right(present, t)
-                if later == len(present):
-                    break
-                t = present[later]
-            else:
-                t += step
-        if active_at is not None:
-            spans.append(_Span(labels, active_at, fired_at, None))
-    return spans
