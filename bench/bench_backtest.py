@@ -7,8 +7,8 @@
    grow, gauges that hold) and backfilled with promtool into a Prometheus: the user's
    history. Made once and kept in ``.run/bench-backtest/`` (its making is timed apart).
 2. ``stack.backtest.rules.evaluate`` over the whole history with the committed rules,
-   timed; the peak memory of the process tree it starts (this process, the scratch
-   Prometheus, promtool), sampled from /proc; the cost per day of history.
+   timed; the peak memory of the processes it runs (this one's peak plus the largest of
+   the scratch Prometheus' and promtool's, from getrusage); the cost per day of history.
 3. Each rule's range query alone against the source over one day, the slowest first: what
    the time is made of.
 """
@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import os
 import resource
 import shutil
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -96,49 +94,12 @@ def synthesize(series: list[tuple[str, dict[str, str]]], days: int, workdir: Pat
     return len(heads)
 
 
-class PeakMemory(threading.Thread):
-    """The highest sum of resident memory of this process and its descendants (but
-    ``exclude`` and theirs), sampled every ``interval`` s."""
-
-    def __init__(self, exclude: frozenset[int], interval: float = 0.1) -> None:
-        super().__init__(daemon=True)
-        self.exclude, self.interval = exclude, interval
-        self.peak, self.done = 0, threading.Event()
-
-    def run(self) -> None:
-        while not self.done.is_set():
-            self.peak = max(self.peak, tree_rss(os.getpid(), self.exclude))
-            self.done.wait(self.interval)
-
-    def stop(self) -> int:
-        self.done.set()
-        self.join()
-        return self.peak
-
-
-def tree_rss(root: int, exclude: frozenset[int] = frozenset()) -> int:
-    """Resident bytes of ``root`` and its descendants (from /proc), but ``exclude``."""
-    children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{entry}/status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        pid = int(entry)
-        children.setdefault(int(fields["PPid"].strip()), []).append(pid)
-        rss[pid] = int(fields.get("VmRSS", "0 kB").split()[0]) * 1024
-    total, todo = 0, [root]
-    while todo:
-        pid = todo.pop()
-        if pid in exclude:
-            continue
-        total += rss.get(pid, 0)
-        todo.extend(children.get(pid, []))
-    return total
+def peak_memory() -> int:
+    """This process's peak resident bytes plus the largest peak of the processes it started
+    and has waited for (the scratch Prometheus, promtool): the kernel keeps both."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return (own + children) * 1024
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -167,19 +128,16 @@ def main(argv: list[str] | None = None) -> int:
     source = prometheus_server(workdir, config, None, "--storage.tsdb.retention.time=100y")
     with running(source):
         start, end = END - args.days * 86400, END
-        peak = PeakMemory(exclude=frozenset({source.proc.pid}))  # the user's, not ours
-        peak.start()
         began = time.monotonic()
         run = backtest.evaluate(source.url, rule_files, start=start, end=end)
         took = time.monotonic() - began
-        peak.stop()
-        own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        peak = peak_memory()  # the source Prometheus still runs: not counted
         print(
             f"2. evaluate(): {len(run.alertnames)} alerts, {len(run.intervals)} firing "
             f"intervals over {args.days} d in {took:.1f} s ({took / args.days:.1f} s per day "
-            f"of history); peak memory of its process tree {peak.peak / 2**20:.0f} MiB "
-            f"(this process alone {own / 2**20:.0f} MiB); the source Prometheus "
-            f"{tree_rss(source.proc.pid) / 2**20:.0f} MiB after"
+            f"of history); peak memory {peak / 2**20:.0f} MiB (this process and the largest "
+            "process it started: the scratch Prometheus, promtool, or when the history was "
+            "made in this run, the replica)"
         )
         print("3. each rule's range query alone over one day of the source, slowest first:")
         costs = []
