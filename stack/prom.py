@@ -64,13 +64,23 @@ def alerts(url: str, timeout: float = 30.0) -> list[dict]:
     return api(url, "alerts", timeout=timeout)["alerts"]
 
 
-def backfill_openmetrics(text: str, workdir: Path) -> None:
+def backfill_openmetrics(text: str, workdir: Path, *, max_block_duration: str = "2h") -> None:
     """Write samples (OpenMetrics with timestamps, ending in '# EOF') as TSDB blocks into
     ``workdir/data`` with promtool, so a prometheus_server(workdir) started afterwards
     holds exactly these samples."""
     workdir.mkdir(parents=True, exist_ok=True)
     source = workdir / "backfill.om"
     source.write_text(text)
+    backfill_openmetrics_file(source, workdir, max_block_duration=max_block_duration)
+
+
+def backfill_openmetrics_file(
+    source: Path, workdir: Path, *, max_block_duration: str = "2h"
+) -> None:
+    """``backfill_openmetrics`` from a file (samples too many to hold in memory).
+
+    promtool reads the whole input once per block it writes: for days of samples, a
+    longer ``max_block_duration`` (e.g. "486h") makes that one pass, not one per 2 h."""
     subprocess.run(
         [
             require_binary("promtool"),
@@ -78,6 +88,7 @@ def backfill_openmetrics(text: str, workdir: Path) -> None:
             "create-blocks-from",
             "openmetrics",
             "--quiet",
+            f"--max-block-duration={max_block_duration}",
             str(source),
             str(workdir / "data"),
         ],

@@ -32,21 +32,23 @@ same evaluation, where Prometheus would see the previous one; label templates in
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import datetime as dt
+import os
 import re
 import subprocess
 import tempfile
-from collections import defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TextIO
 
 import yaml
 
 from alerts.duration import parse_duration
 from stack import prom
+from stack.backtest.alert_state import Returned, Span, alert_spans
 from stack.backtest.model import AlertInterval, BacktestError, RuleRun
 from stack.servers import PrometheusServer, prometheus_server, require_binary
 from worker.redact import strip_userinfo
@@ -57,6 +59,10 @@ MAX_STEPS = 10_000
 DEFAULT_INTERVAL = 60.0
 #: Seconds a range query may take (Prometheus' own default query timeout is 2 minutes).
 QUERY_TIMEOUT = 180.0
+#: Range queries run at once (Prometheus runs them in parallel; this machine has 2 cores).
+QUERY_WORKERS = max(2, os.cpu_count() or 2)
+#: promtool reads its input once per block: blocks of up to 20 days make that one pass.
+BLOCK_DURATION = "486h"
 #: Names the rule manager writes; never read from the source.
 ALERTS = "ALERTS"
 _RULE_OUTPUTS = {ALERTS, "ALERTS_FOR_STATE"}
@@ -253,6 +259,17 @@ def _parse_time_ms(text: str) -> int:
     return _ms(dt.datetime.fromisoformat(trimmed).timestamp())
 
 
+def _needed(rules: Sequence[_Rule]) -> list[_Rule]:
+    """The alerting rules and the records they read, directly or through other records:
+    a record nothing reads (a dashboard's, an annotation's) cannot change an alert."""
+    wanted = set().union(*(r.reads_records for r in rules if r.alert))
+    while True:
+        more = set().union(*(r.reads_records for r in rules if r.record in wanted)) - wanted
+        if not more:
+            return [r for r in rules if r.alert or r.record in wanted]
+        wanted |= more
+
+
 def _warmup_ms(rules: Sequence[_Rule]) -> int:
     """How long before ``start`` evaluation begins, so state at ``start`` is as it was."""
     hold = max((r.for_ms + r.keep_firing_ms for r in rules if r.alert), default=0)
@@ -283,42 +300,74 @@ def _rfc3339(t: float) -> str:
 # --- the evaluation ----------------------------------------------------------------------
 
 
-Series = dict[tuple[tuple[str, str], ...], list[tuple[int, str]]]
-
-
 class _Evaluation:
-    """Runs the stages in order; owns the scratch Prometheus and what was written to it."""
+    """Runs the stages in order; owns the scratch Prometheus and what is written to it.
+
+    Outputs go to OpenMetrics files as the range queries answer (a week of a histogram's
+    records does not fit in memory as Python objects), backfilled at the end of a stage."""
 
     def __init__(self, source, rules, raw, workdir: Path, cleanup: contextlib.ExitStack):
         self.source, self.rules, self.raw = source, rules, raw
         self.workdir = workdir / "scratch"
+        self.outputs = workdir / "outputs"
+        self.outputs.mkdir(parents=True, exist_ok=True)
         self.cleanup = cleanup
         self.scratch: PrometheusServer | None = None
-        self.pending: dict[str, Series] = defaultdict(dict)
         self.alerts_read = any(r.reads_alerts for r in rules)
 
     def run(self, start_ms: int, end_ms: int) -> list[AlertInterval]:
         intervals: list[AlertInterval] = []
-        if any(r.on_scratch and (r.names() & self.raw) for r in self.rules):
-            self._export_raw(start_ms, end_ms)
-        for stage in sorted({r.stage for r in self.rules}):
-            for rule in [r for r in self.rules if r.stage == stage]:
-                url = self._scratch_url() if rule.on_scratch else self.source
-                result = _query_grid(url, rule, start_ms, end_ms)
-                if rule.record:
-                    self._write(rule.record, _relabel(result, rule.labels))
-                else:
-                    labels = {**rule.labels, "alertname": rule.alert}
-                    spans = _alert_spans(_relabel(result, labels), rule, end_ms)
-                    intervals += [s.interval() for s in spans if s.fired_at is not None]
-                    if self.alerts_read:
-                        self._write_alerts(spans, rule.interval_ms, end_ms)
+        needed = _needed(self.rules)
+        if any(r.on_scratch and (r.names() & self.raw) for r in needed):
+            self._export_raw(needed, start_ms, end_ms)
+        for stage in sorted({r.stage for r in needed}):
+            rules = [r for r in needed if r.stage == stage]
+            if any(r.on_scratch for r in rules):
+                self._scratch_url()
+            with ThreadPoolExecutor(max_workers=QUERY_WORKERS) as pool:
+                results = list(pool.map(lambda r: self._evaluate(r, start_ms, end_ms), rules))
+            with self._output("ALERTS") as out:
+                for rule, returned in zip(rules, results, strict=True):
+                    if rule.alert:
+                        spans = alert_spans(
+                            returned,
+                            step_ms=rule.interval_ms,
+                            for_ms=rule.for_ms,
+                            keep_firing_ms=rule.keep_firing_ms,
+                            end_ms=end_ms,
+                        )
+                        intervals += [s.interval() for s in spans if s.fired_at is not None]
+                        if self.alerts_read:
+                            _write_alerts(out, spans, rule.interval_ms, end_ms)
             self._flush()
         return intervals
 
+    def _evaluate(self, rule: _Rule, start_ms: int, end_ms: int) -> Returned:
+        """Run one rule over the range: a record's samples to its output file, an alert's
+        label sets (with the rule's labels) returned."""
+        url = self.scratch.url if rule.on_scratch else self.source
+        returned: Returned = {}
+        labels = rule.labels if rule.record else {**rule.labels, "alertname": rule.alert}
+        with self._output(f"rule-{rule.order}") as out:
+            for item in _query_grid(url, rule, start_ms, end_ms):
+                key = tuple(sorted({**dict(_key(item)), **labels}.items()))
+                if rule.record:
+                    _write_samples(out, rule.record, key, item["values"])
+                else:
+                    returned.setdefault(key, []).extend(_ms(float(t)) for t, _ in item["values"])
+        return returned
+
+    @contextlib.contextmanager
+    def _output(self, name: str) -> Iterator[TextIO]:
+        with open(self.outputs / f"{name}.om", "w") as out:
+            yield out
+            out.write("# EOF\n")
+
     def _scratch_url(self) -> str:
-        if self.scratch is None or not self.scratch.running:
+        if self.scratch is None:
             self._start_scratch()
+        elif not self.scratch.running:
+            self.scratch.start(timeout=60)
         return self.scratch.url
 
     def _start_scratch(self) -> None:
@@ -338,39 +387,48 @@ class _Evaluation:
         self.cleanup.callback(server.stop)
         self.scratch = server
 
-    def _write(self, name: str, series: Series) -> None:
-        target = self.pending[name]
-        for key, samples in series.items():
-            target.setdefault(key, []).extend(samples)
-
-    def _write_alerts(self, spans: Iterable[_Span], interval_ms: int, end_ms: int) -> None:
-        """ALERTS as the rule manager writes it: 1 per evaluation, per state."""
-        for span in spans:
-            for state, times in span.states(interval_ms, end_ms):
-                key = tuple(sorted({**span.labels, "alertstate": state}.items()))
-                self.pending[ALERTS].setdefault(key, []).extend((t, "1") for t in times)
-
     def _flush(self) -> None:
-        """Backfill what this stage wrote, and restart the scratch Prometheus on it."""
-        if not any(self.pending.values()):
-            return
-        if self.scratch is not None:
+        """Backfill what this stage wrote (the scratch Prometheus restarts on it when a
+        later stage reads it)."""
+        files = [f for f in self.outputs.glob("*.om") if f.stat().st_size > len("# EOF\n")]
+        if files and self.scratch is not None:
             self.scratch.stop()
-        prom.backfill_openmetrics(_openmetrics(self.pending), self.workdir)
-        self.pending.clear()
 
-    def _export_raw(self, start_ms: int, end_ms: int) -> None:
+        def backfill(path: Path) -> None:
+            prom.backfill_openmetrics_file(path, self.workdir, max_block_duration=BLOCK_DURATION)
+
+        with ThreadPoolExecutor(max_workers=QUERY_WORKERS) as pool:
+            list(pool.map(backfill, files))
+        for path in self.outputs.glob("*.om"):
+            path.unlink()
+
+    def _export_raw(self, rules: Sequence[_Rule], start_ms: int, end_ms: int) -> None:
         """Copy the raw series that scratch rules read (as samples, without staleness)."""
-        names = set().union(*(r.names() & self.raw for r in self.rules if r.on_scratch))
-        longest = max(r.longest_range_ms() for r in self.rules) + 5 * 60_000
+        names = set().union(*(r.names() & self.raw for r in rules if r.on_scratch))
+        longest = max(r.longest_range_ms() for r in rules) + 5 * 60_000
         chunk = 3_600_000
         for name in sorted(names):
-            for to in range(start_ms - longest + chunk, end_ms + chunk, chunk):
-                window = f"{{__name__={_quote(name)}}}[{chunk}ms]"
-                for item in prom.query(self.source, window, to / 1000, QUERY_TIMEOUT):
-                    points = [(_ms(float(t)), v) for t, v in item["values"]]
-                    self.pending[name].setdefault(_key(item), []).extend(points)
+            with self._output(f"raw-{name}") as out:
+                for to in range(start_ms - longest + chunk, end_ms + chunk, chunk):
+                    window = f"{{__name__={_quote(name)}}}[{chunk - 1}ms]"
+                    for item in prom.query(self.source, window, to / 1000, QUERY_TIMEOUT):
+                        _write_samples(out, name, _key(item), item["values"])
         self._flush()
+
+
+def _write_samples(out: TextIO, name: str, key, values: Iterable) -> None:
+    """One series' samples as OpenMetrics lines (values as Prometheus wrote them)."""
+    labels = ",".join(f"{k}={_quote(v)}" for k, v in key)
+    head = f"{name}{{{labels}}}" if labels else name
+    out.writelines(f"{head} {v} {float(t):.3f}\n" for t, v in values)
+
+
+def _write_alerts(out: TextIO, spans: Iterable[Span], interval_ms: int, end_ms: int) -> None:
+    """ALERTS as the rule manager writes it: 1 per evaluation, per state."""
+    for span in spans:
+        for state, times in span.states(interval_ms, end_ms):
+            key = tuple(sorted({**span.labels, "alertstate": state}.items()))
+            _write_samples(out, ALERTS, key, [(t / 1000, "1") for t in times])
 
 
 def _key(item: Mapping) -> tuple[tuple[str, str], ...]:
@@ -379,108 +437,16 @@ def _key(item: Mapping) -> tuple[tuple[str, str], ...]:
 
 
 def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
 
 
-def _query_grid(url: str, rule: _Rule, start_ms: int, end_ms: int) -> Series:
-    """The rule's expression at each of its evaluations in the range: label set (without
-    ``__name__``) -> [(time ms, value text)], chunked below query_range's limit."""
+def _query_grid(url: str, rule: _Rule, start_ms: int, end_ms: int) -> Iterator[dict]:
+    """The rule's expression at each of its evaluations in the range, a result series
+    (``metric``, ``values``) at a time, chunked below query_range's limit."""
     step_ms, expr = rule.interval_ms, rule.expr
     first = start_ms + (rule.offset_ms - start_ms) % step_ms
-    out: Series = {}
     for chunk_start in range(first, end_ms + 1, step_ms * MAX_STEPS):
         chunk_end = min(chunk_start + step_ms * (MAX_STEPS - 1), end_ms)
-        found = prom.query_range(
+        yield from prom.query_range(
             url, expr, chunk_start / 1000, chunk_end / 1000, step_ms / 1000, QUERY_TIMEOUT
         )
-        for item in found:
-            out.setdefault(_key(item), []).extend((_ms(float(t)), v) for t, v in item["values"])
-    return out
-
-
-def _relabel(series: Series, labels: Mapping[str, str]) -> Series:
-    """The rule's ``labels`` over the expression's (as the rule manager sets them)."""
-    if not labels:
-        return series
-    out: Series = {}
-    for key, samples in series.items():
-        merged = tuple(sorted({**dict(key), **labels}.items()))
-        out.setdefault(merged, []).extend(samples)
-    return out
-
-
-@dataclass(frozen=True)
-class _Span:
-    """One alert instance from its first pending evaluation to its resolution (ms)."""
-
-    labels: dict[str, str]
-    active_at: int
-    fired_at: int | None  # None: pending, never fired
-    resolved_at: int | None  # None: still active at the end
-
-    def interval(self) -> AlertInterval:
-        return AlertInterval(
-            labels=self.labels,
-            active_at=self.active_at / 1000,
-            fired_at=self.fired_at / 1000,
-            resolved_at=None if self.resolved_at is None else self.resolved_at / 1000,
-        )
-
-    def states(self, step_ms: int, end_ms: int) -> Iterator[tuple[str, range]]:
-        """The evaluations at which ALERTS has this instance, per ``alertstate``."""
-        stop = (self.resolved_at if self.resolved_at is not None else end_ms + 1) - 1
-        pending_stop = self.fired_at - 1 if self.fired_at is not None else stop
-        yield "pending", range(self.active_at, pending_stop + 1, step_ms)
-        if self.fired_at is not None:
-            yield "firing", range(self.fired_at, stop + 1, step_ms)
-
-
-def _alert_spans(series: Series, rule: _Rule, end_ms: int) -> list[_Span]:
-    """The rule manager's state machine per label set (rules/alerting.go): pending at the
-    first evaluation that returns it, firing once ``for`` has passed, kept firing until
-    ``keep_firing_for`` has passed since the expression stopped returning it, then
-    resolved; a pending one that is no longer returned is dropped."""
-    step = rule.interval_ms
-    spans = []
-    for key, samples in series.items():
-        labels = dict(key)
-        present = sorted({t for t, _ in samples})
-        returned = set(present)
-        active_at = fired_at = absent_since = None
-        t = present[0]
-        while t <= end_ms:
-            if t in returned:
-                absent_since = None
-                active_at = t if active_at is None else active_at
-                if fired_at is None and t - active_at >= rule.for_ms:
-                    fired_at = t
-            elif fired_at is None:
-                spans.append(_Span(labels, active_at, None, t))
-                active_at = None
-            else:
-                absent_since = t if absent_since is None else absent_since
-                if t - absent_since >= rule.keep_firing_ms:
-                    spans.append(_Span(labels, active_at, fired_at, t))
-                    active_at = fired_at = absent_since = None
-            if active_at is None:
-                later = bisect.bisect_right(present, t)
-                if later == len(present):
-                    break
-                t = present[later]
-            else:
-                t += step
-        if active_at is not None:
-            spans.append(_Span(labels, active_at, fired_at, None))
-    return spans
-
-
-def _openmetrics(outputs: Mapping[str, Series]) -> str:
-    """Samples as OpenMetrics text with timestamps, each family together, for promtool."""
-    lines = []
-    for name, series in outputs.items():
-        for key, samples in series.items():
-            labels = ",".join(f"{k}={_quote(v)}" for k, v in key)
-            head = f"{name}{{{labels}}}" if labels else name
-            lines.extend(f"{head} {v} {t / 1000:.3f}" for t, v in sorted(dict(samples).items()))
-    lines.append("# EOF\n")
-    return "\n".join(lines)
