@@ -17,10 +17,12 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from alerts.render import render_rules
+from dashboards import promql
 from stack import prom
 from stack.servers import prometheus_server, running
 from stack.twin import LocalStack, deep_merge
@@ -45,6 +47,9 @@ GROUP_INTERVAL, PEER_TIMEOUT = 5.0, 3.0
 TIMING = {**ALERTMANAGER_TIMING, "group_interval": f"{GROUP_INTERVAL:g}s"}
 DEADMAN_TIMEOUT = 12.0  # the receiver's --deadman-timeout: two Watchdog periods and more
 SECTION = "Prometheus pair (twin, test config)"
+OVERVIEW = (
+    Path(__file__).resolve().parent.parent / "dashboards" / "generated" / "worker-overview.json"
+)
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +152,22 @@ def test_series_reach_the_long_term_store_with_each_replica_label(stack, store):
     # Each member's own series have no `replica`: rules see one copy, never two.
     for member in stack.prometheuses:
         assert all("replica" not in r["metric"] for r in workers_up(member))
+
+
+def test_the_replicas_up_panel_counts_each_target_once_on_the_store(stack, store):
+    """The overview's "Replicas up" panel, as Grafana would send it, read from the store
+    that holds both members' copies: each replica counted once (by instance), not twice."""
+    dashboard = json.loads(OVERVIEW.read_text())
+    variables = promql.dashboard_variables(dashboard, {})
+    exprs = {
+        t.legend: promql.interpolate(t.expr, variables)
+        for t in promql.targets(dashboard)
+        if t.panel_title == "Replicas up"
+    }
+    assert set(exprs) == {"replicas up", "scrape targets"}, exprs
+    replicas = str(len(stack.replicas))
+    for legend, expr in exprs.items():
+        assert [r["value"][1] for r in prom.query(store.url, expr)] == [replicas], legend
 
 
 def test_with_both_members_up_a_fault_pages_once(stack, report):
