@@ -98,6 +98,28 @@ def slo_record_names(
     return _mixin(overrides, config_files)["records"]["slo"]
 
 
+#: Where _config keeps one entry per alert, by the alert's name.
+ALERT_MAPS = (("alerts",), ("slo", "alerts"), ("pipelineAlerts",))
+
+
+def _alert_keys(config: Mapping) -> set[str]:
+    keys: set[str] = set()
+    for path in ALERT_MAPS:
+        entries = functools.reduce(lambda node, key: node.get(key) or {}, path, config)
+        keys |= set(entries)
+    return keys
+
+
+def unknown_alerts(
+    overrides: Mapping | None = None, config_files: Sequence[Path | str] = ()
+) -> list[str]:
+    """Alert names the overrides add to _config that the mixin has no rule for: a typo
+    (``WorkerDwn``) merges silently and changes nothing, so a tool that renders a variant
+    to judge it can refuse it."""
+    known = _alert_keys(load_config())
+    return sorted(_alert_keys(load_config(overrides, config_files)) - known)
+
+
 class _Dumper(yaml.SafeDumper):
     pass
 
@@ -147,7 +169,11 @@ def render_rules(
 
 def config_parser(description: str) -> argparse.ArgumentParser:
     """A command line with the mixin's ``--config FILE`` and ``--set JSON`` options."""
-    parser = argparse.ArgumentParser(description=description)
+    return add_config_options(argparse.ArgumentParser(description=description))
+
+
+def add_config_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The mixin's ``--config FILE`` (several allowed) and ``--set JSON`` on ``parser``."""
     parser.add_argument(
         "--config",
         action="append",

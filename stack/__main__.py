@@ -5,6 +5,7 @@ Subcommands:
   loadgen        enqueue a realistic job mix at a steady rate; set the simulated backend
   alert-receiver receive and keep Alertmanager's notifications (the stack's demo receiver)
   capacity       plan concurrency and replicas with Little's law
+  backtest       what the alert rules (or a proposed change) would have done on history
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import importlib
 import sys
 
 #: Modules of pyproject's `tools` extra, which the worker image does not install.
-TOOLS = {"yaml", "_jsonnet", "grafanalib", "matplotlib"}
+TOOLS = {"yaml", "rjsonnet", "grafanalib", "matplotlib"}
 
 COMMANDS = {
     "up-local": "stack.twin_cli",
     "loadgen": "stack.loadgen",
     "alert-receiver": "stack.alert_receiver",
     "capacity": "stack.capacity",
+    "backtest": "stack.backtest.cli",
 }
 
 

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from stack.capacity import CapacityPlan
 from worker.config import Settings
+
+if TYPE_CHECKING:  # capacity's command line imports this module
+    from stack.capacity import CapacityPlan
 
 #: The ScaledObject's floor: two replicas, so that one node's loss leaves a worker running.
 MIN_REPLICAS = 2

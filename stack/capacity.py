@@ -56,6 +56,7 @@ from dataclasses import asdict, dataclass
 
 from alerts.duration import parse_duration
 from stack import prom
+from stack.autoscaling import bounds, render_bounds
 from stack.prom import PrometheusError
 from worker.ratelimit import DEFAULT_RATE_LIMITS, Limits, parse_limits
 
@@ -471,15 +472,13 @@ def main(argv: list[str] | None = None) -> int:
     measured_over = args.prometheus_range if args.from_prometheus else None
     output, text = asdict(result), render(result, measured_over)
     if args.kubernetes:
-        from stack.autoscaling import bounds, render_bounds  # it imports this module
-
         scaling = bounds(result)
         output |= {
             k: getattr(scaling, k) for k in ("min_replicas", "max_replicas", "trigger_target")
         }
         text += "\n" + render_bounds(scaling)
         if args.simulate_day:
-            from stack.scaledown import simulate_plan
+            from stack.scaledown import simulate_plan  # it imports this module
 
             text += "\n" + simulate_plan(result, scaling)
     print(json.dumps(output, indent=2) if args.json else text)

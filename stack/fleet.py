@@ -58,6 +58,18 @@ def python_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def alert_receiver(workdir: Path, *options: str, port: int | None = None) -> HttpServer:
+    """``stack alert-receiver`` on loopback (``port``, or a free one), storing into
+    ``workdir/alerts.jsonl``, with ``options`` (``--deadman-timeout 1.5``, ...); started by
+    the caller. The twin's receiver, and the tests'."""
+    port = free_port() if port is None else port
+    argv = [sys.executable, "-m", "stack", "alert-receiver", "--host", "127.0.0.1"]
+    argv += ["--port", str(port), "--store", str(workdir / "alerts.jsonl"), *options]
+    return HttpServer(
+        argv, port, workdir, name="alert-receiver", env=python_env(), ready_path="/healthz"
+    )
+
+
 def replica_env(redis_url: str, **env: str) -> dict[str, str]:
     """A replica's environment; METRICS_PORT 0 (the default here) lets it take any free
     port, so replicas of a test (and of parallel runs) never collide."""

@@ -220,29 +220,10 @@ class LocalStack:
             self.redis = redis_server(self.run_dir / "redis", port(), password=self.redis_password)
             self.redis.start(timeout)
 
-        receiver_port, store = port(), self.run_dir / "receiver" / "alerts.jsonl"
         deadman = (
             [] if self.deadman_timeout is None else ["--deadman-timeout", str(self.deadman_timeout)]
         )
-        self.receiver = HttpServer(
-            [
-                sys.executable,
-                "-m",
-                "stack.alert_receiver",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(receiver_port),
-                "--store",
-                str(store),
-                *deadman,
-            ],
-            receiver_port,
-            self.run_dir / "receiver",
-            name="alert-receiver",
-            env=python_env(),
-            ready_path="/healthz",
-        )
+        self.receiver = fleet.alert_receiver(self.run_dir / "receiver", *deadman, port=port())
         self.receiver.start(timeout)
 
         am_dir = self.run_dir / "alertmanager"

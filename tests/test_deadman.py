@@ -13,10 +13,9 @@ import pytest
 
 from stack.alert_receiver import records_of
 from stack.deadman import DeadmanSwitch
-from stack.fleet import python_env
+from stack.fleet import alert_receiver, python_env
 from stack.poll import wait_until
 from stack.servers import HttpServer
-from tests.support.servers import alert_receiver
 
 # The Watchdog as alertmanager/alertmanager.yml's deadman receiver sends it (Slack format,
 # alertmanager/templates/worker.tmpl).

@@ -14,10 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from stack.fleet import Replica, replica_env
+from stack.fleet import Replica, alert_receiver, replica_env
 from stack.poll import wait_until
 from stack.servers import free_port, group_pids
-from tests.support.servers import alert_receiver
 from worker.http_pool import PooledMixIn
 
 TALLY: Counter = Counter()

@@ -12,10 +12,10 @@ from collections import Counter
 import pytest
 import redis
 
+from stack.fleet import alert_receiver
 from stack.loadgen import DEFAULT_MIX, main, parse_mix, payload, run
 from stack.servers import HttpServer
 from tests.support.fleet import settings_for
-from tests.support.servers import alert_receiver
 from worker.app import setup
 from worker.backends import Simulation, SimulationKnobs
 from worker.redis_keys import RedisKeys

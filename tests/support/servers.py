@@ -8,16 +8,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from stack.fleet import python_env
 from stack.poll import wait_until
 from stack.servers import (
-    HttpServer,
     Process,
     RedisServer,
     free_port,
@@ -177,12 +174,3 @@ def _wait_cluster_ok(nodes: list[RedisServer], timeout: float = 30.0) -> None:
 
     for node in nodes:
         wait_until(lambda node=node: ok(node), timeout, f"cluster ok on port {node.port}", 0.1)
-
-
-def alert_receiver(workdir: Path, *options: str) -> HttpServer:
-    """``stack alert-receiver`` on a free port, storing into ``workdir``, with ``options``
-    (``--deadman-timeout 1.5``, ...); started by the caller."""
-    port = free_port()
-    argv = [sys.executable, "-m", "stack", "alert-receiver", "--port", str(port)]
-    argv += ["--store", str(workdir / "alerts.jsonl"), *options]
-    return HttpServer(argv, port, workdir, name="receiver", env=python_env(), ready_path="/healthz")

@@ -1,0 +1,282 @@
+"""Backtest exactness: ``stack.backtest.rules.evaluate`` finds the firing intervals the live
+rule manager found, on the same history.
+
+One twin of the stack (e2e-scaled rules, evaluated and scraped every second) runs three
+faults: a killed replica (WorkerDown), a failing backend (HighJobFailureRate, fed by
+recording rules), and Redis stopped (RedisDisconnected, while the reconnect storm it
+causes is held back by HighRedisReconnectAttempts' ALERTS guard). A second Prometheus
+scrapes the same targets with one threshold changed. The ground truth is each
+Prometheus' own ALERTS series; the backtest reads only the twin's Prometheus.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alerts.duration import parse_duration
+from alerts.render import load_config, record_names, render_rules
+from stack import prom
+from stack.backtest.model import AlertInterval
+from stack.backtest.rules import evaluate
+from stack.loadgen import set_simulation
+from stack.servers import prometheus_server
+from stack.twin import LocalStack
+from tests.support.e2e import ALERT_OVERRIDES, NAMESPACE, WATCHDOG, alerting_twin, wait_for
+from tests.support.jobs import client
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
+
+#: The twin's evaluation interval: the tolerance of every comparison.
+INTERVAL = 1.0
+#: The changed threshold: above the backend's 50 % failures, so the variant stays silent.
+VARIANT = {"alerts": {"HighJobFailureRate": {"threshold": 0.8}}}
+RECORDS = record_names(ALERT_OVERRIDES)
+RECONNECTS = load_config(ALERT_OVERRIDES)["alerts"]["HighRedisReconnectAttempts"]["threshold"]
+
+Key = tuple[str, tuple[tuple[str, str], ...]]
+Spans = dict[Key, list[tuple[float, float]]]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """The recorded run: the twin (kept until the module ends, its Prometheus is the
+    backtest's source), the variant's Prometheus, and the range of the faults."""
+    base, variant = tmp_path_factory.mktemp("rules"), tmp_path_factory.mktemp("variant")
+    render_rules(ALERT_OVERRIDES, base)
+    render_rules(_merged(ALERT_OVERRIDES, VARIANT), variant)
+    stacks = []
+
+    def twin(name, **options):
+        stack = LocalStack(tmp_path_factory.mktemp(name), **options)
+        stacks.append(stack)
+        return stack.start(timeout=60)
+
+    try:
+        stack = alerting_twin(twin, "backtest", base, seed=3)
+        shadow = _variant_prometheus(stack, variant, tmp_path_factory.mktemp("shadow"))
+        try:
+            start, end, storm = _faults(stack, shadow.url)
+            # What the backtest reads is recorded: the load can stop (the CPU is shared).
+            stack.loadgen.stop()
+            yield {
+                "source": stack.prometheus.url,
+                "shadow": shadow.url,
+                "base": sorted(base.glob("*.yml")),
+                "variant": sorted(variant.glob("*.yml")),
+                "start": start,
+                "end": end,
+                "storm": storm,
+            }
+        finally:
+            shadow.stop()
+    finally:
+        for stack in stacks:
+            stack.stop()
+
+
+def _merged(base: dict, extra: dict) -> dict:
+    out = copy.deepcopy(base)
+    for section, alerts in extra.items():
+        for name, fields in alerts.items():
+            out[section][name] = {**out[section].get(name, {}), **fields}
+    return out
+
+
+def _variant_prometheus(stack: LocalStack, rules: Path, workdir: Path):
+    """The twin's Prometheus config with the variant's rules and no Alertmanager."""
+    config = yaml.safe_load((Path(stack.run_dir) / "prometheus" / "prometheus.yml").read_text())
+    config["rule_files"] = [str(p) for p in sorted(rules.glob("*.yml"))]
+    config.pop("alerting", None)
+    shadow = prometheus_server(workdir, yaml.safe_dump(config, sort_keys=False))
+    shadow.start(timeout=60)
+    try:
+        wait_for(
+            lambda: len(prom.query(shadow.url, 'up{job="worker"} == 1')) == len(stack.replicas),
+            30,
+            "the variant's Prometheus scrapes every replica",
+        )
+    except BaseException:
+        shadow.stop()
+        raise
+    return shadow
+
+
+def _firing(url: str, alertname: str) -> list[dict]:
+    return prom.query(url, f'ALERTS{{alertname="{alertname}", alertstate="firing"}}')
+
+
+def _quiet(url: str) -> bool:
+    return not prom.query(url, f'ALERTS{{alertname!="{WATCHDOG}"}}')
+
+
+def _faults(stack: LocalStack, shadow: str) -> tuple[float, float, float]:
+    """Inject the three faults one after the other, each until the live rules fired and
+    resolved; return the range and the highest reconnect count the storm reached."""
+    source = stack.prometheus.url
+    redis = client(stack.redis.url)
+    wait_for(lambda: _quiet(source) and _quiet(shadow), 60, "both Prometheus quiet")
+    start = _now()
+
+    # 1. A killed replica: WorkerDown.
+    stack.kill_replica(0)
+    wait_for(lambda: _firing(source, "WorkerDown"), 30, "WorkerDown firing")
+    stack.start_replica(0)
+    wait_for(lambda: not _firing(source, "WorkerDown"), 30, "WorkerDown resolved")
+
+    # 2. A failing backend: HighJobFailureRate, read from recorded failure ratios.
+    set_simulation(redis, NAMESPACE, {"failure_ratio": 0.5})
+    wait_for(lambda: _firing(source, "HighJobFailureRate"), 60, "HighJobFailureRate firing")
+    set_simulation(redis, NAMESPACE, {}, reset=True)
+    wait_for(lambda: _quiet(source), 60, "HighJobFailureRate resolved")
+
+    # 3. Redis stopped: RedisDisconnected; the reconnect storm it causes stays explained.
+    stack.loadgen.stop()
+    stack.stop_redis()
+    storm = f"max({RECORDS['reconnects']})"
+
+    def stormed() -> bool:
+        found = prom.query(source, storm)
+        return bool(found) and float(found[0]["value"][1]) > RECONNECTS
+
+    wait_for(lambda: len(_firing(source, "RedisDisconnected")) == 2, 30, "RedisDisconnected")
+    wait_for(stormed, 30, f"more than {RECONNECTS} reconnect attempts in the window")
+    stack.start_redis()
+    stack.loadgen.start(timeout=0.5)
+    wait_for(lambda: not _firing(source, "RedisDisconnected"), 30, "RedisDisconnected resolved")
+    wait_for(lambda: not stormed() and _quiet(source) and _quiet(shadow), 90, "quiet again")
+    end = _now()
+    highest = prom.query(source, f"max(max_over_time({RECORDS['reconnects']}[{end - start:.0f}s]))")
+    return start, end, float(highest[0]["value"][1])
+
+
+def _now() -> float:
+    """On a whole second (Prometheus runs on this machine's clock)."""
+    return float(int(time.time()))
+
+
+def _live(url: str, start: float, end: float) -> Spans:
+    """Firing intervals from a Prometheus' own ALERTS samples (one per evaluation)."""
+    window = f"{end - start + 60:.0f}s"
+    spans: Spans = defaultdict(list)
+    for item in prom.query(url, f'ALERTS{{alertstate="firing"}}[{window}]', at=end):
+        labels = {k: v for k, v in item["metric"].items() if k not in ("__name__", "alertstate")}
+        times = [float(t) for t, _ in item["values"]]
+        first = last = times[0]
+        for t in [*times[1:], None]:
+            if t is not None and t - last <= 1.5 * INTERVAL:
+                last = t
+                continue
+            spans[_key(labels)].append((first, last + INTERVAL))
+            if t is not None:
+                first = last = t
+    return _clipped(spans, start, end)
+
+
+def _backtest(intervals: tuple[AlertInterval, ...], start: float, end: float) -> Spans:
+    spans: Spans = defaultdict(list)
+    for i in intervals:
+        resolved = i.resolved_at if i.resolved_at is not None else end
+        spans[_key(i.labels)].append((i.fired_at, resolved))
+    return _clipped(spans, start, end)
+
+
+def _key(labels: dict[str, str]) -> Key:
+    return labels["alertname"], tuple(sorted(labels.items()))
+
+
+def _clipped(spans: Spans, start: float, end: float) -> Spans:
+    out: Spans = {}
+    for key, found in spans.items():
+        kept = [(max(a, start), min(b, end)) for a, b in sorted(found) if b > start and a < end]
+        if kept:
+            out[key] = kept
+    return out
+
+
+def _mismatches(live: Spans, backtest: Spans) -> list[str]:
+    """Every alert instance whose intervals differ by more than one evaluation interval."""
+    problems = []
+    for key in sorted(set(live) | set(backtest)):
+        a, b = live.get(key, []), backtest.get(key, [])
+        close = len(a) == len(b) and all(
+            abs(x0 - y0) <= INTERVAL + 1e-3 and abs(x1 - y1) <= INTERVAL + 1e-3
+            for (x0, x1), (y0, y1) in zip(a, b, strict=True)
+        )
+        if not close:
+            problems.append(f"{dict(key[1])}: live {a}, backtest {b}")
+    return problems
+
+
+def _names(spans: Spans) -> set[str]:
+    return {name for name, _ in spans}
+
+
+@pytest.fixture(scope="module")
+def backtest(run):
+    """The committed rules (as the twin ran them) backtested over the run."""
+    return evaluate(run["source"], run["base"], start=run["start"], end=run["end"])
+
+
+def test_the_backtest_finds_every_firing_interval_the_live_rules_found(run, backtest, report):
+    start, end = run["start"], run["end"]
+    live = _live(run["source"], start, end)
+    result = backtest
+    backtest = _backtest(result.intervals, start, end)
+
+    report.line(
+        "Backtest exactness (twin, 1 s evaluations)",
+        "; ".join(f"{k[0]}: live {live.get(k)} backtest {backtest.get(k)}" for k in sorted(live)),
+    )
+    assert {"WorkerDown", "HighJobFailureRate", "RedisDisconnected"} <= _names(live), live
+    assert _mismatches(live, backtest) == []
+    assert "HighRedisReconnectAttempts" in result.alertnames
+    assert len(result.alertnames) == len(set(result.alertnames))
+
+
+def test_the_alerts_guard_reads_the_backtests_own_alerts(run, backtest):
+    """While (and a guard window after) the backtest's own RedisDisconnected fires for a
+    replica, its reconnect storm is over HighRedisReconnectAttempts' threshold, yet that
+    alert does not fire there: the guard read the backtest's ALERTS."""
+    guard = parse_duration(ALERT_OVERRIDES["alerts"]["HighRedisReconnectAttempts"]["window"])
+    pages = [i for i in backtest.intervals if i.alertname == "RedisDisconnected"]
+    assert pages
+    for page in pages:
+        instance = page.labels["instance"]
+        until = min((page.resolved_at or run["end"]) + guard, run["end"])
+        held = prom.query(
+            run["source"],
+            f'max_over_time({RECORDS["reconnects"]}{{instance="{instance}"}}'
+            f"[{until - page.fired_at:.0f}s])",
+            at=until,
+        )
+        assert float(held[0]["value"][1]) > RECONNECTS, (instance, held)
+        overlapping = [
+            i
+            for i in backtest.intervals
+            if i.alertname == "HighRedisReconnectAttempts"
+            and i.labels["instance"] == instance
+            and (i.resolved_at or run["end"]) > page.fired_at + INTERVAL + 1e-3
+            and i.fired_at < until
+        ]
+        assert overlapping == [], (page, overlapping)
+
+
+def test_a_changed_threshold_differs_as_a_live_run_with_it_did(run, backtest, tmp_path):
+    """The variant backtested on the twin's history matches the variant's own Prometheus,
+    which ran beside it: the difference is what the threshold really changed."""
+    start, end = run["start"], run["end"]
+    live_base, live_variant = _live(run["source"], start, end), _live(run["shadow"], start, end)
+    base = _backtest(backtest.intervals, start, end)
+    result = evaluate(run["source"], run["variant"], start=start, end=end, workdir=tmp_path)
+    variant = _backtest(result.intervals, start, end)
+    assert _mismatches(live_variant, variant) == []
+    # The failure rate of 50 % crossed 10 %, not 80 %: only HighJobFailureRate goes.
+    assert _names(live_base) - _names(live_variant) == {"HighJobFailureRate"}
+    assert _names(base) - _names(variant) == {"HighJobFailureRate"}
+    assert _names(variant) - _names(base) == set()
