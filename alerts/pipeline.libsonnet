@@ -35,7 +35,10 @@
           ),
           alert(
             'WorkerReplicasMissing',
-            'count by (job) (up{%s} == 1) < %s'
+            // `max without (replica)`: one target counts once where both members of a
+            // Prometheus pair wrote its `up` (a long-term store's ruler); a no-op on a
+            // member's own series, which carry no `replica`.
+            'count by (job) (max without (replica) (up{%s} == 1)) < %s'
             % [c.workerSelector, num(a.WorkerReplicasMissing.minReplicas)],
             'Fewer than %s worker replicas up for more than %s' % [
               num(a.WorkerReplicasMissing.minReplicas),

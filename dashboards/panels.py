@@ -83,7 +83,7 @@ def replicas_up(scope: Scope) -> G.TimeSeries:
     if scope.replica:
         targets = queries((scope.up(), "up"))
     else:
-        up = scope.up()
+        up = scope.up()  # by instance: one series per target, also from a Prometheus pair
         targets = queries((f"sum({up})", "replicas up"), (f"count({up})", "scrape targets"))
     return alert_timeseries(
         scope,
@@ -92,7 +92,9 @@ def replicas_up(scope: Scope) -> G.TimeSeries:
         "Prometheus' own `up` for each worker scrape target: 1 when the last scrape "
         "succeeded. Good: `replicas up` equals `scrape targets`, and neither is 0. "
         f"{name} fires ({a.alert(name)['severity']}) after {a.alert(name)['for']} of a target "
-        "down or of no target at all." + _scope_note(scope),
+        "down or of no target at all. Each target counts once, also on a long-term store "
+        "that holds both copies a Prometheus pair writes (`min by (instance)`)."
+        + _scope_note(scope),
         targets,
         "short",
         thresholds=below(1),

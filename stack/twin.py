@@ -50,7 +50,6 @@ from stack.servers import (
     Process,
     RedisServer,
     free_port,
-    prometheus_server,
     redis_server,
 )
 from stack.twin_alertmanagers import alertmanager_cluster, wait_settled
@@ -64,6 +63,7 @@ from stack.twin_config import (
     twin_prometheus_config,
     with_route_timing,
 )
+from stack.twin_prometheus import MEMBERS, prometheus_member, remote_write_error
 from worker.redis_keys import DEFAULT_NAMESPACE
 
 REPO = Path(__file__).resolve().parent.parent
@@ -97,6 +97,11 @@ class LocalStack:
                            first is ``alertmanager``, all are in ``alertmanagers``
       alertmanager_args    more flags for every Alertmanager (e.g. --cluster.peer-timeout=2s)
       prometheus_args      more flags for Prometheus (e.g. --rules.alert.resend-delay=1s)
+      prometheuses         Prometheus members (compose: 1, 2 with the profile
+                           `prometheus-pair`), each with its own `replica` label, all
+                           scraping the same targets and sending to every Alertmanager;
+                           the first is ``prometheus``, all are in ``prometheuses``
+      remote_write_url     PROMETHEUS_REMOTE_WRITE_URL of every member (None: unset)
       deadman_timeout      the alert receiver's --deadman-timeout (seconds without a
                            Watchdog before it reports the pipeline silent); None: its default
     """
@@ -124,6 +129,8 @@ class LocalStack:
         alertmanager_args: Sequence[str] = (),
         prometheus_args: Sequence[str] = (),
         deadman_timeout: float | None = None,
+        prometheuses: int = 1,
+        remote_write_url: str | None = None,
         sentinel: bool = False,
         console_password: str | None = None,
     ) -> None:
@@ -131,6 +138,10 @@ class LocalStack:
             raise ValueError("at least one replica")
         if not 1 <= alertmanagers <= len(ALERTMANAGER_SERVICES):
             raise ValueError(f"1 to {len(ALERTMANAGER_SERVICES)} Alertmanagers")
+        if not 1 <= prometheuses <= len(MEMBERS):
+            raise ValueError(f"1 to {len(MEMBERS)} Prometheus members")
+        if error := remote_write_error(remote_write_url):
+            raise ValueError(error)
         self.run_dir = Path(run_dir).resolve()
         self.replica_count = replicas
         self.replica_env = {k: str(v) for k, v in (replica_env or {}).items()}
@@ -151,6 +162,7 @@ class LocalStack:
             list(prometheus_args),
         )
         self.deadman_timeout = deadman_timeout
+        self.prometheus_count, self.remote_write_url = prometheuses, remote_write_url
         #: Set: the operations console (``worker console``) runs too, with this password.
         self.console_password = console_password
         self.console: HttpServer | None = None
@@ -160,7 +172,7 @@ class LocalStack:
         self._sentinel_stack = contextlib.ExitStack()
         self.receiver: HttpServer | None = None
         self.alertmanagers: list[HttpServer] = []
-        self.prometheus: HttpServer | None = None
+        self.prometheuses: list[HttpServer] = []
         self.replicas: list[Replica] = []
         self.loadgen: Process | None = None
         #: Replicas stopped on purpose (kill_replica, stop_replica): supervise() leaves them.
@@ -186,7 +198,7 @@ class LocalStack:
     def _prepare_run_dir(self) -> None:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if not self.keep_data:
-            for child in ("redis", "receiver", "alertmanager", "prometheus", "loadgen"):
+            for child in ("redis", "receiver", "alertmanager", *MEMBERS, "loadgen"):
                 shutil.rmtree(self.run_dir / child, ignore_errors=True)
             for child in self.run_dir.glob("replica-*"):
                 shutil.rmtree(child, ignore_errors=True)
@@ -241,34 +253,37 @@ class LocalStack:
         for replica in self.replicas:
             replica.start(timeout)
 
-        prometheus_port = port()
-        prometheus_url = f"127.0.0.1:{prometheus_port}"
-        addresses = {
+        worker_and_alertmanagers = {
             WORKER_SERVICE: [r.target for r in self.replicas],
             **{
                 service: [f"127.0.0.1:{member.port}"]
                 for service, member in zip(ALERTMANAGER_SERVICES, self.alertmanagers, strict=False)
             },
             RECEIVER_SERVICE: [f"127.0.0.1:{self.receiver.port}"],
-            **{name: [prometheus_url] for name in PROMETHEUS_SERVICES},
         }
-        prom_config = twin_prometheus_config(
-            yaml.safe_load(self.prometheus_config.read_text()),
-            addresses,
-            config_dir=self.prometheus_config.parent,
-            rules_dir=self.rules_dir,
-            scrape_interval=self.scrape_interval,
-            evaluation_interval=self.evaluation_interval,
-        )
-        self.prometheus = prometheus_server(
-            self.run_dir / "prometheus",
-            yaml.safe_dump(prom_config, sort_keys=False),
-            prometheus_port,
-            *self.prometheus_args,
-        )
-        self.prometheus.name = "prometheus"
-        self.prometheus.log = self.prometheus.workdir / "prometheus.log"
-        self.prometheus.start(timeout)
+        self.prometheuses = []
+        for index in range(self.prometheus_count):
+            member_port = port()
+            # Each member scrapes itself, as each compose container's localhost:9090 is.
+            own = {name: [f"127.0.0.1:{member_port}"] for name in PROMETHEUS_SERVICES}
+            prom_config = twin_prometheus_config(
+                yaml.safe_load(self.prometheus_config.read_text()),
+                {**worker_and_alertmanagers, **own},
+                config_dir=self.prometheus_config.parent,
+                rules_dir=self.rules_dir,
+                scrape_interval=self.scrape_interval,
+                evaluation_interval=self.evaluation_interval,
+            )
+            member = prometheus_member(
+                self.run_dir / MEMBERS[index],
+                yaml.safe_dump(prom_config, sort_keys=False),
+                member_port,
+                index,
+                remote_write_url=self.remote_write_url,
+                extra=self.prometheus_args,
+            )
+            self.prometheuses.append(member)
+            member.start(timeout)
 
         if self.console_password is not None:
             from stack.console_server import console_server
@@ -321,7 +336,7 @@ class LocalStack:
     def stop(self) -> None:
         """Stop everything this stack started, newest first. Safe to call more than once."""
         grace = float(self.replica_env.get("SHUTDOWN_GRACE_SECONDS", 5)) + 10
-        for process in (self.loadgen, self.console, self.prometheus):
+        for process in (self.loadgen, self.console, *self.prometheuses):
             if process is not None:
                 process.stop()
         # All replicas at once, each finishing its running jobs within its grace period.
@@ -349,9 +364,14 @@ class LocalStack:
     @property
     def processes(self) -> list[Process]:
         """Every process this stack owns (running or not)."""
-        named = [self.redis, self.receiver, *self.alertmanagers, self.prometheus, self.loadgen]
+        named = [self.redis, self.receiver, *self.alertmanagers, *self.prometheuses, self.loadgen]
         named.append(self.console)
         return [p for p in (*named, *self.replicas) if p is not None]
+
+    @property
+    def prometheus(self) -> HttpServer | None:
+        """The first Prometheus member (compose: ``prometheus``)."""
+        return self.prometheuses[0] if self.prometheuses else None
 
     @property
     def alertmanager(self) -> HttpServer | None:
@@ -437,6 +457,7 @@ class LocalStack:
 
         return {
             "prometheus": url(self.prometheus),
+            "prometheuses": [url(member) for member in self.prometheuses],
             "alertmanager": url(self.alertmanager),
             "alertmanagers": [url(member) for member in self.alertmanagers],
             "alert_receiver": url(self.receiver),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import secrets
 import signal
 import sys
@@ -41,7 +42,7 @@ def describe(stack: LocalStack) -> str:
     """What the twin runs, where: URLs, pids and logs."""
     urls = stack.urls
     lines = [
-        f"Prometheus     {urls['prometheus']}   (alerts: {urls['prometheus']}/alerts)",
+        *(f"Prometheus     {u}   (alerts: {u}/alerts)" for u in urls["prometheuses"]),
         *(f"Alertmanager   {u}" for u in urls["alertmanagers"]),
         f"Alert receiver {urls['alert_receiver']}/alerts   (pipeline: "
         f"{urls['alert_receiver']}/status)",
@@ -109,6 +110,12 @@ def main(argv: list[str] | None = None) -> int:
         "--sentinel", action="store_true", help="Redis master, replica and three sentinels"
     )
     parser.add_argument(
+        "--prometheus-pair",
+        action="store_true",
+        help="two Prometheus members (compose profile prometheus-pair); both write to "
+        "PROMETHEUS_REMOTE_WRITE_URL when it is set",
+    )
+    parser.add_argument(
         "--scrape-interval", help="instead of the committed 15s (1s with --scenario)"
     )
     parser.add_argument(
@@ -146,7 +153,16 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--env {item!r}: expected NAME=VALUE")
         replica_env[name] = value
 
-    stack = LocalStack(
+    try:
+        stack = _stack(args, replica_env)
+    except ValueError as exc:
+        print(f"stack up-local: {exc}", file=sys.stderr, flush=True)
+        return 2
+    return _run(stack)
+
+
+def _stack(args: argparse.Namespace, replica_env: dict[str, str]) -> LocalStack:
+    return LocalStack(
         args.run_dir,
         replicas=args.replicas,
         replica_env=replica_env,
@@ -157,9 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         loadgen_args=scenario_args,
         keep_data=args.keep_data,
         sentinel=args.sentinel,
+        prometheuses=2 if args.prometheus_pair else 1,
+        remote_write_url=os.environ.get("PROMETHEUS_REMOTE_WRITE_URL") or None,
         console_password=secrets.token_hex(16),
     )
 
+
+def _run(stack: LocalStack) -> int:
     def on_signal(signum: int, _frame: object) -> None:
         raise _Stop(signal.Signals(signum).name)
 
@@ -196,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
                 break
             for i in stack.supervise():
                 print(f"[localstack] worker {i + 1} exited with an error: restarted", flush=True)
-            for process in (stack.redis, stack.prometheus, *stack.alertmanagers, stack.receiver):
+            for process in (stack.redis, *stack.prometheuses, *stack.alertmanagers, stack.receiver):
                 if not process.running and process is not stack.redis:
                     raise RuntimeError(f"{process.name} exited: {process.log_tail(500)}")
             time.sleep(1)

@@ -125,7 +125,9 @@ def test_config_reaches_promql_and_selectors():
             }
         )
     }
-    assert rules["WorkerReplicasMissing"]["expr"] == 'count by (job) (up{job="worker"} == 1) < 4'
+    assert rules["WorkerReplicasMissing"]["expr"] == (
+        'count by (job) (max without (replica) (up{job="worker"} == 1)) < 4'
+    )
     assert (
         "Fewer than 4 worker replicas" in rules["WorkerReplicasMissing"]["annotations"]["summary"]
     )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
 import pytest
+import yaml
 
 from stack.__main__ import COMMANDS, main
+from stack.twin import PROMETHEUS_CONFIG
+from stack.twin_prometheus import START_SCRIPT
 from worker.__main__ import main as worker_main
 
 
@@ -55,3 +59,39 @@ def test_a_tool_command_without_the_tools_extra_says_what_to_install():
         "stack up-local: needs yaml, from the tools extra: pip install -e '.[tools]' in a "
         "checkout\n"
     )
+
+
+@pytest.mark.parametrize(
+    "url", ["mimir:9009/api/v1/push", "ftp://store/write", "http://store/a b", 'http://s/"']
+)
+def test_a_bad_remote_write_url_is_one_line_and_exit_2(url, tmp_path):
+    """From ``stack up-local`` and from prometheus/start.sh (compose), before anything
+    starts; the line names the variable and never repeats the value (it may hold a
+    password)."""
+    env = {**os.environ, "PROMETHEUS_REMOTE_WRITE_URL": url}
+    up_local = [sys.executable, "-m", "stack", "up-local", "--run-dir", str(tmp_path / "run")]
+    start = ["/bin/sh", str(START_SCRIPT), "/bin/false", f"--config.file={PROMETHEUS_CONFIG}"]
+    for argv in (up_local, start):
+        done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2, done
+        (line,) = done.stderr.splitlines()
+        assert "PROMETHEUS_REMOTE_WRITE_URL" in line and url not in line, line
+    assert not (tmp_path / "run").exists()
+
+
+def test_start_sh_adds_remote_write_only_when_the_url_is_set(tmp_path):
+    """The config Prometheus gets: the committed one, plus remote_write when set."""
+    show = ["/bin/sh", "-c", 'cat "${1#--config.file=}"', "sh"]
+    argv = ["/bin/sh", str(START_SCRIPT), *show, f"--config.file={PROMETHEUS_CONFIG}"]
+    env = {**os.environ, "PROMETHEUS_EFFECTIVE_DIR": str(tmp_path)}
+    unset = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+    assert unset.stdout == PROMETHEUS_CONFIG.read_text()
+    env["PROMETHEUS_REMOTE_WRITE_URL"] = "https://user:secret@store.example:443/api/v1/push"
+    written = subprocess.run(argv, env=env, capture_output=True, text=True, check=True)
+    config = yaml.safe_load(written.stdout)
+    assert config["remote_write"] == [{"url": env["PROMETHEUS_REMOTE_WRITE_URL"]}]
+    assert (
+        config["global"]["external_labels"]
+        == yaml.safe_load(unset.stdout)["global"]["external_labels"]
+    )
+    assert (tmp_path / "rules").resolve() == PROMETHEUS_CONFIG.parent / "rules"

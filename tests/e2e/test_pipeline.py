@@ -21,10 +21,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
 
 from alerts.render import render_rules
-from stack.twin import ALERTMANAGER_CONFIG, deep_merge
+from stack.twin import deep_merge
 from tests.support.e2e import (
     ALERT_OVERRIDES,
     ALERTMANAGER_OVERRIDES,
@@ -36,6 +35,7 @@ from tests.support.e2e import (
     SilenceTime,
     assert_notification,
     computed_times,
+    deadman_repeating,
     describe_active,
     quiet,
     report_notify_time,
@@ -96,13 +96,7 @@ FAILING_RULE = """{
 
 def alertmanager_config(directory: Path) -> Path:
     """The committed alertmanager.yml with the Watchdog's route in seconds."""
-    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
-    config["templates"] = [str(ALERTMANAGER_CONFIG.parent / t) for t in config["templates"]]
-    (deadman,) = [r for r in config["route"]["routes"] if r["receiver"] == "deadman"]
-    deadman.update(DEADMAN_ROUTE)
-    path = directory / "alertmanager.yml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    return deadman_repeating(directory, DEADMAN_ROUTE["repeat_interval"])
 
 
 @pytest.fixture(scope="module")

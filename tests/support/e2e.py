@@ -9,10 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from alerts.detect import Detection, time_to_detect
 from stack.fleet import ROOT
 from stack.poll import wait_until
-from stack.twin import LocalStack
+from stack.twin import ALERTMANAGER_CONFIG, LocalStack
 from worker.redis_keys import DEFAULT_NAMESPACE
 
 NAMESPACE = DEFAULT_NAMESPACE
@@ -101,6 +103,19 @@ REPLICA_ENV = {
     "RETRY_TIME_SCALE": "0.05",
     "SHUTDOWN_GRACE_SECONDS": "3",
 }
+
+
+def deadman_repeating(directory: Path, repeat_interval: str) -> Path:
+    """The committed alertmanager.yml, written into ``directory``, with the Watchdog's
+    route repeating every ``repeat_interval`` (every other route as committed): a test's
+    dead man's switch hears a heartbeat every few seconds."""
+    config = yaml.safe_load(ALERTMANAGER_CONFIG.read_text())
+    config["templates"] = [str(ALERTMANAGER_CONFIG.parent / t) for t in config["templates"]]
+    (deadman,) = [r for r in config["route"]["routes"] if r["receiver"] == "deadman"]
+    deadman["repeat_interval"] = repeat_interval
+    path = directory / "alertmanager.yml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
 
 
 def alerting_twin(twin, name: str, rules: Path, seed: int) -> LocalStack:
