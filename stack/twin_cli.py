@@ -154,14 +154,16 @@ def main(argv: list[str] | None = None) -> int:
         replica_env[name] = value
 
     try:
-        stack = _stack(args, replica_env)
+        stack = _stack(args, replica_env, scenario_args)
     except ValueError as exc:
         print(f"stack up-local: {exc}", file=sys.stderr, flush=True)
         return 2
-    return _run(stack)
+    return _run(stack, args.scenario)
 
 
-def _stack(args: argparse.Namespace, replica_env: dict[str, str]) -> LocalStack:
+def _stack(
+    args: argparse.Namespace, replica_env: dict[str, str], loadgen_args: list[str]
+) -> LocalStack:
     return LocalStack(
         args.run_dir,
         replicas=args.replicas,
@@ -170,7 +172,7 @@ def _stack(args: argparse.Namespace, replica_env: dict[str, str]) -> LocalStack:
         scrape_interval=args.scrape_interval,
         evaluation_interval=args.evaluation_interval,
         loadgen_rate=None if args.no_loadgen else args.rate,
-        loadgen_args=scenario_args,
+        loadgen_args=loadgen_args,
         keep_data=args.keep_data,
         sentinel=args.sentinel,
         prometheuses=2 if args.prometheus_pair else 1,
@@ -179,7 +181,9 @@ def _stack(args: argparse.Namespace, replica_env: dict[str, str]) -> LocalStack:
     )
 
 
-def _run(stack: LocalStack) -> int:
+def _run(stack: LocalStack, scenario: str | None) -> int:
+    """Run until Ctrl-C, or until ``scenario`` has been replayed and recorded."""
+
     def on_signal(signum: int, _frame: object) -> None:
         raise _Stop(signal.Signals(signum).name)
 
@@ -204,7 +208,7 @@ def _run(stack: LocalStack) -> int:
         if stack.loadgen is not None:
             tails["loadgen"] = _Tail(stack.loadgen.log)
         while True:
-            replayed = bool(args.scenario) and not stack.loadgen.running
+            replayed = bool(scenario) and not stack.loadgen.running
             for prefix, tail in tails.items():
                 for line in tail.lines():
                     print(f"[{prefix}] {line}", flush=True)
@@ -212,7 +216,7 @@ def _run(stack: LocalStack) -> int:
                 # The end of the last phase in the recording: one scrape after it.
                 after = f'min(timestamp(up{{job="worker"}})) > {time.time()}'
                 wait_until(lambda: stack.query(after), 30)  # noqa: B023 (used at once)
-                print(recorded(stack, args.scenario, started), flush=True)
+                print(recorded(stack, scenario, started), flush=True)
                 break
             for i in stack.supervise():
                 print(f"[localstack] worker {i + 1} exited with an error: restarted", flush=True)
