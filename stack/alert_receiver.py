@@ -3,7 +3,8 @@
 It stands in for the pager and the chat of a real deployment, so a new user watching the
 stack sees an alert arrive: Alertmanager's ``pager`` and ``chat`` receivers POST to
 ``/pager`` and ``/chat`` (any ``/<name>`` works), and for every alert in a notification
-the receiver logs one line and appends one JSON line to its store. It understands both
+the receiver logs one line and appends one JSON line to its store (the alerts of one
+notification share its ``notification`` id). It understands both
 formats Alertmanager sends: its own webhook payload (``webhook_configs``) and a Slack
 incoming-webhook message (``slack_configs``, which alertmanager/alertmanager.yml uses).
 ``GET /alerts`` returns what it kept, oldest first, a page at a time (filter with
@@ -33,6 +34,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -270,6 +272,10 @@ class _Handler(BaseHTTPRequestHandler):
         except (ValueError, AttributeError, TypeError) as exc:
             self._reply(HTTPStatus.BAD_REQUEST, {"error": escape(str(exc))[:200]})
             return
+        # One id for the alerts of one notification: a reader can count notifications.
+        notification = uuid.uuid4().hex
+        for record in records:
+            record["notification"] = notification
         kept = self.server.deadman.heard(records)
         self.server.store.append(kept)
         for record in kept:
