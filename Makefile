@@ -1,7 +1,7 @@
 # One target per artifact or job. Every target uses the project's virtual environment.
 PY := .venv/bin/python
 
-.PHONY: help venv test test-quick lint format rules check dashboards kubernetes dashboards-preview console-screenshots docs up down up-local bench
+.PHONY: help venv test test-quick lint format rules check dashboards kubernetes dashboards-preview backtest-example console-screenshots docs up down up-local bench
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
@@ -40,6 +40,9 @@ dashboards: venv  ## render dashboards/*.dashboard.py into dashboards/generated/
 
 dashboards-preview: venv  ## draw each dashboard from a short live run into docs/img/<uid>.png
 	$(PY) -m stack.dashboard_preview
+
+backtest-example: venv  ## record a named day, backtest it: docs/alerts.md "A real report" and docs/img/backtest-*.png
+	$(PY) -m stack.backtest_example
 
 console-screenshots: venv  ## run the console's browser tests, saving each page into docs/img/console-*.png
 	CONSOLE_SCREENSHOTS=docs/img $(PY) -m pytest tests/test_console_browser.py -q -p no:cacheprovider
