@@ -29,6 +29,7 @@ from alerts.render import load_config
 from alerts.routes import ALERTMANAGER_CONFIG
 from dashboards.render import REPO_DIR
 from stack.servers import prometheus_server, running
+from stack.twin_cli import REPLAY_CONFIG
 
 DOC = REPO_DIR / "docs" / "alerts.md"
 BEGIN, END = "<!-- backtest-example: begin -->", "<!-- backtest-example: end -->"
@@ -90,15 +91,6 @@ def record(scenario: str, speed: float, run_dir: Path) -> tuple[str, str, Path]:
     if match is None:
         raise SystemExit(f"backtest-example: no recording in up-local's output:\n{out}")
     return match[1], match[2], Path(match[3])
-
-
-def replay_config(workdir: Path) -> str:
-    """A config for a Prometheus that only reads the recording: no scrapes, and the twin's
-    evaluation_interval, which the backtest reads as its rules' (else 1m, not the 1s they
-    ran at)."""
-    recorded = yaml.safe_load((workdir / "prometheus.yml").read_text())
-    interval = recorded["global"]["evaluation_interval"]
-    return yaml.safe_dump({"global": {"evaluation_interval": interval}})
 
 
 def backtest(url: str, args: list[str]) -> tuple[int, str, str]:
@@ -184,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     outputs = []
     workdir = data.parent
-    config = replay_config(workdir)
+    config = (data / REPLAY_CONFIG).read_text()
     with running(
         prometheus_server(workdir, config, None, "--storage.tsdb.retention.time=10y")
     ) as server:

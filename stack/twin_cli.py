@@ -11,9 +11,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import yaml
+
 from stack.poll import wait_until
 from stack.twin import REPO, LocalStack
 from stack.twin import __doc__ as TWIN_DOC
+
+#: The config a recording is read with, in its data directory (``recorded``).
+REPLAY_CONFIG = "replay.yml"
 
 
 class _Tail:
@@ -62,8 +67,14 @@ def describe(stack: LocalStack) -> str:
 
 
 def recorded(stack: LocalStack, scenario: str, started: datetime) -> str:
-    """Where the recording of ``scenario`` is, and how to read it once the twin stops."""
+    """Where the recording of ``scenario`` is, and how to read it once the twin stops. The
+    data directory gets ``replay.yml``, a config with the recording's intervals and no
+    scrapes: ``stack backtest`` evaluates the rules at the source's evaluation_interval,
+    and Prometheus' default (1m) would be 60 times the recording's."""
     data = stack.prometheus.workdir / "data"
+    running = yaml.safe_load((stack.prometheus.workdir / "prometheus.yml").read_text())
+    intervals = {k: running["global"][k] for k in ("scrape_interval", "evaluation_interval")}
+    (data / REPLAY_CONFIG).write_text(yaml.safe_dump({"global": intervals}))
 
     def stamp(t: datetime) -> str:
         return t.isoformat(timespec="seconds").replace("+00:00", "Z")
@@ -72,7 +83,7 @@ def recorded(stack: LocalStack, scenario: str, started: datetime) -> str:
         f"\nRecorded {scenario} from {stamp(started)} to {stamp(datetime.now(UTC))} in {data}"
         "\nRead it later (move it first: the next up-local empties the run directory):"
         f"\n  prometheus --storage.tsdb.path={data} --storage.tsdb.retention.time=10y "
-        "--config.file=/dev/null --web.listen-address=127.0.0.1:9090"
+        f"--config.file={data / REPLAY_CONFIG} --web.listen-address=127.0.0.1:9090"
     )
 
 
