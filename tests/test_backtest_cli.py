@@ -189,6 +189,8 @@ def _seconds(text: str | None) -> float | None:
     return None if text is None else datetime.fromisoformat(text).timestamp()
 
 
+# End to end (two Prometheus, a backtest of 40 minutes): not the edit loop's.
+@pytest.mark.slow
 def test_a_replica_down_for_ten_minutes(history, tmp_path):
     """By hand: WorkerDown (for 1m) turns firing at minute 11 and resolves at 20 (one
     evaluation interval, 15 s, of slack on each end); the pager gets the firing
@@ -229,6 +231,8 @@ def test_a_replica_down_for_ten_minutes(history, tmp_path):
     assert (fired_count, flaps, first, notifications) == ("1", "0", fired, "pager=2")
 
 
+# End to end (two Prometheus, a backtest of 40 minutes): not the edit loop's.
+@pytest.mark.slow
 def test_compare_a_longer_for_and_fail_on_its_chat_messages(history):
     """With WorkerDown's for at 15m, ten minutes down never page; WorkerReplicasMissing is
     then not inhibited: chat gets its firing (group_wait 2m) and resolved notifications."""

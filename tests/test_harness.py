@@ -7,6 +7,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from stack.fleet import ROOT, python_env
 
 CONFTEST = "from tests.conftest import pytest_collection_modifyitems  # noqa: F401\n"
@@ -35,6 +37,8 @@ def test_alone(i, tmp_path_factory):
 """
 
 
+# It runs a suite of its own under xdist (about 12 s): not the edit loop's.
+@pytest.mark.slow
 def test_tests_sharing_a_module_fixture_run_in_one_worker_and_the_rest_spread(tmp_path):
     (tmp_path / "conftest.py").write_text(CONFTEST)
     (tmp_path / "test_shared.py").write_text(SHARED)
