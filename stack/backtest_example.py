@@ -30,6 +30,7 @@ from alerts.routes import ALERTMANAGER_CONFIG
 from dashboards.render import REPO_DIR
 from stack.servers import prometheus_server, running
 from stack.twin_cli import REPLAY_CONFIG
+from stack.twin_config import routes
 
 DOC = REPO_DIR / "docs" / "alerts.md"
 BEGIN, END = "<!-- backtest-example: begin -->", "<!-- backtest-example: end -->"
@@ -70,15 +71,10 @@ def scaled_overrides(config: Any, speed: float) -> Any:
 def scaled_alertmanager(config: dict, speed: float) -> dict:
     """The Alertmanager config with each route's group_wait, group_interval and
     repeat_interval (the root's, or a route's own) divided by ``speed``."""
-
-    def visit(route: dict) -> None:
+    for route in routes(config["route"]):
         for key in ROUTE_KEYS:
             if key in route:
                 route[key] = scaled_duration(route[key], speed)
-        for child in route.get("routes") or []:
-            visit(child)
-
-    visit(config["route"])
     return config
 
 

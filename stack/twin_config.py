@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,19 +144,21 @@ def twin_alertmanager_config(
     return deep_merge(config, overrides or {})
 
 
+def routes(route: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """``route`` and every route below it, parents first."""
+    yield route
+    for child in route.get("routes") or []:
+        yield from routes(child)
+
+
 def with_route_timing(config: Mapping[str, Any], **timing: str) -> dict[str, Any]:
     """``config`` with ``group_wait``, ``group_interval`` and/or ``repeat_interval`` set on
     the root route and on every route below it that sets its own (tests: seconds, not
     minutes), leaving the tree, matchers and receivers as committed."""
     config = copy.deepcopy(dict(config))
-
-    def visit(route: dict[str, Any], root: bool) -> None:
-        for key, value in timing.items():
-            if root or key in route:
-                route[key] = value
-        for child in route.get("routes") or []:
-            visit(child, False)
-
     if "route" in config:
-        visit(config["route"], True)
+        for route in routes(config["route"]):
+            for key, value in timing.items():
+                if route is config["route"] or key in route:
+                    route[key] = value
     return config
