@@ -6,6 +6,8 @@ while one runs, so two operators never replay the same letters at twice the rate
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import secrets
 import threading
@@ -50,6 +52,16 @@ class Replay:
     def running(self) -> bool:
         return self.status == "running"
 
+    def snapshot(self) -> Replay:
+        """A copy to render, consistent while the thread goes on: the status is read before
+        the counts, and the thread sets it after the last count, so a copy that says done
+        holds the final counts (a page reading them one by one could say done beside the
+        counts of a moment before)."""
+        status, error = self.status, self.error
+        return dataclasses.replace(
+            self, status=status, error=error, outcome=copy.copy(self.outcome)
+        )
+
 
 class Busy(Exception):
     """Another action is running."""
@@ -75,12 +87,16 @@ class Replays:
             thread.join(timeout)
 
     def get(self, replay_id: str) -> Replay | None:
+        """A snapshot of the action (its ``cancel`` is the running action's own)."""
         with self._lock:
-            return self._replays.get(replay_id)
+            replay = self._replays.get(replay_id)
+        return replay.snapshot() if replay else None
 
     def current(self) -> Replay | None:
+        """A snapshot of the running action, if one runs."""
         with self._lock:
-            return next((r for r in self._replays.values() if r.running), None)
+            replay = next((r for r in self._replays.values() if r.running), None)
+        return replay.snapshot() if replay else None
 
     def start(
         self,
