@@ -28,6 +28,7 @@ import yaml
 
 from alerts.duration import parse_duration
 from alerts.render import REPO_DIR, config_parser, exit_code, load_config, rendered
+from alerts.routing import build_route
 
 PROMETHEUS_CONFIG = REPO_DIR / "prometheus" / "prometheus.yml"
 ALERTMANAGER_CONFIG = REPO_DIR / "alertmanager" / "alertmanager.yml"
@@ -46,35 +47,6 @@ def format_duration(seconds: float) -> str:
     minutes, rest = divmod(rest, 60)
     text = "".join(f"{n}{u}" for n, u in ((hours, "h"), (minutes, "m"), (rest, "s")) if n)
     return text or "0s"
-
-
-_MATCHER = re.compile(r'^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*"?(.*?)"?\s*$')
-
-
-def _matches(route: dict, labels: dict[str, str]) -> bool:
-    checks = [_MATCHER.match(m).groups() for m in route.get("matchers", [])]
-    checks += [(k, "=", v) for k, v in route.get("match", {}).items()]
-    checks += [(k, "=~", v) for k, v in route.get("match_re", {}).items()]
-    for name, op, value in checks:
-        have = labels.get(name, "")
-        ok = {
-            "=": have == value,
-            "!=": have != value,
-            "=~": re.fullmatch(value, have) is not None,
-            "!~": re.fullmatch(value, have) is None,
-        }[op]
-        if not ok:
-            return False
-    return True
-
-
-def route_for(labels: dict[str, str], route: dict, inherited: dict | None = None) -> dict:
-    """The first matching leaf route (no `continue` here), with inherited settings."""
-    settings = {**(inherited or {}), **{k: v for k, v in route.items() if k != "routes"}}
-    for child in route.get("routes", []):
-        if _matches(child, labels):
-            return route_for(labels, child, settings)
-    return settings
 
 
 # Conditions on a gauge over a range: true only once the fault fills the whole range
@@ -139,7 +111,7 @@ def time_to_detect(
     burn_rates = {**REFERENCE_BURN_RATES, **(burn_rates or {})}
     pairs = load_config(overrides, config_files)["slo"]["burnRates"]
     prom = yaml.safe_load(prometheus_config.read_text())
-    am = yaml.safe_load(alertmanager_config.read_text())
+    routes = build_route(yaml.safe_load(alertmanager_config.read_text()))
     glob = prom.get("global", {})
     job = next(j for j in prom["scrape_configs"] if j["job_name"] == WORKER_JOB)
     scrape_interval = parse_duration(job.get("scrape_interval", glob.get("scrape_interval", "1m")))
@@ -163,7 +135,7 @@ def time_to_detect(
                 name, severity = rule["alert"], rule["labels"]["severity"]
                 burn = burn_rates[severity] if name in BURN_RATE_ALERTS else None
                 mine = [p for p in pairs if p["severity"] == severity]
-                route = route_for({"alertname": name, "severity": severity}, am["route"])
+                route = routes.match({"alertname": name, "severity": severity})[0]
                 # A recording rule group runs on its own clock: the alert may read the
                 # record one evaluation late.
                 hops = 1 + any(record in rule["expr"] for record in records)
@@ -174,11 +146,11 @@ def time_to_detect(
                 rows[name, severity] = Detection(
                     alert=name,
                     severity=severity,
-                    receiver=route["receiver"],
+                    receiver=route.receiver,
                     scrape=scrape,
                     evaluation=hops * evaluation_interval,
                     for_=parse_duration(rule.get("for", "0s")),
-                    group_wait=parse_duration(route.get("group_wait", "30s")),
+                    group_wait=route.group_wait,
                     window=range_to_fill(rule["expr"]),
                     windows=0.0 if burn is None else windows_to_fire(mine, burn),
                     burn_rate=burn,

@@ -18,10 +18,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from alerts.routes import ALERTMANAGER_CONFIG, amtool_route_test
+from alerts.routing import build_route
 from stack.alert_receiver import AlertStore, ReceiverServer
 from stack.backtest.alertmanager import prometheus_posts, simulate
 from stack.backtest.model import AlertInterval, BacktestError, Notification
-from stack.backtest.routing import build_route
 from stack.poll import wait_until
 from stack.servers import free_port, require_binary, running
 from stack.twin_alertmanagers import alertmanager_cluster, wait_settled

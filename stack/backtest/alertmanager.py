@@ -22,8 +22,15 @@ Known differences, each bounded by one ``group_interval`` in time and none in co
 order: the real dispatcher removes empty groups in a maintenance pass every 30 s, so an
 alert arriving within that time joins the old group and is notified at its next tick, not
 ``group_wait`` after it arrived; in a pair, the second member sends what the first has not
-yet sent after its peer timeout. A post arriving at the very instant of a flush is taken
-into it (in Alertmanager, whichever comes first by milliseconds).
+yet sent after its peer timeout.
+
+One that can change a count: a post arriving at the very instant of its group's flush is
+taken into it. In Alertmanager the two race (whichever comes first by milliseconds: the
+flush timer started when the group's first alert arrived, the post leaves Prometheus
+about as long after its evaluation), so an alert of an already-notified group that fires
+exactly ``group_wait`` (plus whole ``group_interval``) after the group's first, on the
+evaluation grid, may be sent in that flush or in a notification of its own. Timings that
+are multiples of the evaluation interval (30 s and 5 m at 15 s) make such ties possible.
 """
 
 from __future__ import annotations
@@ -35,8 +42,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stack.backtest.model import AlertInterval, Notification
-from stack.backtest.routing import Route, build_route, inhibit_rules, sends_resolved
+from alerts.routing import Route, RoutingError, build_route, inhibit_rules, sends_resolved
+from stack.backtest.model import AlertInterval, BacktestError, Notification
 
 #: Prometheus' defaults: ``--rules.alert.resend-delay``, ``evaluation_interval``, and how
 #: long a resolved alert is still sent (``resolvedRetention``, fixed in its source).
@@ -145,8 +152,12 @@ class Dispatcher:
     """Alertmanager's dispatcher and pipeline over simulated time; ``run`` it on posts."""
 
     def __init__(self, config: Mapping[str, Any]) -> None:
-        self.route = build_route(config)
-        self.inhibit_rules = inhibit_rules(config)
+        """BacktestError, one line, for a config it cannot read or simulate."""
+        try:
+            self.route = build_route(config)
+            self.inhibit_rules = inhibit_rules(config)
+        except RoutingError as exc:
+            raise BacktestError(str(exc)) from None
         self.send_resolved = sends_resolved(config)
         self.alerts: dict[LabelKey, _Alert] = {}
         self.groups: dict[tuple[tuple[int, ...], LabelKey], _Group] = {}

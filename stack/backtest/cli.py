@@ -37,10 +37,10 @@ import yaml
 from alerts.duration import parse_duration
 from alerts.render import RULES_DIR, add_config_options, render_rules, unknown_alerts
 from alerts.routes import ALERTMANAGER_CONFIG
+from alerts.routing import RoutingError, build_route
 from stack.backtest import fail_on, report
 from stack.backtest.alertmanager import simulate
 from stack.backtest.model import BacktestError
-from stack.backtest.routing import build_route
 from stack.backtest.rules import evaluate
 
 PROG = "stack backtest"
@@ -167,7 +167,7 @@ class Variant:
             config = yaml.safe_load(path.read_text())
             receivers = [r["name"] for r in config["receivers"]]
             pager = build_route(config).match(PAGED_LABELS)[0].receiver
-        except (OSError, yaml.YAMLError, KeyError, TypeError, BacktestError) as error:
+        except (OSError, yaml.YAMLError, KeyError, TypeError, RoutingError) as error:
             raise BacktestError(f"--alertmanager-config {path}: {error}") from None
         if pager not in receivers:
             raise BacktestError(f"--alertmanager-config {path}: no receiver {pager!r}")

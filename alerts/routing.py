@@ -1,9 +1,10 @@
-"""Alertmanager's routing tree and inhibit rules, read from a parsed ``alertmanager.yml``.
-
-The backtest needs the route of every alert it replays, tens of thousands of times over a
-week of history, so the tree is evaluated here rather than by one ``amtool`` process per
-label set; ``tests/test_backtest_alertmanager.py`` proves it equal to ``amtool config
-routes test`` on label sets drawn from the config's own matchers.
+"""Alertmanager's routing tree and inhibit rules, read from a parsed ``alertmanager.yml``:
+the one reading of them, for the time to detect (``alerts.detect``: the receiver and
+group_wait of each alert) and the backtest (``stack.backtest.alertmanager``: the route of
+every alert it replays, tens of thousands of times over a week of history, so the tree
+is evaluated here rather than by one ``amtool`` process per label set).
+``tests/test_backtest_alertmanager.py`` proves it equal to ``amtool config routes test``
+on label sets drawn from the config's own matchers.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alerts.duration import parse_duration
-from stack.backtest.model import BacktestError
 
 #: Alertmanager's defaults for a root route that does not set them.
 DEFAULT_TIMING = {"group_wait": 30.0, "group_interval": 300.0, "repeat_interval": 14400.0}
@@ -34,6 +34,11 @@ SEND_RESOLVED_DEFAULT = {
     "discord_configs": True,
     "webex_configs": True,
 }
+
+
+class RoutingError(ValueError):
+    """A config this module cannot read (or the backtest cannot simulate): one line."""
+
 
 _MATCHER = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(=~|!~|!=|=)\s*(.*?)\s*$")
 
@@ -63,7 +68,7 @@ def matcher(name: str, op: str, value: str) -> Matcher:
         try:
             return Matcher(name, op, value, re.compile(value))
         except re.error as exc:
-            raise BacktestError(f"alertmanager: matcher {name}{op}{value!r}: {exc}") from None
+            raise RoutingError(f"alertmanager: matcher {name}{op}{value!r}: {exc}") from None
     return Matcher(name, op, value)
 
 
@@ -77,13 +82,13 @@ def parse_matchers(texts: Sequence[str]) -> tuple[Matcher, ...]:
         for part in _split_commas(body):
             found = _MATCHER.match(part)
             if found is None:
-                raise BacktestError(f"alertmanager: not a matcher: {text!r}")
+                raise RoutingError(f"alertmanager: not a matcher: {text!r}")
             name, op, value = found.groups()
             if value.startswith('"'):
                 try:
                     value = json.loads(value)
                 except ValueError:
-                    raise BacktestError(f"alertmanager: bad quoting in matcher {text!r}") from None
+                    raise RoutingError(f"alertmanager: bad quoting in matcher {text!r}") from None
             parsed.append(matcher(name, op, value))
     return tuple(parsed)
 
@@ -156,16 +161,16 @@ _UNSUPPORTED = ("mute_time_intervals", "active_time_intervals")
 
 
 def build_route(config: Mapping[str, Any]) -> Route:
-    """The config's routing tree; BacktestError for what it cannot read."""
+    """The config's routing tree; RoutingError for what it cannot read."""
     root = config.get("route")
     if not isinstance(root, Mapping) or not root.get("receiver"):
-        raise BacktestError("alertmanager: the config has no route with a receiver")
+        raise RoutingError("alertmanager: the config has no route with a receiver")
     defaults = {"receiver": root["receiver"], "group_by": (), **DEFAULT_TIMING}
     route = _route(root, (0,), defaults)
     known = {receiver.get("name") for receiver in config.get("receivers") or ()}
     for node in _walk(route):
         if node.receiver not in known:
-            raise BacktestError(f"alertmanager: receiver {node.receiver!r} is not defined")
+            raise RoutingError(f"alertmanager: receiver {node.receiver!r} is not defined")
     return route
 
 
@@ -177,7 +182,7 @@ def _route(node: Mapping[str, Any], key: tuple[int, ...], parent: Mapping[str, A
     where = "route" + "".join(f".routes[{i}]" for i in key[1:])
     for option in _UNSUPPORTED:
         if node.get(option):
-            raise BacktestError(f"alertmanager: {where}: {option} is not simulated")
+            raise RoutingError(f"alertmanager: {where}: {option} is not simulated")
     options = dict(parent)
     if "receiver" in node:
         options["receiver"] = node["receiver"]
@@ -189,7 +194,7 @@ def _route(node: Mapping[str, Any], key: tuple[int, ...], parent: Mapping[str, A
             try:
                 options[name] = parse_duration(str(node[name]))
             except ValueError:
-                raise BacktestError(f"alertmanager: {where}.{name}: {node[name]!r}") from None
+                raise RoutingError(f"alertmanager: {where}.{name}: {node[name]!r}") from None
     children = tuple(
         _route(child, (*key, i), options) for i, child in enumerate(node.get("routes") or ())
     )
