@@ -118,10 +118,19 @@ def deadman_repeating(directory: Path, repeat_interval: str) -> Path:
     return path
 
 
-def alerting_twin(twin, name: str, rules: Path, seed: int) -> LocalStack:
+def alerting_twin(
+    twin,
+    name: str,
+    rules: Path,
+    seed: int,
+    *,
+    timing: dict[str, str] = ALERTMANAGER_TIMING,
+    overrides: dict = ALERTMANAGER_OVERRIDES,
+) -> LocalStack:
     """A twin for a module that counts notifications: the rules in ``rules`` (rendered at
     scaled timings), scraped and evaluated every second, the demo load with ``seed``;
-    returned once Prometheus scrapes every replica.
+    returned once Prometheus scrapes every replica. ``timing`` and ``overrides``: the
+    Alertmanager's, as ``LocalStack`` takes them.
 
     One Alertmanager: with these scaled timings a pair's group interval is shorter than
     its peer wait, so the pair may send a group twice (its clustering promises at least
@@ -132,8 +141,8 @@ def alerting_twin(twin, name: str, rules: Path, seed: int) -> LocalStack:
         scrape_interval="1s",
         evaluation_interval="1s",
         rules_dir=rules,
-        alertmanager_timing=ALERTMANAGER_TIMING,
-        alertmanager_overrides=ALERTMANAGER_OVERRIDES,
+        alertmanager_timing=timing,
+        alertmanager_overrides=overrides,
         replica_env=REPLICA_ENV,
         loadgen_rate=LOAD_RATE,
         loadgen_args=["--seed", str(seed), "--quiet"],
