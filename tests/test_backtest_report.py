@@ -175,6 +175,21 @@ def test_plot_writes_a_png(tmp_path):
 
 
 @pytest.mark.parametrize(
+    ("span", "unit"),
+    [
+        (62, "seconds"),
+        (300, "seconds"),
+        (3600, "minutes"),
+        (7 * 86400, "hours"),
+        (28 * 86400, "days"),
+    ],
+)
+def test_the_plots_time_axis_counts_in_a_unit_that_fits_the_range(span, unit):
+    """A minute of a scaled scenario is not 0.017 hours; a week is 168 hours."""
+    assert report._time_unit(span)[0] == unit
+
+
+@pytest.mark.parametrize(
     ("condition", "measured", "holds"),
     [
         ("pages_per_week>1", 2, True),

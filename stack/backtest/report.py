@@ -286,7 +286,8 @@ def plot(summaries: Mapping[str, Summary], path: Path) -> None:
     lanes = len(summaries)
     figure, axes = plt.subplots(figsize=(12, 1.5 + 0.3 * len(rows)))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    hours = lambda at: (at - first.start) / 3600  # noqa: E731
+    unit, seconds = _time_unit(first.end - first.start)
+    x = lambda at: (at - first.start) / seconds  # noqa: E731
     for lane, (label, summary) in enumerate(summaries.items()):
         colour = colours[lane % len(colours)]
         offset = (lane + 0.5) / lanes - 0.5
@@ -294,7 +295,7 @@ def plot(summaries: Mapping[str, Summary], path: Path) -> None:
         for row, name in enumerate(alerts):
             alert = summary.alerts.get(name)
             spans = [
-                (hours(a), hours(summary.end if b is None else b) - hours(a))
+                (x(a), x(summary.end if b is None else b) - x(a))
                 for a, b in (alert.intervals if alert else ())
             ]
             axes.broken_barh(
@@ -308,18 +309,26 @@ def plot(summaries: Mapping[str, Summary], path: Path) -> None:
         for row, receiver in enumerate(receivers, start=len(alerts)):
             for status, marker in (("firing", "o"), ("resolved", "x")):
                 times = [
-                    hours(n.at)
+                    x(n.at)
                     for n in summary.notifications
                     if n.receiver == receiver and n.status == status
                 ]
                 axes.scatter(times, [row + offset] * len(times), marker=marker, color=colour)
     axes.set_yticks(range(len(rows)), rows)
     axes.invert_yaxis()
-    axes.set_xlim(0, hours(first.end))
-    axes.set_xlabel(f"hours from {rfc3339(first.start)}")
+    axes.set_xlim(0, x(first.end))
+    axes.set_xlabel(f"{unit} from {rfc3339(first.start)}")
     axes.grid(axis="x", alpha=0.3)
     if lanes > 1:
         axes.legend(loc="upper right")
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
+
+
+def _time_unit(span: float) -> tuple[str, float]:
+    """The plot's x unit for a range of ``span`` seconds: at most a few hundred of it."""
+    for unit, seconds in (("seconds", 1), ("minutes", 60), ("hours", 3600)):
+        if span <= 300 * seconds:
+            return unit, seconds
+    return "days", 86400
