@@ -18,19 +18,21 @@ Two halves, each modelled on the real programs:
   shares it, so each notification is sent once). Resolved alerts leave the group once
   notified, and an empty group is removed.
 
-Known differences, each bounded by one ``group_interval`` in time and none in count or
-order: the real dispatcher removes empty groups in a maintenance pass every 30 s, so an
-alert arriving within that time joins the old group and is notified at its next tick, not
-``group_wait`` after it arrived; in a pair, the second member sends what the first has not
-yet sent after its peer timeout.
+Known differences, each bounded by one ``group_interval`` in time: the real dispatcher
+removes empty groups in a maintenance pass every 30 s (its phase set when Alertmanager
+started), so an alert arriving within that time joins the old group and is notified at
+its next tick, not ``group_wait`` after it arrived; in a pair, the second member sends
+what the first has not yet sent after its peer timeout.
 
-One that can change a count: a post arriving at the very instant of its group's flush is
-taken into it. In Alertmanager the two race (whichever comes first by milliseconds: the
-flush timer started when the group's first alert arrived, the post leaves Prometheus
-about as long after its evaluation), so an alert of an already-notified group that fires
-exactly ``group_wait`` (plus whole ``group_interval``) after the group's first, on the
-evaluation grid, may be sent in that flush or in a notification of its own. Timings that
-are multiples of the evaluation interval (30 s and 5 m at 15 s) make such ties possible.
+Two can change a count. An alert that resolves before its group_wait is over is notified
+nothing in a new group, firing then resolved in a left-over one. And a post arriving at
+the very instant of its group's flush is taken into it; in Alertmanager the two race
+(whichever comes first by milliseconds: the flush timer started when the group's first
+alert arrived, the post leaves Prometheus about as long after its evaluation), so an
+alert of an already-notified group that fires exactly ``group_wait`` (plus whole
+``group_interval``) after the group's first, on the evaluation grid, may be sent in that
+flush or in a notification of its own. Timings that are multiples of the evaluation
+interval (30 s and 5 m at 15 s) make such ties possible.
 """
 
 from __future__ import annotations
