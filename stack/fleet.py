@@ -195,8 +195,8 @@ RATE_LIMITS = "minute=20/60,hour=2000/3600,day=20000/86400"
 
 
 def prometheus_config(targets: list[str], rules_dir: Path, interval: str = "1s") -> str:
-    """Scraping ``targets`` and evaluating the committed rules every ``interval``; a group
-    with an interval of its own runs as much more often (copies in ``rules_dir``)."""
+    """Scraping ``targets`` and evaluating the committed rules every ``interval``, a group
+    with an interval of its own scaled alike (copies in ``rules_dir``: twin_config.rules_at)."""
     rule_files = rules_at(sorted(RULES_DIR.glob("*.yml")), interval, rules_dir)
     return json.dumps(
         {
