@@ -109,6 +109,16 @@
     slo: {
       // The period the objectives and the error budget are counted over.
       window: '28d',
+      // The error ratios over `longWindow` or more, and over `window` (and the budget left,
+      // which reads it), are evaluated every `longWindowInterval` in a group of their own,
+      // worker-slo-records-long, as Pyrra and the SRE workbook do: a ratio over a day
+      // moves little in a few minutes, and each evaluation reads days of raw samples (at
+      // the global 15 s they were most of the rules' cost, live and in `stack backtest`).
+      // An alert reading one of them (the tickets) may fire up to this much later. At most
+      // half of Prometheus' 5m lookback delta, so that a group that misses an evaluation
+      // (Prometheus skips one that overruns) still leaves its records readable.
+      longWindow: '1d',
+      longWindowInterval: '2m30s',
       // Share of attempts that start within `thresholdSeconds` of becoming runnable.
       queueWait: {
         objective: 0.99,

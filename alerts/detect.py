@@ -99,6 +99,18 @@ def windows_to_fire(pairs: Sequence[dict], burn_rate: float) -> float:
     return min(times)
 
 
+def group_interval(group: dict, evaluation_interval: float) -> float:
+    """Seconds between evaluations of a rule group under the global ``evaluation_interval``:
+    that, or the group's own ``interval`` scaled as the global one is from the committed
+    prometheus.yml's (a twin that evaluates every second instead of every 15 s runs the
+    long-window SLO records every 10 s, not every 2m30s: stack/twin_config.py)."""
+    own = group.get("interval")
+    if own is None:
+        return evaluation_interval
+    committed = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["global"]["evaluation_interval"]
+    return parse_duration(own) * evaluation_interval / parse_duration(committed)
+
+
 def time_to_detect(
     prometheus_config: Path = PROMETHEUS_CONFIG,
     alertmanager_config: Path = ALERTMANAGER_CONFIG,
@@ -119,8 +131,9 @@ def time_to_detect(
     evaluation_interval = parse_duration(glob.get("evaluation_interval", "1m"))
 
     files = {name: yaml.safe_load(text) for name, text in rendered(overrides, config_files).items()}
+    # Each record, with the interval of the group that writes it.
     records = {
-        rule["record"]
+        rule["record"]: group_interval(group, evaluation_interval)
         for doc in files.values()
         for group in doc["groups"]
         for rule in group["rules"]
@@ -137,8 +150,11 @@ def time_to_detect(
                 mine = [p for p in pairs if p["severity"] == severity]
                 route = routes.match({"alertname": name, "severity": severity})[0]
                 # A recording rule group runs on its own clock: the alert may read the
-                # record one evaluation late.
-                hops = 1 + any(record in rule["expr"] for record in records)
+                # record one of that group's evaluations late (a long-window SLO record:
+                # up to its longer interval).
+                late = max(
+                    (t for record, t in records.items() if record in rule["expr"]), default=0
+                )
                 # A hung replica is declared down only when its scrape times out: so for
                 # every alert on the worker targets' `up` (WorkerDown, WorkerReplicasMissing).
                 reads_up = f'up{{job="{WORKER_JOB}"}}' in rule["expr"]
@@ -148,7 +164,7 @@ def time_to_detect(
                     severity=severity,
                     receiver=route.receiver,
                     scrape=scrape,
-                    evaluation=hops * evaluation_interval,
+                    evaluation=group_interval(group, evaluation_interval) + late,
                     for_=parse_duration(rule.get("for", "0s")),
                     group_wait=route.group_wait,
                     window=range_to_fill(rule["expr"]),

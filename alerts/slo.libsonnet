@@ -7,10 +7,19 @@ local lib = import 'lib.libsonnet';
 local num = lib.num;
 local pct = lib.pct;
 
-// Seconds in a one-unit Prometheus duration ('5m', '1h', '28d').
-local unitSeconds = { s: 1, m: 60, h: 3600, d: 86400, w: 604800 };
+// Seconds in a Prometheus duration ('5m', '1h', '28d', '2m30s', '2500ms').
+local unitSeconds = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400, w: 604800 };
 local seconds(d) =
-  std.parseInt(std.substr(d, 0, std.length(d) - 1)) * unitSeconds[d[std.length(d) - 1]];
+  // Digits accumulate in n; a unit adds n of it. An 'm' waits for the next character
+  // ('ms' or minutes); a final '0' settles a trailing 'm'.
+  local step(acc, ch) =
+    if acc.unit == 'm' && ch == 's' then { n: 0, unit: '', total: acc.total + acc.n * unitSeconds.ms }
+    else
+      local settled = if acc.unit == 'm' then { n: 0, unit: '', total: acc.total + acc.n * 60 } else acc;
+      if std.member('0123456789', ch) then settled { n: settled.n * 10 + std.parseInt(ch) }
+      else if ch == 'm' then settled { unit: 'm' }
+      else { n: 0, unit: '', total: settled.total + settled.n * unitSeconds[ch] };
+  std.foldl(step, std.stringChars(d) + ['0'], { n: 0, unit: '', total: 0 }).total;
 // 120 -> '2m', 3600 -> '1h', 45 -> '45s'
 local human(t) =
   if t % 3600 == 0 then '%dh' % (t / 3600)
@@ -35,6 +44,8 @@ local narrowed(record, match) = if match == '' then record else '%s{%s}' % [reco
   local windows = std.uniq(
     std.sort([b.long for b in s.burnRates] + [b.short for b in s.burnRates], seconds), seconds
   ) + [s.window],
+  // The windows whose ratios are evaluated every longWindowInterval (config.libsonnet).
+  local isLong(w) = w == s.window || seconds(w) >= seconds(s.longWindow),
   local severities = std.uniq([b.severity for b in s.burnRates]),
 
   // The queues an SLO's settings apply to: one entry per queue named in `queues`, then
@@ -113,6 +124,8 @@ local narrowed(record, match) = if match == '' then record else '%s{%s}' % [reco
   local r = self._sloRecords,
 
   assert std.member(['critical', 'warning'], latency.severity) : 'HighJobQueueLatency.severity',
+  assert 2 * seconds(s.longWindowInterval) <= 300 :
+         'slo.longWindowInterval: at most half of the 5m lookback delta',
 
   // One rule per record: each group of queues is its own term, joined with `or` (the
   // groups' queues are disjoint).
@@ -120,17 +133,20 @@ local narrowed(record, match) = if match == '' then record else '%s{%s}' % [reco
     if std.length(terms) == 1 then terms[0]
     else std.join('or\n', ['(\n%s)\n' % std.join('', ['  ' + l + '\n' for l in std.split(std.rstripChars(t, '\n'), '\n')]) for t in terms]),
 
+  local ratioRule(name, w) = {
+    record: r[name].ratio[w],
+    expr: anyGroup([slos[name].ratio(matchers([sel, g.match]), g.conf, w) for g in slos[name].groups]),
+  },
+
   prometheusRules+:: {
     groups+: [
       {
         name: 'worker-slo-records',
         rules: [
-          {
-            record: r[name].ratio[w],
-            expr: anyGroup([slos[name].ratio(matchers([sel, g.match]), g.conf, w) for g in slos[name].groups]),
-          }
+          ratioRule(name, w)
           for name in std.objectFields(slos)
           for w in windows
+          if !isLong(w)
         ] + [
           {
             // A series per queue that has the SLI's counters, at the queue's budget.
@@ -147,16 +163,26 @@ local narrowed(record, match) = if match == '' then record else '%s{%s}' % [reco
           for name in std.objectFields(slos)
         ] + [
           {
-            record: r[name].budgetLeft,
-            expr: '1 - %s / %s' % [r[name].ratio[s.window], r[name].budget],
-          }
-          for name in std.objectFields(slos)
-        ] + [
-          {
             // Every replica samples the same broker: max, never sum, across replicas.
             record: r.oldestAge,
             expr: 'max by (queue) (worker_queue_oldest_message_age_seconds{%s})' % sel,
           },
+        ],
+      },
+      {
+        name: 'worker-slo-records-long',
+        interval: s.longWindowInterval,
+        rules: [
+          ratioRule(name, w)
+          for name in std.objectFields(slos)
+          for w in windows
+          if isLong(w)
+        ] + [
+          {
+            record: r[name].budgetLeft,
+            expr: '1 - %s / %s' % [r[name].ratio[s.window], r[name].budget],
+          }
+          for name in std.objectFields(slos)
         ],
       },
     ],

@@ -35,7 +35,15 @@ from stack.twin_config import routes
 DOC = REPO_DIR / "docs" / "alerts.md"
 BEGIN, END = "<!-- backtest-example: begin -->", "<!-- backtest-example: end -->"
 #: Configuration keys holding a duration or a number of seconds: what a speed shortens.
-DURATION_KEYS = {"for", "keep_firing_for", "window", "long", "short"}
+DURATION_KEYS = {
+    "for",
+    "keep_firing_for",
+    "window",
+    "long",
+    "short",
+    "longWindow",
+    "longWindowInterval",
+}
 SECONDS_KEYS = {"thresholdSeconds"}
 ROUTE_KEYS = ("group_wait", "group_interval", "repeat_interval")
 #: The proposed change of the --compare example.

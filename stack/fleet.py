@@ -38,6 +38,7 @@ from stack.servers import (
     redis_server,
     running,
 )
+from stack.twin_config import rules_at
 from worker.app import setup
 from worker.config import Settings
 
@@ -193,11 +194,14 @@ RULES_DIR = ROOT / "prometheus" / "rules"
 RATE_LIMITS = "minute=20/60,hour=2000/3600,day=20000/86400"
 
 
-def prometheus_config(targets: list[str], interval: str = "1s") -> str:
+def prometheus_config(targets: list[str], rules_dir: Path, interval: str = "1s") -> str:
+    """Scraping ``targets`` and evaluating the committed rules every ``interval``, a group
+    with an interval of its own scaled alike (copies in ``rules_dir``: twin_config.rules_at)."""
+    rule_files = rules_at(sorted(RULES_DIR.glob("*.yml")), interval, rules_dir)
     return json.dumps(
         {
             "global": {"scrape_interval": interval, "evaluation_interval": interval},
-            "rule_files": [str(p) for p in sorted(RULES_DIR.glob("*.yml"))],
+            "rule_files": [str(p) for p in rule_files],
             "scrape_configs": [
                 {"job_name": "worker", "static_configs": [{"targets": targets}]},
             ],
@@ -293,7 +297,11 @@ def simulated_fleet(workdir: Path, replicas: int = 1, **env: str) -> Iterator[Fl
             fleet_replicas.append(replica)
         instances = [f"127.0.0.1:{p}" for p in ports]
         prometheus = stack.enter_context(
-            running(prometheus_server(workdir / "prometheus", prometheus_config(instances)))
+            running(
+                prometheus_server(
+                    workdir / "prometheus", prometheus_config(instances, workdir / "rules")
+                )
+            )
         )
         setup(Settings(_env_file=None, REDIS_URL=redis.url))  # this process sends the jobs
         fleet = Fleet(redis, prometheus, fleet_replicas, instances)

@@ -273,6 +273,7 @@ class LocalStack:
                 rules_dir=self.rules_dir,
                 scrape_interval=self.scrape_interval,
                 evaluation_interval=self.evaluation_interval,
+                scaled_rules_dir=self.run_dir / MEMBERS[index] / "rules",
             )
             member = prometheus_member(
                 self.run_dir / MEMBERS[index],

@@ -11,11 +11,15 @@ receiver's webhook URL file pointing at the twin's alert receiver (``/pager``, `
 from __future__ import annotations
 
 import copy
+import glob as globbing
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
+from alerts.detect import group_interval
 from alerts.duration import parse_duration
 
 #: docker-compose.yml's service addresses as the committed configs name them.
@@ -38,6 +42,7 @@ def twin_prometheus_config(
     rules_dir: Path | None = None,
     scrape_interval: str | None = None,
     evaluation_interval: str | None = None,
+    scaled_rules_dir: Path | None = None,
     warn: Callable[[str], None] = _warn,
 ) -> dict[str, Any]:
     """The committed Prometheus config with compose addresses swapped for the twin's.
@@ -45,6 +50,8 @@ def twin_prometheus_config(
     ``addresses`` maps a compose ``host:port`` (a static target, or a ``dns_sd_configs``
     name with its port) to the twin's targets. Rule file paths become absolute (taken from
     ``rules_dir`` when given: same file names, e.g. rules rendered with short ``for``).
+    With ``evaluation_interval`` and ``scaled_rules_dir``, the rule files are copies
+    written there with each group's own interval scaled alike (``rules_at``).
     A target the twin does not run is dropped, with a warning.
     """
     config = copy.deepcopy(dict(config))
@@ -64,6 +71,11 @@ def twin_prometheus_config(
         return str((config_dir / pattern).resolve())
 
     config["rule_files"] = [rule_path(p) for p in config.get("rule_files") or []]
+    if evaluation_interval and scaled_rules_dir is not None:
+        files = [Path(f) for p in config["rule_files"] for f in sorted(globbing.glob(p))]
+        config["rule_files"] = [
+            str(p) for p in rules_at(files, evaluation_interval, scaled_rules_dir)
+        ]
 
     def swap(targets: Sequence[str], where: str) -> list[str]:
         swapped: list[str] = []
@@ -93,6 +105,24 @@ def twin_prometheus_config(
             if parse_duration(job["scrape_timeout"]) > job_interval:
                 job["scrape_timeout"] = job.get("scrape_interval", glob["scrape_interval"])
     return config
+
+
+def rules_at(files: Iterable[Path], evaluation_interval: str, out_dir: Path) -> list[Path]:
+    """Copies of the rule ``files`` in ``out_dir``, each group with an ``interval`` of its
+    own run as often, relative to ``evaluation_interval``, as with the committed 15 s
+    (alerts.detect.group_interval): a twin evaluating every second runs the long-window
+    SLO records every 10 s, not every 2m30s."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in files:
+        doc = yaml.safe_load(Path(path).read_text()) or {}
+        for group in doc.get("groups") or []:
+            if "interval" in group:
+                seconds = group_interval(group, parse_duration(evaluation_interval))
+                group["interval"] = f"{round(seconds * 1000)}ms"
+        written.append(out_dir / Path(path).name)
+        written[-1].write_text(yaml.safe_dump(doc, sort_keys=False))
+    return written
 
 
 def deep_merge(base: Any, override: Any) -> Any:

@@ -14,7 +14,15 @@ from alerts.detect import (
     windows_to_fire,
 )
 from alerts.duration import parse_duration
-from alerts.render import ALERTS_FILE, RECORDS_FILE, RULES_DIR, load_config, render_rules, rendered
+from alerts.render import (
+    ALERTS_FILE,
+    RECORDS_FILE,
+    RULES_DIR,
+    load_config,
+    render_rules,
+    rendered,
+    slo_record_names,
+)
 from tests.support.rules import (
     PROMETHEUS_DIR,
     REPO,
@@ -303,6 +311,31 @@ def test_every_queue_wait_threshold_is_a_bucket_edge():
     ]
     assert thresholds == [60, 300]
     assert set(thresholds) <= set(QUEUE_WAIT_BUCKETS)
+
+
+def test_long_window_slo_records_run_in_a_slower_group_of_their_own():
+    """The error ratios over a day or more and over the SLO window, and the budget left
+    (which reads the latter), in worker-slo-records-long at slo.longWindowInterval; the
+    shorter windows at the global 15 s. promtool test rules evaluates every group at the
+    test file's evaluation_interval, whatever its own: the promtool tests cannot see the
+    slower group's lag, which alerts/detect.py adds to the tickets' time to detect."""
+    slo = load_config()["slo"]
+    groups = {g["name"]: g for g in yaml.safe_load(rendered()[RECORDS_FILE])["groups"]}
+    names = slo_record_names()
+    long = groups["worker-slo-records-long"]
+    assert long["interval"] == slo["longWindowInterval"] == "2m30s"
+    assert {r["record"] for r in long["rules"]} == {
+        name
+        for sli in ("queueWait", "success")
+        for name in [names[sli]["budgetLeft"]]
+        + [names[sli]["ratio"][w] for w in ("1d", "3d", slo["window"])]
+    }
+    assert "interval" not in groups["worker-slo-records"]
+    short = {r["record"] for r in groups["worker-slo-records"]["rules"]}
+    assert names["success"]["ratio"]["6h"] in short
+    # At most half the 5m lookback delta: a longer one is refused when rendering.
+    with pytest.raises(RuntimeError, match="longWindowInterval"):
+        rendered({"slo": {"longWindowInterval": "3m"}})
 
 
 def test_slo_is_overridable_per_queue():

@@ -2,12 +2,18 @@
 a record feeding an alert, an ALERTS guard, and the bad input that gets one line.
 
 The history is one gauge backfilled into a real Prometheus with promtool, so the firing
-intervals can be worked out by hand from the rule manager's rules."""
+intervals can be worked out by hand from the rule manager's rules. Groups of mixed
+intervals are compared with a live Prometheus running the same rules."""
 
 from __future__ import annotations
 
-import pytest
+import time
+from collections import defaultdict
 
+import pytest
+import yaml
+
+from stack import prom
 from stack.backtest.model import BacktestError
 from stack.backtest.rules import evaluate
 from stack.prom import backfill_openmetrics
@@ -111,3 +117,90 @@ def test_a_rule_that_does_not_parse_is_named(source, tmp_path):
     with pytest.raises(BacktestError, match=r'a rule does not parse: .*"job:g:max"') as error:
         evaluate(source, [bad], start=T0, end=T0 + 600)
     assert "\n" not in str(error.value)
+
+
+# --- groups of mixed intervals, against a live Prometheus ---------------------------------
+
+#: A fast group reads a slow group's records (one whose value moves, one that stops) and
+#: its own record that stops, as the tickets read the long-window SLO records beside
+#: 15 s ones. The clock is the expressions' (time()), the raw series Prometheus' own.
+MIXED = """
+groups:
+- name: slow
+  interval: 5s
+  rules:
+  - record: slow:phase
+    expr: group(prometheus_build_info) * 0 + time() % 20
+  - record: slow:on
+    expr: group(prometheus_build_info) and on () (vector(time() % 20) < 8)
+- name: fast
+  interval: 1s
+  rules:
+  - record: fast:phase
+    expr: group(prometheus_build_info) * 0 + time() % 20
+  - record: fast:on
+    expr: group(prometheus_build_info) and on () (vector(time() % 20) >= 12)
+  - alert: SlowPhaseHigh
+    expr: slow:phase >= 10
+  - alert: SlowOn
+    expr: slow:on
+  - alert: FastOn
+    expr: fast:on
+"""
+#: Seconds recorded live: three cycles of the 20 s clock.
+LIVE_SECONDS = 62
+
+
+def _live_firing(url: str, start: float, end: float) -> dict[str, list[tuple[float, float]]]:
+    """Each alert's firing intervals from the live ALERTS samples (one per 1 s evaluation)."""
+    spans = defaultdict(list)
+    window = f"{end - start + 10:.0f}s"
+    for item in prom.query(url, f'ALERTS{{alertstate="firing"}}[{window}]', at=end):
+        times = [float(t) for t, _ in item["values"]]
+        first = last = times[0]
+        for t in [*times[1:], None]:
+            if t is not None and t - last <= 1.5:
+                last = t
+                continue
+            spans[item["metric"]["alertname"]].append((first, last + 1))
+            if t is not None:
+                first = last = t
+    return _clipped(spans, start, end)
+
+
+def _clipped(spans, start: float, end: float) -> dict[str, list[tuple[float, float]]]:
+    return {
+        name: [(round(max(a, start), 2), round(min(b, end), 2)) for a, b in found if b > start]
+        for name, found in spans.items()
+    }
+
+
+@pytest.mark.slow  # a minute of live evaluation
+def test_mixed_intervals_match_a_live_prometheus_running_the_same_rules(tmp_path):
+    """A fast alert reading a slow group's record sees its latest evaluation (its value,
+    and nothing once an evaluation no longer returns it), and a fast record that stops is
+    gone at the next fast evaluation, not a slow interval later: the intervals the live
+    rule manager found, to the millisecond."""
+    rules = tmp_path / "mixed.yml"
+    rules.write_text(MIXED)
+    port = free_port()
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(rules)],
+        "scrape_configs": [
+            {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{port}"]}]}
+        ],
+    }
+    with running(prometheus_server(tmp_path / "live", yaml.safe_dump(config), port)) as live:
+        began = time.time()
+        time.sleep(LIVE_SECONDS)
+        # After the warm-up the backtest needs (the slow interval), before the last
+        # evaluations settle.
+        start, end = began + 8, time.time() - 2
+        found = _live_firing(live.url, start, end)
+        run = evaluate(live.url, [rules], start=start, end=end, workdir=tmp_path / "bt")
+    backtest = defaultdict(list)
+    for i in run.intervals:
+        backtest[i.alertname].append((i.fired_at, i.resolved_at or end))
+    assert set(found) == {"SlowPhaseHigh", "SlowOn", "FastOn"}, found
+    assert _clipped(backtest, start, end) == found

@@ -20,6 +20,7 @@ import pytest
 import redis
 import yaml
 
+from alerts.detect import group_interval
 from alerts.render import render_rules
 from stack import prom
 from stack.fleet import ROOT
@@ -236,6 +237,32 @@ def test_derived_prometheus_config_keeps_everything_but_the_addresses(tmp_path):
     )
     assert fast["global"]["scrape_interval"] == "1s" and fast["global"]["scrape_timeout"] == "1s"
     assert any("worker:9191" in w for w in warnings)  # an address the twin lacks is reported
+
+
+def test_a_faster_twin_runs_a_group_with_its_own_interval_as_much_faster(tmp_path):
+    """Evaluating every 1 s instead of 15 s, the long-window SLO group runs every 10 s
+    instead of 2m30s (a 1 s twin would otherwise wait minutes for its records), and
+    alerts.detect counts the same 10 s for the twin's config."""
+    committed = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
+    derived = twin_prometheus_config(
+        committed,
+        {},
+        config_dir=PROMETHEUS_CONFIG.parent,
+        evaluation_interval="1s",
+        scaled_rules_dir=tmp_path / "rules",
+        warn=lambda _: None,
+    )
+    assert sorted(Path(p).name for p in derived["rule_files"]) == sorted(
+        p.name for p in (PROMETHEUS_CONFIG.parent / "rules").glob("*.yml")
+    )
+    groups = {
+        g["name"]: g
+        for path in derived["rule_files"]
+        for g in yaml.safe_load(Path(path).read_text())["groups"]
+    }
+    assert groups["worker-slo-records-long"]["interval"] == "10000ms"
+    assert all("interval" not in g for name, g in groups.items() if not name.endswith("-long"))
+    assert group_interval({"interval": "2m30s"}, 1.0) == 10.0
 
 
 def test_derived_alertmanager_config_sends_every_receiver_to_the_twin(tmp_path):

@@ -12,8 +12,14 @@ How (``evaluate``):
   against a scratch Prometheus (``stack.servers.prometheus_server``) that holds only the
   backtest's own outputs, written by promtool's backfill (``stack.prom.backfill_openmetrics``)
   before the rules that read them run. Its ``--query.lookback-delta`` is just under the
-  evaluation interval, so an output that stopped is gone at the next evaluation, as the
-  live rule manager's staleness markers make it.
+  grid step, the greatest common divisor of the groups' intervals (the interval itself
+  when they share one), so an output that stopped is gone at the next evaluation, as the
+  live rule manager's staleness markers make it. The outputs of a slower group (the
+  long-window SLO records, every 2m30s beside 15 s) are written forward-filled on that
+  grid: at each step the value of the group's latest evaluation, while the series was
+  present at it. A reader then sees at any instant what it would live (the latest
+  evaluation's value, gone at the evaluation that no longer returns it), whatever the
+  readers' own intervals and phases.
 - Rules run in stages: a rule's stage is one more than the latest stage of the rules whose
   output it reads (a rule reading ``ALERTS`` reads every alerting rule evaluated before it).
   The scratch Prometheus is restarted with the new blocks between stages.
@@ -27,13 +33,17 @@ Differences from the live rule manager, each within one evaluation interval: eve
 is evaluated on the grid of multiples of its interval (Prometheus offsets each group by a
 hash of its name); a rule reading ``ALERTS`` of an alert evaluated after it sees it at the
 same evaluation, where Prometheus would see the previous one; label templates in a rule's
-``labels`` are not expanded.
+``labels`` are not expanded. Not within an interval: a range selector over a slower
+group's output (``max_over_time(slow_record[1h])``) reads its forward-filled copies, not
+only its evaluations (an instant selector, as every committed rule reads a record, is
+exact).
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import math
 import os
 import re
 import subprocess
@@ -314,6 +324,9 @@ class _Evaluation:
         self.cleanup = cleanup
         self.scratch: PrometheusServer | None = None
         self.alerts_read = any(r.reads_alerts for r in rules)
+        #: Every output is written at least this often (forward-filled), and the scratch
+        #: Prometheus' lookback delta is just under it (module docstring).
+        self.grid_ms = math.gcd(*{r.interval_ms for r in rules})
 
     def run(self, start_ms: int, end_ms: int) -> list[AlertInterval]:
         intervals: list[AlertInterval] = []
@@ -338,7 +351,7 @@ class _Evaluation:
                         )
                         intervals += [s.interval() for s in spans if s.fired_at is not None]
                         if self.alerts_read:
-                            _write_alerts(out, spans, rule.interval_ms, end_ms)
+                            _write_alerts(out, spans, self.grid_ms, end_ms)
             self._flush()
         return intervals
 
@@ -352,7 +365,8 @@ class _Evaluation:
             for item in _query_grid(url, rule, start_ms, end_ms):
                 key = tuple(sorted({**dict(_key(item)), **labels}.items()))
                 if rule.record:
-                    _write_samples(out, rule.record, key, item["values"])
+                    copies = rule.interval_ms // self.grid_ms
+                    _write_samples(out, rule.record, key, item["values"], self.grid_ms, copies)
                 else:
                     returned.setdefault(key, []).extend(_ms(float(t)) for t, _ in item["values"])
         return returned
@@ -371,14 +385,14 @@ class _Evaluation:
         return self.scratch.url
 
     def _start_scratch(self) -> None:
-        # Just under the longest interval: a rule sees the latest output of a group
-        # evaluated at that interval, and no output older than one evaluation.
-        lookback = max(r.interval_ms for r in self.rules)
+        # Just under the grid step: an output is written at every step while it exists,
+        # and the lookback [t - step + 1 ms, t] holds exactly one step, so no output
+        # outlives the evaluation that stopped it.
         server = prometheus_server(
             self.workdir,
             "scrape_configs: []\n",
             None,
-            f"--query.lookback-delta={max(lookback - 1, 1)}ms",
+            f"--query.lookback-delta={max(self.grid_ms - 1, 1)}ms",
             "--storage.tsdb.retention.time=100y",
             "--query.max-samples=200000000",
             f"--query.timeout={int(QUERY_TIMEOUT)}s",
@@ -416,17 +430,25 @@ class _Evaluation:
         self._flush()
 
 
-def _write_samples(out: TextIO, name: str, key, values: Iterable) -> None:
-    """One series' samples as OpenMetrics lines (values as Prometheus wrote them)."""
+def _write_samples(
+    out: TextIO, name: str, key, values: Iterable, step_ms: int = 0, copies: int = 1
+) -> None:
+    """One series' samples as OpenMetrics lines (values as Prometheus wrote them), each
+    repeated ``copies`` times ``step_ms`` apart: forward-filled until the next evaluation."""
     labels = ",".join(f"{k}={_quote(v)}" for k, v in key)
     head = f"{name}{{{labels}}}" if labels else name
-    out.writelines(f"{head} {v} {float(t):.3f}\n" for t, v in values)
+    out.writelines(
+        f"{head} {v} {(_ms(float(t)) + k * step_ms) / 1000:.3f}\n"
+        for t, v in values
+        for k in range(copies)
+    )
 
 
-def _write_alerts(out: TextIO, spans: Iterable[Span], interval_ms: int, end_ms: int) -> None:
-    """ALERTS as the rule manager writes it: 1 per evaluation, per state."""
+def _write_alerts(out: TextIO, spans: Iterable[Span], step_ms: int, end_ms: int) -> None:
+    """ALERTS as the rule manager writes it, per state: 1 at every step of the grid from
+    the evaluation that set the state to the one that changed it."""
     for span in spans:
-        for state, times in span.states(interval_ms, end_ms):
+        for state, times in span.states(step_ms, end_ms):
             key = tuple(sorted({**span.labels, "alertstate": state}.items()))
             _write_samples(out, ALERTS, key, [(t / 1000, "1") for t in times])
 
