@@ -1,14 +1,23 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from stack.fleet import Replica, replica_env
 from stack.servers import redis_server, running
 
 #: The run's report of what tests measured (the ``report`` fixture).
 pytest_plugins = ["tests.support.report"]
+
+# CI draws the same Hypothesis examples every run: a failure there can be replayed, and a
+# submission is not refused by the luck of a draw. Anywhere else each run explores anew
+# (and replays what failed before, from .hypothesis/).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI") == "true":
+    settings.load_profile("ci")
 
 #: Markers of the tests outside the quick tier (docs/testing.md, "Tiers").
 NOT_QUICK = {"e2e", "compose", "rabbitmq", "cluster", "sentinel", "mutation", "slow", "browser"}
