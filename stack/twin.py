@@ -36,7 +36,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +173,8 @@ class LocalStack:
         self.receiver: HttpServer | None = None
         self.alertmanagers: list[HttpServer] = []
         self.prometheuses: list[HttpServer] = []
+        #: Per member: writes its rule copies and returns its config (``reload_rules``).
+        self._prometheus_configs: list[Callable[[], dict[str, Any]]] = []
         self.replicas: list[Replica] = []
         self.loadgen: Process | None = None
         #: Replicas stopped on purpose (kill_replica, stop_replica): supervise() leaves them.
@@ -261,23 +263,28 @@ class LocalStack:
             },
             RECEIVER_SERVICE: [f"127.0.0.1:{self.receiver.port}"],
         }
-        self.prometheuses = []
+        self.prometheuses, self._prometheus_configs = [], []
         for index in range(self.prometheus_count):
             member_port = port()
             # Each member scrapes itself, as each compose container's localhost:9090 is.
             own = {name: [f"127.0.0.1:{member_port}"] for name in PROMETHEUS_SERVICES}
-            prom_config = twin_prometheus_config(
-                yaml.safe_load(self.prometheus_config.read_text()),
-                {**worker_and_alertmanagers, **own},
-                config_dir=self.prometheus_config.parent,
-                rules_dir=self.rules_dir,
-                scrape_interval=self.scrape_interval,
-                evaluation_interval=self.evaluation_interval,
-                scaled_rules_dir=self.run_dir / MEMBERS[index] / "rules",
-            )
+
+            def configure(targets=own, index=index) -> dict[str, Any]:
+                """The member's config; writes its rule copies (scaled group intervals)."""
+                return twin_prometheus_config(
+                    yaml.safe_load(self.prometheus_config.read_text()),
+                    {**worker_and_alertmanagers, **targets},
+                    config_dir=self.prometheus_config.parent,
+                    rules_dir=self.rules_dir,
+                    scrape_interval=self.scrape_interval,
+                    evaluation_interval=self.evaluation_interval,
+                    scaled_rules_dir=self.run_dir / MEMBERS[index] / "rules",
+                )
+
+            self._prometheus_configs.append(configure)
             member = prometheus_member(
                 self.run_dir / MEMBERS[index],
-                yaml.safe_dump(prom_config, sort_keys=False),
+                yaml.safe_dump(configure(), sort_keys=False),
                 member_port,
                 index,
                 remote_write_url=self.remote_write_url,
@@ -386,6 +393,15 @@ class LocalStack:
         peers (stop or kill one with ``alertmanagers[index].stop()`` / ``.kill()``)."""
         self.alertmanagers[index].start(timeout)
         wait_settled(self.alertmanagers, timeout)
+
+    def reload_rules(self) -> None:
+        """Load the rule files again (a test rendered new ones into ``rules_dir``): each
+        Prometheus' copies, with group intervals scaled to the twin's, are written anew
+        from them, then its configuration is reloaded (``POST /-/reload``)."""
+        for configure, member in zip(self._prometheus_configs, self.prometheuses, strict=True):
+            configure()
+            request = urllib.request.Request(f"{member.url}/-/reload", method="POST")
+            urllib.request.urlopen(request, timeout=10).close()  # HTTPError unless 200
 
     def kill_replica(self, index: int) -> None:
         """SIGKILL replica ``index`` and its processes, as an operator's kill or an OOM

@@ -209,10 +209,19 @@ def test_prometheus_finds_both_replicas_by_dns_loads_the_rules_and_reaches_alert
         lambda: f"both replicas {sorted(replicas)} up, Prometheus has {worker_targets(stack)}",
     )
     assert by_instance(stack, 'up{job="worker"}') == dict.fromkeys(replicas, 1.0)
-    rules = [r for g in prom(stack, "rules")["groups"] for r in g["rules"]]
+    groups = prom(stack, "rules")["groups"]
+    rules = [r for g in groups for r in g["rules"]]
     alert_rules = {r["name"] for r in rules if r["type"] == "alerting"}
     assert "WorkerDown" in alert_rules and len(alert_rules) >= 7
-    assert all(r["health"] == "ok" for r in rules), [r for r in rules if r["health"] != "ok"]
+    # Every rule loaded and none failing; every group at the global interval has run. The
+    # long-window SLO records (their own group, every 2m30s) may not have run yet.
+    assert all(r["health"] in ("ok", "unknown") for r in rules), [
+        r for r in rules if r["health"] not in ("ok", "unknown")
+    ]
+    slow = {g["name"] for g in groups if g["interval"] > min(h["interval"] for h in groups)}
+    assert slow == {"worker-slo-records-long"}, slow
+    ran = [r for g in groups if g["name"] not in slow for r in g["rules"]]
+    assert all(r["health"] == "ok" for r in ran), [r for r in ran if r["health"] != "ok"]
     wanted = {f"http://{name}:9093/api/v2/alerts" for name in stack.alertmanagers}
     active = wait_for(
         lambda: {a["url"] for a in prom(stack, "alertmanagers")["activeAlertmanagers"]} == wanted,

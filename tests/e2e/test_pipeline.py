@@ -193,13 +193,7 @@ def healthy(stack, rules_dir):
             stack.start_replica(i)
     url_file(stack, "deadman").write_text(f"{stack.receiver.url}/deadman")
     render_rules(PIPELINE_OVERRIDES, rules_dir)
-    reload_prometheus(stack)
-
-
-def reload_prometheus(stack) -> None:
-    request = urllib.request.Request(f"{stack.prometheus.url}/-/reload", method="POST")
-    with urllib.request.urlopen(request, timeout=10) as r:
-        assert r.status == 200
+    stack.reload_rules()
 
 
 def firing_in_prometheus(stack, alertname: str) -> list[dict]:
@@ -313,7 +307,7 @@ def test_a_rule_that_fails_pages_prometheus_rule_failures(stack, rules_dir, tmp_
     override = tmp_path / "failing-rule.libsonnet"
     override.write_text(FAILING_RULE)
     render_rules(PIPELINE_OVERRIDES, rules_dir, config_files=[override])
-    reload_prometheus(stack)
+    stack.reload_rules()
     fault = time.monotonic()
     fired = inbox.wait("PrometheusRuleFailures", timeout=60)
     measured(
@@ -325,7 +319,7 @@ def test_a_rule_that_fails_pages_prometheus_rule_failures(stack, rules_dir, tmp_
     assert alert["labels"]["rule_group"].endswith(";injected-fault"), alert["labels"]
 
     render_rules(PIPELINE_OVERRIDES, rules_dir)
-    reload_prometheus(stack)
+    stack.reload_rules()
     inbox.wait_resolved("PrometheusRuleFailures", timeout=60)
     assert inbox.names() == {"PrometheusRuleFailures"}, inbox.brief()
 
