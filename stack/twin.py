@@ -6,8 +6,8 @@
 starts, on free loopback ports and from the same committed config files as the compose
 stack: redis-server (AOF on), N worker replicas (``python -m worker``), prometheus, a
 gossiping pair of prometheus-alertmanager (cluster on loopback ports), the alert receiver
-and the load generator. It prints the URLs,
-shows the alerts as they arrive, and Ctrl-C (or SIGTERM) stops everything it started.
+and the load generator. It prints the URLs, shows the alerts as they arrive, and Ctrl-C
+(or SIGTERM) stops everything it started.
 
 The configs are the committed ones with the compose addresses swapped for loopback
 (``stack.twin_config``), written into the run directory, so they can be read.
@@ -45,13 +45,7 @@ import yaml
 from stack import fleet, prom
 from stack.fleet import Replica, python_env
 from stack.sentinel import SentinelSet, redis_sentinel_set
-from stack.servers import (
-    HttpServer,
-    Process,
-    RedisServer,
-    free_port,
-    redis_server,
-)
+from stack.servers import HttpServer, Process, RedisServer, free_port, redis_server
 from stack.twin_alertmanagers import alertmanager_cluster, wait_settled
 from stack.twin_config import (
     ALERTMANAGER_SERVICES,
@@ -157,10 +151,8 @@ class LocalStack:
         self.redis_password = redis_password
         self.keep_data = keep_data
         self.alertmanager_count = alertmanagers
-        self.alertmanager_args, self.prometheus_args = (
-            list(alertmanager_args),
-            list(prometheus_args),
-        )
+        self.alertmanager_args = list(alertmanager_args)
+        self.prometheus_args = list(prometheus_args)
         self.deadman_timeout = deadman_timeout
         self.prometheus_count, self.remote_write_url = prometheuses, remote_write_url
         #: Set: the operations console (``worker console``) runs too, with this password.
@@ -270,7 +262,6 @@ class LocalStack:
             own = {name: [f"127.0.0.1:{member_port}"] for name in PROMETHEUS_SERVICES}
 
             def configure(targets=own, index=index) -> dict[str, Any]:
-                """The member's config; writes its rule copies (scaled group intervals)."""
                 return twin_prometheus_config(
                     yaml.safe_load(self.prometheus_config.read_text()),
                     {**worker_and_alertmanagers, **targets},
@@ -396,8 +387,7 @@ class LocalStack:
 
     def reload_rules(self) -> None:
         """Load the rule files again (a test rendered new ones into ``rules_dir``): each
-        Prometheus' copies, with group intervals scaled to the twin's, are written anew
-        from them, then its configuration is reloaded (``POST /-/reload``)."""
+        Prometheus' copies with scaled group intervals rewritten, then ``POST /-/reload``."""
         for configure, member in zip(self._prometheus_configs, self.prometheuses, strict=True):
             configure()
             request = urllib.request.Request(f"{member.url}/-/reload", method="POST")
