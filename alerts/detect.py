@@ -18,6 +18,7 @@ alertmanager/alertmanager.yml, so the table in docs/alerts.md cannot drift from 
 
 from __future__ import annotations
 
+import functools
 import re
 import sys
 from collections.abc import Sequence
@@ -107,8 +108,14 @@ def group_interval(group: dict, evaluation_interval: float) -> float:
     own = group.get("interval")
     if own is None:
         return evaluation_interval
-    committed = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["global"]["evaluation_interval"]
-    return parse_duration(own) * evaluation_interval / parse_duration(committed)
+    return parse_duration(own) * evaluation_interval / _committed_evaluation_interval()
+
+
+@functools.cache
+def _committed_evaluation_interval() -> float:
+    """prometheus.yml's global evaluation_interval: read once, not for every rule."""
+    glob = yaml.safe_load(PROMETHEUS_CONFIG.read_text())["global"]
+    return parse_duration(glob["evaluation_interval"])
 
 
 def time_to_detect(
