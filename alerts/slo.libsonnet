@@ -10,16 +10,14 @@ local pct = lib.pct;
 // Seconds in a Prometheus duration ('5m', '1h', '28d', '2m30s', '2500ms').
 local unitSeconds = { ms: 0.001, s: 1, m: 60, h: 3600, d: 86400, w: 604800 };
 local seconds(d) =
-  // Digits accumulate in n; a unit adds n of it. An 'm' waits for the next character
-  // ('ms' or minutes); a final '0' settles a trailing 'm'.
-  local step(acc, ch) =
-    if acc.unit == 'm' && ch == 's' then { n: 0, unit: '', total: acc.total + acc.n * unitSeconds.ms }
-    else
-      local settled = if acc.unit == 'm' then { n: 0, unit: '', total: acc.total + acc.n * 60 } else acc;
-      if std.member('0123456789', ch) then settled { n: settled.n * 10 + std.parseInt(ch) }
-      else if ch == 'm' then settled { unit: 'm' }
-      else { n: 0, unit: '', total: settled.total + settled.n * unitSeconds[ch] };
-  std.foldl(step, std.stringChars(d) + ['0'], { n: 0, unit: '', total: 0 }).total;
+  local c = std.stringChars(d);
+  // Digits accumulate in n; a unit ('ms' read before 'm') adds n of it to the total.
+  local walk(i, n, total) =
+    if i == std.length(c) then total
+    else if std.member('0123456789', c[i]) then walk(i + 1, n * 10 + std.parseInt(c[i]), total)
+    else if c[i] == 'm' && i + 1 < std.length(c) && c[i + 1] == 's' then walk(i + 2, 0, total + n * unitSeconds.ms)
+    else walk(i + 1, 0, total + n * unitSeconds[c[i]]);
+  walk(0, 0, 0);
 // 120 -> '2m', 3600 -> '1h', 45 -> '45s'
 local human(t) =
   if t % 3600 == 0 then '%dh' % (t / 3600)
