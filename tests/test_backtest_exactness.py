@@ -24,11 +24,11 @@ from alerts.duration import parse_duration
 from alerts.render import load_config, record_names, render_rules
 from stack import prom
 from stack.backtest.alertmanager import simulate
-from stack.backtest.model import AlertInterval
 from stack.backtest.rules import evaluate
 from stack.loadgen import set_simulation
 from stack.servers import prometheus_server
 from stack.twin import LocalStack
+from tests.support.alert_spans import Spans, backtest_spans, live_spans
 from tests.support.e2e import (
     ALERT_OVERRIDES,
     ALERTMANAGER_OVERRIDES,
@@ -71,9 +71,6 @@ RECONNECTS = load_config(OVERRIDES)["alerts"]["HighRedisReconnectAttempts"]["thr
 #: Notifications this close to the range's ends may fall on either side of it (the
 #: Watchdog's): both sides leave them out.
 EDGE = 3.0
-
-Key = tuple[str, tuple[tuple[str, str], ...]]
-Spans = dict[Key, list[tuple[float, float]]]
 
 
 @pytest.fixture(scope="module")
@@ -221,45 +218,6 @@ def _now() -> float:
     return float(int(time.time()))
 
 
-def _live(url: str, start: float, end: float) -> Spans:
-    """Firing intervals from a Prometheus' own ALERTS samples (one per evaluation)."""
-    window = f"{end - start + 60:.0f}s"
-    spans: Spans = defaultdict(list)
-    for item in prom.query(url, f'ALERTS{{alertstate="firing"}}[{window}]', at=end):
-        labels = {k: v for k, v in item["metric"].items() if k not in ("__name__", "alertstate")}
-        times = [float(t) for t, _ in item["values"]]
-        first = last = times[0]
-        for t in [*times[1:], None]:
-            if t is not None and t - last <= 1.5 * INTERVAL:
-                last = t
-                continue
-            spans[_key(labels)].append((first, last + INTERVAL))
-            if t is not None:
-                first = last = t
-    return _clipped(spans, start, end)
-
-
-def _backtest(intervals: tuple[AlertInterval, ...], start: float, end: float) -> Spans:
-    spans: Spans = defaultdict(list)
-    for i in intervals:
-        resolved = i.resolved_at if i.resolved_at is not None else end
-        spans[_key(i.labels)].append((i.fired_at, resolved))
-    return _clipped(spans, start, end)
-
-
-def _key(labels: dict[str, str]) -> Key:
-    return labels["alertname"], tuple(sorted(labels.items()))
-
-
-def _clipped(spans: Spans, start: float, end: float) -> Spans:
-    out: Spans = {}
-    for key, found in spans.items():
-        kept = [(max(a, start), min(b, end)) for a, b in sorted(found) if b > start and a < end]
-        if kept:
-            out[key] = kept
-    return out
-
-
 def _mismatches(live: Spans, backtest: Spans, tolerance: float = INTERVAL) -> list[str]:
     """Every alert instance whose intervals differ by more than ``tolerance`` (one
     evaluation interval)."""
@@ -287,9 +245,9 @@ def backtest(run):
 
 def test_the_backtest_finds_every_firing_interval_the_live_rules_found(run, backtest, report):
     start, end = run["start"], run["end"]
-    live = _live(run["source"], start, end)
+    live = live_spans(run["source"], start, end, INTERVAL)
     result = backtest
-    backtest = _backtest(result.intervals, start, end)
+    backtest = backtest_spans(result.intervals, start, end)
 
     report.line(
         "Backtest exactness (twin, 1 s evaluations)",
@@ -333,10 +291,11 @@ def test_a_changed_threshold_differs_as_a_live_run_with_it_did(run, backtest, tm
     """The variant backtested on the twin's history matches the variant's own Prometheus,
     which ran beside it: the difference is what the threshold really changed."""
     start, end = run["start"], run["end"]
-    live_base, live_variant = _live(run["source"], start, end), _live(run["shadow"], start, end)
-    base = _backtest(backtest.intervals, start, end)
+    live_base = live_spans(run["source"], start, end, INTERVAL)
+    live_variant = live_spans(run["shadow"], start, end, INTERVAL)
+    base = backtest_spans(backtest.intervals, start, end)
     result = evaluate(run["source"], run["variant"], start=start, end=end, workdir=tmp_path)
-    variant = _backtest(result.intervals, start, end)
+    variant = backtest_spans(result.intervals, start, end)
     # The variant's Prometheus scraped at its own instants, up to one scrape interval
     # (1 s) apart from the history the backtest reads: a fault can reach it a scrape later.
     assert _mismatches(live_variant, variant, tolerance=INTERVAL + SCRAPE) == []

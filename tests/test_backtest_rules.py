@@ -8,16 +8,15 @@ intervals are compared with a live Prometheus running the same rules."""
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 
 import pytest
 import yaml
 
-from stack import prom
 from stack.backtest.model import BacktestError
 from stack.backtest.rules import evaluate
 from stack.prom import backfill_openmetrics
 from stack.servers import free_port, prometheus_server, running
+from tests.support.alert_spans import Spans, backtest_spans, live_spans
 
 STEP = 10
 #: A whole hour well in the past (the samples are history, not the head).
@@ -151,28 +150,8 @@ groups:
 LIVE_SECONDS = 62
 
 
-def _live_firing(url: str, start: float, end: float) -> dict[str, list[tuple[float, float]]]:
-    """Each alert's firing intervals from the live ALERTS samples (one per 1 s evaluation)."""
-    spans = defaultdict(list)
-    window = f"{end - start + 10:.0f}s"
-    for item in prom.query(url, f'ALERTS{{alertstate="firing"}}[{window}]', at=end):
-        times = [float(t) for t, _ in item["values"]]
-        first = last = times[0]
-        for t in [*times[1:], None]:
-            if t is not None and t - last <= 1.5:
-                last = t
-                continue
-            spans[item["metric"]["alertname"]].append((first, last + 1))
-            if t is not None:
-                first = last = t
-    return _clipped(spans, start, end)
-
-
-def _clipped(spans, start: float, end: float) -> dict[str, list[tuple[float, float]]]:
-    return {
-        name: [(round(max(a, start), 2), round(min(b, end), 2)) for a, b in found if b > start]
-        for name, found in spans.items()
-    }
+def _to_the_hundredth(spans: Spans) -> Spans:
+    return {k: [(round(a, 2), round(b, 2)) for a, b in found] for k, found in spans.items()}
 
 
 @pytest.mark.slow  # a minute of live evaluation
@@ -197,10 +176,7 @@ def test_mixed_intervals_match_a_live_prometheus_running_the_same_rules(tmp_path
         # After the warm-up the backtest needs (the slow interval), before the last
         # evaluations settle.
         start, end = began + 8, time.time() - 2
-        found = _live_firing(live.url, start, end)
+        found = _to_the_hundredth(live_spans(live.url, start, end, interval=1.0))
         run = evaluate(live.url, [rules], start=start, end=end, workdir=tmp_path / "bt")
-    backtest = defaultdict(list)
-    for i in run.intervals:
-        backtest[i.alertname].append((i.fired_at, i.resolved_at or end))
-    assert set(found) == {"SlowPhaseHigh", "SlowOn", "FastOn"}, found
-    assert _clipped(backtest, start, end) == found
+    assert {name for name, _ in found} == {"SlowPhaseHigh", "SlowOn", "FastOn"}, found
+    assert _to_the_hundredth(backtest_spans(run.intervals, start, end)) == found
