@@ -133,8 +133,17 @@ def reason_of(client, *ids: str | None) -> str | None:
 
 
 def settle(client, pushed) -> list[tuple[str, str | None]]:
-    wait_until(lambda: drained(client), timeout=30)
-    return [(place_of(client, q, r, m), reason_of(client, r, m)) for q, r, m in pushed]
+    """Where each message ended and its recorded reason, once the queues are drained and
+    the reason of each dead letter is in: the job log writes it just after the nack that
+    moved the message (a reader reading in between found the letter but no reason)."""
+
+    def settled() -> list[tuple[str, str | None]] | None:
+        if not drained(client):
+            return None
+        found = [(place_of(client, q, r, m), reason_of(client, r, m)) for q, r, m in pushed]
+        return None if any(p == "dead" and why is None for p, why in found) else found
+
+    return wait_until(settled, timeout=30, what="the queues drained, every dead letter's reason in")
 
 
 # --- the fixed corpus: the cases of the issue, each with the reason it must be dead-lettered
